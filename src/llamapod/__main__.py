@@ -1,0 +1,5 @@
+import sys
+
+from llamapod.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""``llamapod.toml``: loading and validation (pydantic models per table)."""

@@ -1,0 +1,42 @@
+"""Shared test configuration.
+
+Fixtures that start real components (the AWS emulator, Slurm, sshd, torchrun) live in
+``tests/fixtures/`` and are imported here so every test directory can use them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+
+# Tests must never reach a real AWS account, whatever the developer's shell has.
+for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(var, None)
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("LLAMAPOD_HOME", str(REPO / ".pytest_cache" / "llamapod-home"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``llamapod ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from llamapod.cli.main import main
+
+    def _run(*args: str):
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
