@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Every module in tests/fixtures/ (AWS emulator, Slurm, sshd, network namespaces) is a plugin.
+pytest_plugins = sorted(
+    f"fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
+)
 SRC = REPO / "src"
 
 # Tests must never reach a real AWS account, whatever the developer's shell has.

@@ -1,0 +1,77 @@
+"""What an instance type brings to training: accelerators, network, price.
+
+Which types HyperPod accepts is read from botocore's service model (see
+``llamapod.config.cluster``); this table only adds what the model does not say.
+Prices are on-demand SageMaker list prices in us-east-1 (USD/hour, checked 2025),
+used for estimates only: `plan` labels them as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    gpus: int = 0               # accelerators per node (GPUs, or Neuron devices for trn)
+    accelerator: str = ""       # "A10G", "A100", "H100", ... ("" for CPU-only types)
+    efa_interfaces: int = 0     # 0 = no EFA: NCCL must use sockets, set no FI_* variables
+    gpu_memory_gib: int = 0
+    hourly_usd: float | None = None
+
+    @property
+    def has_efa(self) -> bool:
+        return self.efa_interfaces > 0
+
+
+_KNOWN: dict[str, InstanceInfo] = {
+    # G5: A10G 24 GB; only the 48xlarge has EFA (1 interface).
+    "ml.g5.xlarge": InstanceInfo(1, "A10G", 0, 24, 1.41),
+    "ml.g5.2xlarge": InstanceInfo(1, "A10G", 0, 24, 1.69),
+    "ml.g5.4xlarge": InstanceInfo(1, "A10G", 0, 24, 2.27),
+    "ml.g5.8xlarge": InstanceInfo(1, "A10G", 0, 24, 3.40),
+    "ml.g5.12xlarge": InstanceInfo(4, "A10G", 0, 24, 7.09),
+    "ml.g5.16xlarge": InstanceInfo(1, "A10G", 0, 24, 5.66),
+    "ml.g5.24xlarge": InstanceInfo(4, "A10G", 0, 24, 10.18),
+    "ml.g5.48xlarge": InstanceInfo(8, "A10G", 1, 24, 20.36),
+    # G6 (L4 24 GB), G6e (L40S 48 GB)
+    "ml.g6.12xlarge": InstanceInfo(4, "L4", 0, 24, 5.52),
+    "ml.g6.48xlarge": InstanceInfo(8, "L4", 1, 24, 16.59),
+    "ml.g6e.12xlarge": InstanceInfo(4, "L40S", 0, 48, 13.12),
+    "ml.g6e.48xlarge": InstanceInfo(8, "L40S", 4, 48, 37.65),
+    # P4d/P4de: 8 x A100, 4 EFA; P5: 8 x H100, 32 EFA; P5e/P5en: 8 x H200.
+    "ml.p4d.24xlarge": InstanceInfo(8, "A100", 4, 40, 37.69),
+    "ml.p4de.24xlarge": InstanceInfo(8, "A100", 4, 80, 47.11),
+    "ml.p5.48xlarge": InstanceInfo(8, "H100", 32, 80, 113.07),
+    "ml.p5.4xlarge": InstanceInfo(1, "H100", 0, 80, 14.13),
+    "ml.p5e.48xlarge": InstanceInfo(8, "H200", 32, 141, None),
+    "ml.p5en.48xlarge": InstanceInfo(8, "H200", 16, 141, None),
+    "ml.trn1.32xlarge": InstanceInfo(16, "Trainium", 8, 32, 24.72),
+    "ml.trn1n.32xlarge": InstanceInfo(16, "Trainium", 16, 32, 28.50),
+    # CPU types used for controller and login nodes.
+    "ml.c5.large": InstanceInfo(hourly_usd=0.119),
+    "ml.c5.xlarge": InstanceInfo(hourly_usd=0.238),
+    "ml.c5.2xlarge": InstanceInfo(hourly_usd=0.476),
+    "ml.c5.4xlarge": InstanceInfo(hourly_usd=0.952),
+    "ml.m5.large": InstanceInfo(hourly_usd=0.134),
+    "ml.m5.xlarge": InstanceInfo(hourly_usd=0.269),
+    "ml.m5.2xlarge": InstanceInfo(hourly_usd=0.538),
+    "ml.m5.4xlarge": InstanceInfo(hourly_usd=1.075),
+    "ml.t3.medium": InstanceInfo(hourly_usd=0.058),
+}
+
+# Dense bf16 peak per accelerator (FLOP/s), for MFU. A10G: the A10 data sheet's figure,
+# an upper bound (the G variant clocks lower), so MFU on g5 is labelled as such.
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "A10G": 125e12,
+    "L4": 121e12,
+    "L40S": 362e12,
+    "A100": 312e12,
+    "H100": 989e12,
+    "H200": 989e12,
+}
+
+
+def instance_info(instance_type: str) -> InstanceInfo:
+    """Facts about ``instance_type``; an unknown type is treated as CPU-only with no price."""
+    return _KNOWN.get(instance_type, InstanceInfo())
