@@ -1,0 +1,636 @@
+"""Atomic, reshardable training checkpoints on ``torch.distributed.checkpoint`` (DCP).
+
+Layout of a checkpoint folder::
+
+    <dir>/step_00000010/            one complete step
+        .metadata                   DCP's index of every tensor shard (written last by DCP)
+        __<rank>_0.distcp           each rank's shards of model + optimizer state
+        meta.json                   model args, train config, step, tokenizer, data position...
+        rng/rank_00000.json         each rank's RNG streams
+        COMPLETE                    the marker: written only after every rank finished
+    <dir>/step_00000020.tmp/        a save in progress (or one interrupted by a crash)
+
+A save writes everything under ``step_<N>.tmp``; once DCP has gathered every rank's write
+results (so ``.metadata`` exists) rank 0 writes the marker and renames the folder to
+``step_<N>``. A rename is atomic on POSIX file systems (local disks, Lustre, NFS), so a
+reader sees either no step N or a complete one, whatever moment a process is killed at.
+Resume picks the highest complete step and ignores the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from llamapod.cli import ui
+from llamapod.errors import CheckpointError, ConfigError
+
+FORMAT = "llamapod-checkpoint/1"
+MARKER = "COMPLETE"
+META_FILE = "meta.json"
+DCP_METADATA = ".metadata"
+TMP_SUFFIX = ".tmp"
+TRASH_SUFFIX = ".trash"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_ANY_STEP_RE = re.compile(r"^step_(\d+)(\.tmp|\.trash)?$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _run_on_rank0(action) -> None:
+    """Run ``action`` on rank 0; every rank raises rank 0's CheckpointError (no rank hangs)."""
+    failure: CheckpointError | None = None
+    if _rank() == 0:
+        try:
+            action()
+        except CheckpointError as exc:
+            failure = exc
+        except OSError as exc:
+            failure = CheckpointError(f"cannot write checkpoint: {exc.strerror or exc} ({exc.filename})",
+                                      hint="check free space and permissions of the checkpoint folder")
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [None if failure is None else (failure.message, failure.hint)]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise CheckpointError(*box[0])
+    elif failure is not None:
+        raise failure
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is only durable once its directory entry is flushed; without this a power
+    # loss can resurrect the old name even though the process saw the rename succeed.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file_durably(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+# ---- RNG -------------------------------------------------------------------------------
+
+
+def _capture_rng() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_json(random.getstate()),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode("ascii")
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(_from_json(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(_bytes_tensor(state["cuda"]))
+
+
+def _bytes_tensor(encoded: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.uint8).clone()
+
+
+def _to_json(value: Any) -> Any:
+    # random.getstate() is nested tuples; JSON has only lists, so tag tuples to restore them.
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v) for v in value]}
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(_from_json(v) for v in value["__tuple__"])
+    return value
+
+
+# ---- inspecting a folder ---------------------------------------------------------------
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except PermissionError:
+        raise CheckpointError(
+            f"cannot read checkpoint folder {directory}: permission denied",
+            hint=f"check the folder's permissions (ls -ld {directory})",
+        ) from None
+    except NotADirectoryError:
+        raise CheckpointError(
+            f"checkpoint path {directory} is a file, not a folder",
+            hint="pass the folder that holds the step_<N> checkpoints",
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint folder {directory}: {exc.strerror or exc}") from None
+
+
+def is_complete(step_dir: Path) -> bool:
+    return bool(_STEP_RE.match(step_dir.name)) and (step_dir / MARKER).is_file()
+
+
+def complete_steps(directory: Path) -> list[Path]:
+    """Complete step folders in ``directory``, oldest first."""
+    found = [p for p in _listdir(directory) if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
+
+
+def _partial_steps(directory: Path) -> list[Path]:
+    partial = []
+    for entry in _listdir(directory):
+        match = _ANY_STEP_RE.match(entry.name)
+        if not match or not entry.is_dir() or match.group(2) == TRASH_SUFFIX:
+            continue
+        if match.group(2) == TMP_SUFFIX or not (entry / MARKER).is_file():
+            partial.append(entry)
+    return partial
+
+
+def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | None:
+    """The newest complete step under ``directory`` (or ``directory`` itself if it is one).
+
+    ``None`` means there is nothing to resume from: the folder does not exist, is empty or
+    holds only interrupted saves (said in one warning line). A folder holding other things
+    than checkpoints raises, so a mistyped path never silently restarts training from scratch.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    if is_complete(directory):
+        return directory
+    entries = _listdir(directory)
+    steps = complete_steps(directory)
+    partial = _partial_steps(directory)
+    if warn and partial and _rank() == 0:
+        names = ", ".join(p.name for p in partial)
+        ui.warn(f"ignoring {len(partial)} incomplete checkpoint(s) in {directory} "
+                f"(interrupted saves, no {MARKER} marker): {names}")
+    if steps:
+        return steps[-1]
+    if _ANY_STEP_RE.match(directory.name) and directory.is_dir():
+        raise CheckpointError(
+            f"checkpoint {directory} is partial: it has no {MARKER} marker (its save was interrupted)",
+            hint=f"resume from the folder above it ({directory.parent}) to use the newest complete step",
+        )
+    foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name)]
+    if foreign and not partial:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise CheckpointError(
+            f"{directory} is not a llamapod checkpoint folder: it holds no step_<N> checkpoints ({shown})",
+            hint="point --resume_from_checkpoint at the run's checkpoint folder, or at an empty/new folder to start fresh",
+        )
+    return None
+
+
+def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
+    step_dir = Path(step_dir)
+    meta_path = step_dir / META_FILE
+    try:
+        text = meta_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {step_dir} is corrupted: {META_FILE} is missing",
+            hint=_older_hint(step_dir),
+        ) from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read {meta_path}: permission denied",
+                              hint=f"check the file's permissions (ls -l {meta_path})") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"checkpoint {step_dir} is corrupted: {META_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})",
+            hint=_older_hint(step_dir),
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{step_dir} was not written by llamapod: {META_FILE} lacks format {FORMAT!r}",
+            hint="point at a checkpoint folder written by `llamapod train`",
+        )
+    return meta
+
+
+def _older_hint(step_dir: Path) -> str:
+    parent = step_dir.parent
+    try:
+        older = [p for p in complete_steps(parent) if p != step_dir]
+    except CheckpointError:
+        older = []
+    if older:
+        return f"delete {step_dir} to resume from the previous complete checkpoint {older[-1].name}"
+    return f"delete {step_dir}; no older complete checkpoint exists, so training would start fresh"
+
+
+def read_dcp_metadata(step_dir: Path):
+    """DCP's index of the checkpoint, after checking every shard file it names is whole."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    if not (step_dir / DCP_METADATA).is_file():
+        raise CheckpointError(
+            f"checkpoint {step_dir} is corrupted: its tensor index {DCP_METADATA} is missing",
+            hint=_older_hint(step_dir),
+        )
+    try:
+        metadata = FileSystemReader(str(step_dir)).read_metadata()
+    except PermissionError:
+        raise CheckpointError(f"cannot read {step_dir / DCP_METADATA}: permission denied",
+                              hint=f"check the folder's permissions (ls -l {step_dir})") from None
+    except Exception as exc:  # a truncated or overwritten pickle fails in many ways
+        raise CheckpointError(
+            f"checkpoint {step_dir} is corrupted: its tensor index {DCP_METADATA} cannot be read ({type(exc).__name__})",
+            hint=_older_hint(step_dir),
+        ) from None
+    _check_shard_files(step_dir, metadata)
+    return metadata
+
+
+def _check_shard_files(step_dir: Path, metadata) -> None:
+    # DCP reads each tensor at (offset, length) inside a shard file; a shard cut short by a
+    # full disk or a partial copy would otherwise fail deep inside torch.load on one rank.
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        path = step_dir / name
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {step_dir} is corrupted: shard {name} is missing",
+                                  hint=_older_hint(step_dir)) from None
+        if actual < size:
+            raise CheckpointError(
+                f"checkpoint {step_dir} is corrupted: shard {name} is truncated ({actual} of {size} bytes)",
+                hint=_older_hint(step_dir),
+            )
+        if not os.access(path, os.R_OK):
+            raise CheckpointError(f"cannot read shard {path}: permission denied",
+                                  hint=f"check the file's permissions (ls -l {path})")
+
+
+def validate_checkpoint(step_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check that ``step_dir`` is a complete, whole llamapod checkpoint; return its meta."""
+    step_dir = Path(step_dir)
+    if not step_dir.exists():
+        raise CheckpointError(f"checkpoint {step_dir} does not exist",
+                              hint="pass a step_<N> folder or the folder that holds them")
+    if not step_dir.is_dir():
+        raise CheckpointError(f"checkpoint path {step_dir} is a file, not a folder",
+                              hint="pass a step_<N> folder or the folder that holds them")
+    _listdir(step_dir)
+    if not (step_dir / MARKER).is_file():
+        raise CheckpointError(
+            f"checkpoint {step_dir} is partial: it has no {MARKER} marker (its save was interrupted)",
+            hint=_older_hint(step_dir),
+        )
+    meta = read_meta(step_dir)
+    read_dcp_metadata(step_dir)
+    return meta
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A step folder from either a step folder or a folder of steps (newest complete one)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist",
+                              hint="pass a step_<N> folder or the folder that holds them")
+    latest = find_latest(path)
+    if latest is None:
+        raise CheckpointError(f"{path} holds no complete checkpoint",
+                              hint="train with --checkpoint_freq so checkpoints get written, then retry")
+    return latest
+
+
+# ---- compatibility ---------------------------------------------------------------------
+
+
+def _model_args_dict(model: torch.nn.Module) -> dict[str, Any] | None:
+    args = getattr(model, "args", None)
+    if args is not None and hasattr(args, "to_dict"):
+        return dict(args.to_dict())
+    return None
+
+
+def _describe_args(args: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={args.get(k)}" for k in keys)
+
+
+def check_compatible(step_dir: Path, meta: dict[str, Any], model: torch.nn.Module,
+                     model_state: dict[str, Any], tokenizer: str | None) -> None:
+    """Raise a CheckpointError naming both sides if the checkpoint cannot load into ``model``."""
+    saved_tok = meta.get("tokenizer")
+    if tokenizer is not None and saved_tok is not None and saved_tok != tokenizer:
+        raise CheckpointError(
+            f"checkpoint {step_dir} was trained with tokenizer {saved_tok!r} but this run uses {tokenizer!r}",
+            hint=f"pass --tokenizer {saved_tok} to resume it, or use a new --checkpoint_dir to start fresh",
+        )
+    saved_args = meta.get("model_args")
+    run_args = _model_args_dict(model)
+    if isinstance(saved_args, dict) and run_args is not None:
+        differing = [k for k in sorted(set(saved_args) | set(run_args)) if saved_args.get(k) != run_args.get(k)
+                     and k not in _SHAPE_NEUTRAL_ARGS]
+        if differing:
+            raise CheckpointError(
+                f"checkpoint {step_dir} holds a different model shape: checkpoint has "
+                f"{_describe_args(saved_args, differing)}; this run builds {_describe_args(run_args, differing)}",
+                hint="use the checkpoint's model flags to resume it, or a new --checkpoint_dir to start fresh",
+            )
+    _check_tensor_shapes(step_dir, model_state)
+
+
+# Fields that change numerics but not the state's shapes may differ on resume (e.g. a
+# longer context for fine-tuning, a different rope base for context extension).
+_SHAPE_NEUTRAL_ARGS = {"max_seq_len", "rope_theta", "norm_eps"}
+
+
+def _check_tensor_shapes(step_dir: Path, model_state: dict[str, Any]) -> None:
+    metadata = read_dcp_metadata(step_dir)
+    saved = {k[len("model."):]: v for k, v in metadata.state_dict_metadata.items() if k.startswith("model.")}
+    for name, tensor in model_state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if name not in saved:
+            raise CheckpointError(
+                f"checkpoint {step_dir} has no tensor {name!r} that this model needs "
+                f"(checkpoint tensors: {len(saved)}, model tensors: {len(model_state)})",
+                hint="use the checkpoint's model flags to resume it, or a new --checkpoint_dir to start fresh",
+            )
+        saved_shape = list(getattr(saved[name], "size", []))
+        if saved_shape != list(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {step_dir} does not fit this model: {name} is {saved_shape} in the checkpoint "
+                f"but {list(tensor.shape)} in this run",
+                hint="use the checkpoint's model flags to resume it, or a new --checkpoint_dir to start fresh",
+            )
+
+
+# ---- the manager -----------------------------------------------------------------------
+
+
+class CheckpointManager:
+    """Saves and restores training state; every method except ``latest`` is collective."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep_last: int | None = None,
+                 async_save: bool = False) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ConfigError(f"keep_last must be at least 1 (got {keep_last})",
+                              hint="unset --keep_last to keep every checkpoint")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.async_save = async_save
+        self._pending: threading.Thread | None = None
+        self._pending_error: BaseException | None = None
+        self._async_group = None
+
+    # -- queries --
+
+    def latest(self) -> Path | None:
+        return find_latest(self.directory)
+
+    # -- saving --
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+             meta: dict[str, Any]) -> None:
+        """Write step ``step``; all ranks call it. Returns once it is committed (sync) or staged (async)."""
+        self.wait()
+        final = self.directory / step_dir_name(step)
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        _run_on_rank0(lambda: self._prepare(tmp, step, meta))
+        self._write_rng(tmp)
+        state = self._state(model, optimizer)
+        writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
+        if self.async_save:
+            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group())
+            self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final),
+                                             name=f"checkpoint-commit-{step}", daemon=False)
+            self._pending.start()
+            return
+        dcp.save(state, storage_writer=writer)
+        _run_on_rank0(lambda: self._commit(tmp, final))
+
+    def wait(self) -> None:
+        """Block until a pending async save is written and committed; re-raise its failure."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            if isinstance(error, CheckpointError):
+                raise error
+            raise CheckpointError(f"saving a checkpoint in the background failed: {error}",
+                                  hint=f"check free space and permissions of {self.directory}") from error
+
+    def _finish_async(self, future, tmp: Path, final: Path) -> None:
+        try:
+            upload = getattr(future, "upload_completion", future)
+            upload.result()
+            if _rank() == 0:
+                self._commit(tmp, final)
+        except BaseException as exc:  # surfaced by wait() on the training thread
+            self._pending_error = exc
+
+    def _async_process_group(self):
+        # The background writer runs collectives while training runs its own; on one
+        # process group the two streams of collectives would interleave differently on
+        # each rank and deadlock, so async saves get a gloo group of their own.
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        if self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+        return self._async_group
+
+    def _prepare(self, tmp: Path, step: int, meta: dict[str, Any]) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
+            tmp.mkdir()
+            (tmp / "rng").mkdir()
+            full_meta = dict(meta)
+            full_meta.update({
+                "format": FORMAT,
+                "step": step,
+                "world_size": _world_size(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "torch_version": torch.__version__,
+            })
+            _write_file_durably(tmp / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True, default=str))
+        except PermissionError as exc:
+            raise CheckpointError(f"cannot write checkpoint into {self.directory}: permission denied ({exc.filename})",
+                                  hint=f"check the folder's permissions, or choose another --checkpoint_dir") from None
+        except TypeError as exc:
+            raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
+
+    def _write_rng(self, tmp: Path) -> None:
+        _write_file_durably(tmp / "rng" / f"rank_{_rank():05d}.json", json.dumps(_capture_rng()))
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        _write_file_durably(tmp / MARKER, json.dumps({"step": int(final.name.split("_")[1])}))
+        _fsync_dir(tmp)
+        if final.exists():
+            # Re-saving a step (a run restarted from an older checkpoint): move the old copy
+            # away first so a crash between the two renames leaves a complete step behind.
+            self._trash(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        self._apply_retention(final)
+
+    def _apply_retention(self, newest: Path) -> None:
+        if self.keep_last is None:
+            return
+        steps = complete_steps(self.directory)
+        for old in steps[: max(0, len(steps) - self.keep_last)]:
+            if old != newest:
+                self._trash(old)
+        self._remove_stale()
+
+    def _trash(self, step_dir: Path) -> None:
+        # Renaming first makes the deletion atomic for readers: a crash half-way through
+        # rmtree must never leave a folder that still looks like a complete checkpoint.
+        trash = step_dir.with_name(step_dir.name + TRASH_SUFFIX)
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(step_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_stale(self) -> None:
+        # Only one job writes a checkpoint folder and saves never overlap (save() waits for
+        # the previous one), so any .tmp/.trash found here was left by a killed process.
+        for entry in _listdir(self.directory):
+            match = _ANY_STEP_RE.match(entry.name)
+            if match and match.group(2):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    @staticmethod
+    def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+        if optimizer is None:
+            model_sd, _ = get_state_dict(model, [])
+            return {"model": model_sd}
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    # -- loading --
+
+    def load(self, path: str | os.PathLike, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer | None, *, tokenizer: str | None = None) -> dict[str, Any]:
+        """Restore ``model`` (and ``optimizer``) from ``path``; any world size. Returns the meta.
+
+        ``path`` is a step folder or a folder of steps (its newest complete one is used).
+        """
+        self.wait()
+        step_dir = resolve_checkpoint(path)
+        meta = validate_checkpoint(step_dir)
+        state = self._state(model, optimizer)
+        check_compatible(step_dir, meta, model, state["model"], tokenizer)
+        if optimizer is not None and not _has_optimizer_state(step_dir):
+            raise CheckpointError(f"checkpoint {step_dir} holds no optimizer state (it was saved for inference)",
+                                  hint="resume from a training checkpoint, or use it with --init_from")
+        try:
+            dcp.load(state, checkpoint_id=str(step_dir))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
+                hint=_older_hint(step_dir),
+            ) from None
+        if optimizer is None:
+            set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
+        else:
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        self._restore_rank_rng(step_dir, meta)
+        return meta
+
+    @staticmethod
+    def _restore_rank_rng(step_dir: Path, meta: dict[str, Any]) -> None:
+        # RNG streams only continue exactly on the same world layout; on another one each
+        # rank keeps the streams its seed gave it (the data order is restored separately).
+        if meta.get("world_size") != _world_size():
+            return
+        rng_file = step_dir / "rng" / f"rank_{_rank():05d}.json"
+        if rng_file.is_file():
+            _restore_rng(json.loads(rng_file.read_text(encoding="utf-8")))
+
+
+def _has_optimizer_state(step_dir: Path) -> bool:
+    metadata = read_dcp_metadata(step_dir)
+    return any(k.startswith("optimizer.") for k in metadata.state_dict_metadata)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# ---- single-process reading (sample, export) -------------------------------------------
+
+
+def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
+    """``(ModelArgs, full model state_dict on CPU, meta)`` from a checkpoint, in one process.
+
+    Works without torch.distributed and regardless of how many ranks wrote the checkpoint.
+    """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from llamapod.train.model import ModelArgs
+
+    step_dir = resolve_checkpoint(checkpoint_path)
+    meta = validate_checkpoint(step_dir)
+    if not isinstance(meta.get("model_args"), dict):
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} lacks model_args",
+                              hint=_older_hint(step_dir))
+    args = ModelArgs.from_dict(meta["model_args"])
+    metadata = read_dcp_metadata(step_dir)
+    state: dict[str, Any] = {}
+    for key, item in metadata.state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(item, TensorStorageMetadata):
+            state[key] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
+    try:
+        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
+                              hint=_older_hint(step_dir)) from None
+    return args, {k[len("model."):]: v for k, v in state.items()}, meta
