@@ -75,3 +75,8 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 def instance_info(instance_type: str) -> InstanceInfo:
     """Facts about ``instance_type``; an unknown type is treated as CPU-only with no price."""
     return _KNOWN.get(instance_type, InstanceInfo())
+
+
+def known_instance_types() -> list[str]:
+    """Every instance type this table describes (for "did you mean ...?" suggestions)."""
+    return sorted(_KNOWN)
