@@ -52,12 +52,16 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _distributed() else 0
 
 
 def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if _distributed() else 1
 
 
 def _run_on_rank0(action) -> None:
@@ -444,12 +448,13 @@ class CheckpointManager:
         state = self._state(model, optimizer)
         writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
         if self.async_save:
-            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group())
+            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
+                                    no_dist=not _distributed())
             self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final),
                                              name=f"checkpoint-commit-{step}", daemon=False)
             self._pending.start()
             return
-        dcp.save(state, storage_writer=writer)
+        dcp.save(state, storage_writer=writer, no_dist=not _distributed())
         _run_on_rank0(lambda: self._commit(tmp, final))
 
     def wait(self) -> None:
@@ -569,7 +574,7 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {step_dir} holds no optimizer state (it was saved for inference)",
                                   hint="resume from a training checkpoint, or use it with --init_from")
         try:
-            dcp.load(state, checkpoint_id=str(step_dir))
+            dcp.load(state, checkpoint_id=str(step_dir), no_dist=not _distributed())
         except CheckpointError:
             raise
         except Exception as exc:
