@@ -1,0 +1,193 @@
+"""Token shards: the on-disk format shared by ``data prepare``, the default corpus cache and
+the loader.
+
+A shard directory holds, per shard ``k``:
+- ``shard_<k>.tokens``: the documents' ids back to back (each [BOS] + ids + [EOS]), raw
+  little-endian uint16 (vocabulary <= 65536) or uint32, memory-mapped by the loader;
+- ``shard_<k>.docs``: uint64 start offsets of the documents in that shard, plus the end,
+  so document boundaries survive (validation split by whole documents, boundary masks);
+- ``shard_<k>.json``: the shard's manifest (counts, sha256 of both files), written after
+  both files are renamed into place: a shard without its manifest is incomplete.
+``index.json`` is written last, once every shard is complete; a directory without it is not
+a dataset. Every file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llamapod.data.atomic import write_bytes_atomic, write_json_atomic
+from llamapod.errors import DataError
+
+FORMAT = "llamapod-token-shards"
+VERSION = 1
+INDEX = "index.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def shard_stem(number: int) -> str:
+    return f"shard_{number:05d}"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    number: int
+    tokens: int
+    documents: int
+    tokens_sha256: str
+    docs_sha256: str
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "tokens": self.tokens, "documents": self.documents,
+                "tokens_sha256": self.tokens_sha256, "docs_sha256": self.docs_sha256}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardInfo":
+        return cls(int(d["number"]), int(d["tokens"]), int(d["documents"]),
+                   str(d["tokens_sha256"]), str(d["docs_sha256"]))
+
+
+def pack_documents(token_lists: Sequence[Sequence[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate already-wrapped documents; returns (tokens, start offsets + end)."""
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.uint64, count=len(token_lists))
+    offsets = np.zeros(len(token_lists) + 1, dtype="<u8")
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.empty(int(offsets[-1]), dtype=dtype)
+    for ids, start, end in zip(token_lists, offsets[:-1], offsets[1:]):
+        tokens[int(start):int(end)] = ids
+    return tokens, offsets
+
+
+def write_shard(directory: Path, number: int, token_lists: Sequence[Sequence[int]], vocab_size: int) -> ShardInfo:
+    """Write one complete shard (tokens, offsets, then its manifest)."""
+    dtype = token_dtype(vocab_size)
+    tokens, offsets = pack_documents(token_lists, dtype)
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise DataError(f"token id {int(tokens.max())} is beyond the vocabulary ({vocab_size} ids)",
+                        "the tokenizer's vocab_size is wrong; use the tokenizer's own files")
+    token_bytes, doc_bytes = tokens.tobytes(), offsets.tobytes()
+    stem = shard_stem(number)
+    write_bytes_atomic(directory / f"{stem}.tokens", token_bytes)
+    write_bytes_atomic(directory / f"{stem}.docs", doc_bytes)
+    info = ShardInfo(number, int(tokens.size), len(token_lists),
+                     hashlib.sha256(token_bytes).hexdigest(), hashlib.sha256(doc_bytes).hexdigest())
+    write_json_atomic(directory / f"{stem}.json", info.to_dict())
+    return info
+
+
+def read_complete_shard(directory: Path, number: int) -> ShardInfo | None:
+    """The shard's manifest if the shard is complete and intact on disk, else None."""
+    stem = shard_stem(number)
+    manifest = directory / f"{stem}.json"
+    try:
+        info = ShardInfo.from_dict(json.loads(manifest.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+    tokens_path, docs_path = directory / f"{stem}.tokens", directory / f"{stem}.docs"
+    if not tokens_path.exists() or not docs_path.exists():
+        return None
+    if docs_path.stat().st_size != 8 * (info.documents + 1):
+        return None
+    if hashlib.sha256(tokens_path.read_bytes()).hexdigest() != info.tokens_sha256:
+        return None
+    return info
+
+
+def write_index(directory: Path, shards: Sequence[ShardInfo], tokenizer, source: dict) -> dict:
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": token_dtype(tokenizer.vocab_size).str,
+        "tokenizer": tokenizer.describe(),
+        "source": source,
+        "num_tokens": sum(s.tokens for s in shards),
+        "num_documents": sum(s.documents for s in shards),
+        "shards": [s.to_dict() for s in shards],
+    }
+    write_json_atomic(directory / INDEX, index)
+    return index
+
+
+def is_shard_dir(path: Path) -> bool:
+    return (path / INDEX).is_file()
+
+
+class ShardSet:
+    """A prepared shard directory opened read-only: memory-maps, no token is copied."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        index_path = self.directory / INDEX
+        try:
+            self.index = json.loads(index_path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{self.directory} has no {INDEX}: it is not a prepared dataset (or preparation did not finish)",
+                            f"run `llamapod data prepare SOURCE --out {self.directory}` (it resumes where it stopped)") from None
+        except ValueError:
+            raise DataError(f"{index_path} is not valid JSON", "re-run `llamapod data prepare` for this directory") from None
+        if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
+            raise DataError(f"{self.directory} is not a llamapod token shard directory (format {self.index.get('format')!r})",
+                            "prepare it with `llamapod data prepare`")
+        self.dtype = np.dtype(self.index["dtype"])
+        self.shards = [ShardInfo.from_dict(d) for d in self.index["shards"]]
+        self._tokens: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        for info in self.shards:
+            stem = shard_stem(info.number)
+            self._tokens.append(self._map(f"{stem}.tokens", self.dtype, info.tokens))
+            self._offsets.append(self._map(f"{stem}.docs", np.dtype("<u8"), info.documents + 1))
+
+    def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
+        path = self.directory / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"shard file {path} is missing", "re-run `llamapod data prepare` for this directory") from None
+        if size != count * dtype.itemsize:
+            raise DataError(f"shard file {path} has {size} bytes, the index says {count * dtype.itemsize}",
+                            "the directory was modified after preparation; re-run `llamapod data prepare`")
+        if count == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+    @property
+    def tokenizer_info(self) -> dict:
+        return self.index["tokenizer"]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.index["num_tokens"])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.index["num_documents"])
+
+    def tokens(self, shard: int) -> np.ndarray:
+        return self._tokens[shard]
+
+    def offsets(self, shard: int) -> np.ndarray:
+        return self._offsets[shard]
+
+    def check_tokenizer(self, tokenizer) -> None:
+        recorded = self.tokenizer_info
+        if recorded.get("fingerprint") != tokenizer.fingerprint:
+            raise DataError(f"{self.directory} was tokenized with {recorded.get('name')}, not with the configured tokenizer {tokenizer.name}",
+                            f"pass --tokenizer matching the shards, or re-run `llamapod data prepare` with --tokenizer {tokenizer.label}")
+
+    def document(self, global_index: int) -> np.ndarray:
+        """One document's ids (for `data inspect`)."""
+        for number, info in enumerate(self.shards):
+            if global_index < info.documents:
+                offsets = self._offsets[number]
+                return np.asarray(self._tokens[number][int(offsets[global_index]):int(offsets[global_index + 1])])
+            global_index -= info.documents
+        raise IndexError(global_index)
