@@ -162,16 +162,21 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
     @torch.no_grad()
-    def init_weights(self, seed: int = 0) -> None:
+    def reset_rotary(self, device: torch.device | str | None = None) -> None:
+        """Recompute the rotary tables (after ``to_empty`` they hold garbage) on ``device``."""
+        device = device or self.rope_cos.device
+        self.rope_cos, self.rope_sin = rotary_tables(self.args.head_dim, self.args.max_seq_len,
+                                                     self.args.rope_theta, device=device)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, buffer_device: torch.device | str | None = None) -> None:
         """Fill every parameter (full-size or a DTensor shard) and recompute the rotary tables.
 
         Called after ``to_empty``; the values depend only on (seed, parameter name), never on
-        how the model is sharded.
+        how the model is sharded. ``buffer_device`` differs from the parameters' device only
+        with CPU offload (parameters in CPU memory, compute on the GPU).
         """
-        device = self.rope_cos.device
-        cos, sin = rotary_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        self.reset_rotary(buffer_device)
         # Output projections get a depth-scaled std (GPT-2/torchtitan) so residual
         # activations do not grow with the number of layers.
         depth_std = INIT_STD / math.sqrt(2 * self.args.n_layers)

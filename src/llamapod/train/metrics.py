@@ -1,0 +1,194 @@
+"""Throughput, FLOPs, MFU, peak memory: measured, written to metrics.jsonl and plotted.
+
+MFU = FLOPs/token × tokens/s per device ÷ peak FLOP/s of the device. The peak comes from
+the data sheet for known GPUs (llamapod.instances.PEAK_BF16_FLOPS); a CPU has no data
+sheet, so its peak is measured once with a large matmul and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamapod.instances import PEAK_BF16_FLOPS
+from llamapod.paths import cache_dir
+
+PROBE_SIZE = 1024
+PROBE_SECONDS = 1.0
+
+
+def gpu_peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU from its name ("NVIDIA H100 80GB HBM3" -> H100)."""
+    name = torch.cuda.get_device_name(device).upper()
+    # Longest names first so "L40S" is not taken for "L4", nor "A10G" for "A10".
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key.upper() in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, threads: int | None = None,
+                        seconds: float = PROBE_SECONDS) -> float:
+    """FLOP/s of repeated PROBE_SIZE² matmuls on the CPU with ``threads`` threads."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+        b = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+        out = torch.empty(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+        torch.mm(a, b, out=out)  # warm up the kernel selection and caches
+        best = 0.0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, b, out=out)
+            best = max(best, 4 * 2 * PROBE_SIZE ** 3 / (time.perf_counter() - start))
+        return best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def cpu_peak_flops(dtype: torch.dtype, threads: int) -> float:
+    """The matmul probe's figure for this CPU, dtype and thread count, measured once and cached."""
+    key = f"{_cpu_name()}|{dtype}|threads={threads}|torch={torch.__version__}"
+    path = cache_dir() / "cpu_matmul_peak.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return float(cached[key])
+    value = measure_matmul_peak(dtype, threads)
+    cached[key] = value
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cached, indent=1))
+    os.replace(tmp, path)
+    return value
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is KiB on Linux: the process's resident high-water mark.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@dataclass
+class ThroughputMeter:
+    """Accumulates step and data-wait time between two log lines."""
+
+    flops_per_token: float
+    world_size: int
+    peak_flops: float | None
+    _tokens: int = 0
+    _seconds: float = 0.0
+    _data_seconds: float = 0.0
+    _started: float = field(default_factory=time.perf_counter)
+
+    def add(self, tokens: int, step_seconds: float, data_seconds: float) -> None:
+        self._tokens += tokens
+        self._seconds += step_seconds
+        self._data_seconds += data_seconds
+
+    def snapshot(self) -> dict[str, float | None]:
+        """Figures since the last snapshot (tokens are global, summed over ranks)."""
+        seconds = max(self._seconds, 1e-9)
+        tokens_per_s = self._tokens / seconds
+        per_device = tokens_per_s / self.world_size
+        flops = self.flops_per_token * per_device
+        out = {
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device,
+            "tflops_per_device": flops / 1e12,
+            "mfu": flops / self.peak_flops if self.peak_flops else None,
+            "data_wait_frac": self._data_seconds / seconds,
+        }
+        self._tokens, self._seconds, self._data_seconds = 0, 0.0, 0.0
+        return out
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder: one JSON object per line, appended and flushed."""
+
+    def __init__(self, path: Path, *, append: bool):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a" if append else "w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def format_step_line(step: int, total: int, record: dict[str, Any]) -> str:
+    """The plain log line (`llamapod logs` shows the last one): 'step n/N | loss x | ...'."""
+    parts = [f"step {step}/{total}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"grad_norm {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s",
+             f"{record['tflops_per_device']:.3f} TFLOPS/dev"]
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    parts.append(f"mem {record['peak_mem_gib']:.2f} GiB")
+    parts.append(f"data {100 * record['data_wait_frac']:.0f}%")
+    return " | ".join(parts)
+
+
+def plot_metrics(jsonl: Path, png: Path) -> Path:
+    """Loss (train and validation) and throughput against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(jsonl)
+    train = [r for r in records if r.get("loss") is not None and "tokens_per_s" in r]
+    val = [r for r in records if r.get("val_loss") is not None]
+    fig, (ax_loss, ax_tput) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    if val:
+        ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_tput.plot([r["step"] for r in train], [r["tokens_per_s"] for r in train], color="tab:green")
+    ax_tput.set_xlabel("step")
+    ax_tput.set_ylabel("tokens/s (all devices)")
+    ax_tput.grid(alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

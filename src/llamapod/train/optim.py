@@ -1,0 +1,55 @@
+"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    device_type: str) -> torch.optim.AdamW:
+    """Weight decay on tensors with >= 2 dimensions (matmul weights, embeddings) only.
+
+    Decaying RMSNorm gains pulls them toward zero and hurts training; this is the
+    GPT-2 / Llama recipe. ``ndim`` of an FSDP2 DTensor is the full tensor's, so the split
+    is the same on every world size.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # foreach keeps the update to a handful of kernel launches; fused has no DTensor CPU path.
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, foreach=True)
+
+
+def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int, style: str) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to min_lr."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if style == "constant":
+        return max_lr
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if style == "linear":
+        return max_lr + (min_lr - max_lr) * progress
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm (over all shards); returns the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    limit = max_norm if max_norm > 0 else math.inf
+    total = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
+    if hasattr(total, "full_tensor"):
+        # The norm of DTensor gradients is itself a DTensor (partial over ranks).
+        total = total.full_tensor()
+    return float(total)

@@ -1,0 +1,165 @@
+"""Process groups, device meshes and FSDP2 wrapping (kept apart from the model, torchtitan style).
+
+One code path for every place the trainer runs: a plain ``python`` process (world of one),
+``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK... in the environment) and ``srun`` without
+torchrun (the same values derived from SLURM_*).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llamapod.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    nodes: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _slurm_first_host() -> str:
+    """The first node of the job: the rendezvous host when srun starts workers directly."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "127.0.0.1"
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return nodelist.split(",")[0]
+
+
+def fill_launch_env() -> None:
+    """Make torch.distributed's env:// rendezvous work without torchrun.
+
+    Under ``srun python -m llamapod.train`` each task has SLURM_PROCID etc. but none of
+    torchrun's variables; under plain ``python`` there is a world of one.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        tasks_per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+        nnodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+        local_world = int(tasks_per_node) if tasks_per_node.isdigit() else int(os.environ["SLURM_NTASKS"]) // nnodes
+        os.environ["LOCAL_WORLD_SIZE"] = str(local_world)
+        os.environ["GROUP_WORLD_SIZE"] = str(nnodes)
+        os.environ.setdefault("MASTER_ADDR", _slurm_first_host())
+        # Every task must agree on the port without talking: derive it from the job id.
+        job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+        os.environ.setdefault("MASTER_PORT", str(20000 + job % 20000))
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "GROUP_WORLD_SIZE": "1"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def read_env(device_choice: str = "auto") -> DistEnv:
+    """The world layout from the environment (call fill_launch_env first)."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = _env_int("LOCAL_RANK") or 0
+    local_world = _env_int("LOCAL_WORLD_SIZE") or world
+    nodes = _env_int("GROUP_WORLD_SIZE") or max(1, world // max(1, local_world))
+    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda was given but no CUDA GPU is visible",
+                                "drop --device (auto picks the CPU) or check nvidia-smi / CUDA_VISIBLE_DEVICES")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+    return DistEnv(rank, world, local_rank, local_world, nodes, device)
+
+
+def mesh_shape(strategy: str, world_size: int, nodes: int, gpus_per_node: int) -> tuple[int, ...]:
+    """(shard,) for full sharding; (replicate, shard) = (nodes, gpus_per_node) for hybrid."""
+    if strategy == "full":
+        return (world_size,)
+    if nodes * gpus_per_node != world_size:
+        raise TrainingError(
+            f"hybrid sharding needs nodes * gpus_per_node == world_size, but "
+            f"nodes({nodes}) * gpus_per_node({gpus_per_node}) != world_size({world_size})",
+            "start the same number of workers on every node, or use --sharding_strategy full")
+    return (nodes, gpus_per_node)
+
+
+def init_distributed(env: DistEnv) -> None:
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+        # gloo alongside nccl: CPU tensors (checkpoint metadata, async saves) need it too.
+        backend = "cuda:nccl,cpu:gloo"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30),
+                            device_id=env.device if env.device.type == "cuda" else None)
+
+
+def build_mesh(env: DistEnv, strategy: str):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shape = mesh_shape(strategy, env.world_size, env.nodes, env.local_world_size)
+    names = ("dp_shard",) if len(shape) == 1 else ("dp_replicate", "dp_shard")
+    return init_device_mesh(env.device.type, shape, mesh_dim_names=names)
+
+
+def configure_cpu_threads(env: DistEnv) -> None:
+    """Split the cores between the workers on this machine instead of oversubscribing them."""
+    if env.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // max(1, env.local_world_size)))
+
+
+def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_checkpointing: str,
+                compile_blocks: bool, cpu_offload: bool) -> nn.Module:
+    """Shard each transformer block, then the root (embeddings, final norm, output)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    # Gradients are reduced in fp32 even when parameters are gathered in bf16: a bf16 sum
+    # over many ranks loses the small updates that matter late in training.
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    options = {"mesh": mesh, "mp_policy": mp}
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    blocks = list(model.layers.values())
+    for index, block in enumerate(blocks):
+        block.checkpointing = activation_checkpointing
+        if compile_blocks:
+            block.compile()
+        # The last block's parameters are needed again first in backward: keep them gathered.
+        fully_shard(block, reshard_after_forward=index < len(blocks) - 1, **options)
+    fully_shard(model, reshard_after_forward=False, **options)
+    return model
