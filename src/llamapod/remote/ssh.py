@@ -110,6 +110,16 @@ class SshShell:
             argv += ["--", remote_command]
         return argv
 
+    def login_command(self, command_words: Sequence[str]) -> str | None:
+        """A user's command as ssh itself would send it (words joined by spaces, so
+        ``llamapod ssh -- 'squeue | head'`` pipes on the node), with the node's PATH fixes."""
+        if not command_words:
+            return None
+        command = " ".join(command_words)
+        if self.target.extra_path:
+            command = 'export PATH="' + ":".join(self.target.extra_path) + ':$PATH"; ' + command
+        return command
+
     def _remote_command(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None) -> str:
         parts = []
         if self.target.extra_path:

@@ -1,0 +1,267 @@
+"""The Python environment a cluster job runs in, prepared once on the shared file system.
+
+The job must run the same llamapod as the laptop, including unreleased changes, so
+the local checkout is built into a wheel, uploaded to /fsx, and installed (with its
+``train`` extra: on Linux x86_64 PyPI's torch is a CUDA build) into a virtual
+environment on /fsx that every node sees. The environment is keyed by the wheel's
+hash: an unchanged checkout reuses it in a second; a changed one gets a fresh one.
+An environment counts only once its ready marker exists, so an interrupted install
+is redone rather than used half-built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import llamapod
+from llamapod import paths
+from llamapod.cli import ui
+from llamapod.errors import RemoteError
+from llamapod.remote.shell import Shell
+
+READY_MARKER = ".llamapod-ready"
+MIN_PYTHON = (3, 10)
+# Free space an environment needs: CUDA torch and its libraries are ~6 GB installed;
+# with the base interpreter's packages reused, only llamapod itself is installed.
+FULL_ENV_MIB = 8 * 1024
+REUSED_ENV_MIB = 64
+
+
+@dataclass(frozen=True)
+class RemoteLayout:
+    """Where llamapod keeps things on the cluster's shared file system."""
+
+    fsx_root: str
+
+    @property
+    def root(self) -> PurePosixPath:
+        return PurePosixPath(self.fsx_root) / "llamapod"
+
+    @property
+    def wheels(self) -> PurePosixPath:
+        return self.root / "wheels"
+
+    @property
+    def envs(self) -> PurePosixPath:
+        return self.root / "envs"
+
+    @property
+    def runs(self) -> PurePosixPath:
+        return self.root / "runs"
+
+    def run_dir(self, name: str) -> PurePosixPath:
+        return self.runs / name
+
+
+@dataclass(frozen=True)
+class RemoteEnv:
+    """A ready environment on the cluster."""
+
+    path: PurePosixPath
+    key: str
+    reused: bool
+
+    @property
+    def python(self) -> str:
+        return str(self.path / "bin" / "python")
+
+    @property
+    def activate(self) -> str:
+        return f"source {shlex.quote(str(self.path / 'bin' / 'activate'))}"
+
+
+# ---- the local wheel ---------------------------------------------------------------
+
+
+def project_root() -> Path | None:
+    """The checkout llamapod runs from (an editable install), or None for an installed wheel."""
+    root = Path(llamapod.__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "llamapod"' in pyproject.read_text():
+        return root
+    return None
+
+
+def _source_files(root: Path) -> list[Path]:
+    files = [root / "pyproject.toml"]
+    files += [root / name for name in ("README.md", "LICENSE") if (root / name).is_file()]
+    for path in sorted((root / "src" / "llamapod").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+            files.append(path)
+    return files
+
+
+def source_hash(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in _source_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def local_wheel(root: Path | None = None) -> Path:
+    """A wheel of the checkout, built once per distinct source tree and cached."""
+    root = root or project_root()
+    if root is None:
+        raise RemoteError("llamapod is not running from a source checkout, so there is no wheel to build",
+                          "install llamapod on the cluster from PyPI, or run from a checkout (`pip install -e .`)")
+    cache = paths.cache_dir() / "wheels" / source_hash(root)[:16]
+    built = sorted(cache.glob("llamapod-*.whl"))
+    if built:
+        return built[0]
+    ui.step("building a wheel of this llamapod checkout")
+    with tempfile.TemporaryDirectory(prefix="llamapod-wheel-") as tmp:
+        # Built from a clean copy of exactly the hashed files: an in-tree build would leave
+        # build/ in the checkout, and stale files there can end up in the wheel.
+        source = Path(tmp) / "source"
+        for path in _source_files(root):
+            copy = source / path.relative_to(root)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+        # No build isolation: it would download setuptools; the laptop may be offline.
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                               "--quiet", "--wheel-dir", tmp, str(source)], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("llamapod-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            detail = (proc.stderr.strip() or proc.stdout.strip() or "no wheel produced").splitlines()[-1]
+            raise RemoteError(f"building the llamapod wheel failed: {detail}",
+                              f"run `pip wheel --no-deps {root}` to see the full error")
+        cache.mkdir(parents=True, exist_ok=True)
+        final = cache / wheels[0].name
+        shutil.move(str(wheels[0]), final)
+    return final
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- the environment on the cluster ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvOptions:
+    base_python: str = "python3"
+    system_site_packages: bool = False
+    pip_no_index: bool = False
+    pip_args: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        return json.dumps([self.base_python, self.system_site_packages, self.pip_no_index, list(self.pip_args)])
+
+
+def env_key(wheel_sha256: str, options: EnvOptions) -> str:
+    return hashlib.sha256(f"{wheel_sha256}\n{options.fingerprint()}".encode()).hexdigest()[:16]
+
+
+def prepare_environment(shell: Shell, layout: RemoteLayout, wheel: Path, options: EnvOptions) -> RemoteEnv:
+    """Reuse the environment for this wheel, or upload the wheel and build it."""
+    wheel_sha = file_sha256(wheel)
+    key = env_key(wheel_sha, options)
+    env_dir = layout.envs / key
+    if shell.exists(str(env_dir / READY_MARKER)):
+        ui.info(f"reusing the Python environment {env_dir}")
+        return RemoteEnv(env_dir, key, reused=True)
+    ui.step(f"preparing the Python environment {env_dir} (once per llamapod version)")
+    ensure_free_space(shell, layout.fsx_root, REUSED_ENV_MIB if options.system_site_packages else FULL_ENV_MIB)
+    remote_wheel = upload_wheel(shell, layout, wheel, wheel_sha)
+    version = check_base_python(shell, options.base_python)
+    _create_venv(shell, env_dir, options)
+    _pip_install(shell, env_dir, remote_wheel, options)
+    installed = _verify(shell, env_dir)
+    marker = {"wheel": wheel.name, "wheel_sha256": wheel_sha, "python": version, **installed}
+    shell.write_text(str(env_dir / READY_MARKER), json.dumps(marker, sort_keys=True) + "\n")
+    ui.success(f"environment ready: llamapod {installed['llamapod']}, torch {installed['torch']} "
+               f"(CUDA {'available' if installed['cuda'] else 'not available on this node'})")
+    return RemoteEnv(env_dir, key, reused=False)
+
+
+def ensure_free_space(shell: Shell, path: str, need_mib: int) -> None:
+    result = shell.run(["df", "-Pk", path])
+    lines = result.stdout.strip().splitlines()
+    if not result.ok or len(lines) < 2:
+        raise RemoteError(f"{path} does not exist on {shell.where}",
+                          "check that the shared file system is mounted (remote.fsx_root; on HyperPod: /fsx)")
+    free_mib = int(lines[-1].split()[3]) // 1024
+    if free_mib < need_mib:
+        raise RemoteError(f"{path} on {shell.where} has {free_mib} MiB free; the environment needs {need_mib} MiB",
+                          "free space there (e.g. delete old runs under "
+                          f"{PurePosixPath(path) / 'llamapod' / 'runs'}) or grow the FSx file system, then re-run")
+
+
+def upload_wheel(shell: Shell, layout: RemoteLayout, wheel: Path, wheel_sha: str) -> str:
+    remote = str(layout.wheels / wheel_sha[:16] / wheel.name)
+    check = shell.run(["sha256sum", remote])
+    if check.ok and check.stdout.split()[:1] == [wheel_sha]:
+        return remote
+    ui.info(f"uploading {wheel.name} to {remote}")
+    shell.put(wheel, remote)
+    return remote
+
+
+def check_base_python(shell: Shell, base_python: str) -> str:
+    result = shell.run([base_python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    if not result.ok:
+        raise RemoteError(f"`{base_python}` does not run on {shell.where}",
+                          "set remote.base_python in llamapod.toml to a Python >= 3.10 on the cluster")
+    version = result.stdout.strip()
+    if tuple(int(p) for p in version.split(".")[:2]) < MIN_PYTHON:
+        raise RemoteError(f"`{base_python}` on {shell.where} is Python {version}; llamapod needs 3.10 or newer",
+                          "set remote.base_python to a newer interpreter on the cluster (e.g. from conda or uv)")
+    return version
+
+
+def _create_venv(shell: Shell, env_dir: PurePosixPath, options: EnvOptions) -> None:
+    # A directory without the marker is a half-built environment from an interrupted run.
+    shell.run(["rm", "-rf", str(env_dir)], check=True)
+    argv = [options.base_python, "-m", "venv"]
+    if options.system_site_packages:
+        argv.append("--system-site-packages")
+    result = shell.run([*argv, str(env_dir)], timeout=600)
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
+        raise RemoteError(f"creating a virtual environment at {env_dir} failed on {shell.where}: {detail[0]}",
+                          "install the venv module there (Debian/Ubuntu: apt-get install python3-venv)")
+
+
+def _pip_install(shell: Shell, env_dir: PurePosixPath, remote_wheel: str, options: EnvOptions) -> None:
+    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if options.pip_no_index:
+        pip.append("--no-index")
+    pip += list(options.pip_args)
+    # The wheel goes in by itself first with --force-reinstall, so a same-version llamapod
+    # visible from the base interpreter can never shadow it; then its dependencies.
+    for argv in ([*pip, "--no-deps", "--force-reinstall", remote_wheel], [*pip, f"{remote_wheel}[train]"]):
+        result = shell.run(argv, timeout=3600)
+        if not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
+            raise RemoteError(f"installing llamapod into {env_dir} failed on {shell.where}: {detail[0]}",
+                              "check the cluster's internet access (or remote.pip_args for a package mirror), "
+                              "then re-run: the environment is rebuilt")
+
+
+def _verify(shell: Shell, env_dir: PurePosixPath) -> dict:
+    probe = ("import json, llamapod, torch; print(json.dumps({'llamapod': llamapod.__version__, "
+             "'llamapod_path': llamapod.__file__, 'torch': torch.__version__, 'cuda': torch.cuda.is_available()}))")
+    result = shell.run([str(env_dir / "bin" / "python"), "-c", probe], timeout=300)
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
+        raise RemoteError(f"the new environment {env_dir} cannot import llamapod and torch: {detail[0]}",
+                          "re-run to rebuild it; if it persists, check remote.base_python and remote.pip_args")
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    if not info["llamapod_path"].startswith(str(env_dir)):
+        raise RemoteError(f"the environment {env_dir} imports llamapod from {info['llamapod_path']}, not the wheel",
+                          "set remote.system_site_packages = false, or remove llamapod from remote.base_python")
+    return info

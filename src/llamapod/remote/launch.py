@@ -1,0 +1,179 @@
+"""A training run sent from the laptop to a cluster's head node.
+
+Order matters for re-runs: the environment and the inputs are prepared before
+anything is submitted, so an interrupted `llamapod train --cluster` leaves no job
+behind, and running it again reuses the environment and the uploaded files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from llamapod.cli import ui
+from llamapod.errors import ConfigError, SlurmError
+from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
+
+if TYPE_CHECKING:
+    from llamapod.config.train import TrainSpec
+    from llamapod.remote.connect import ClusterAccess
+    from llamapod.remote.ssh import SshShell
+    from llamapod.slurm.spec import SlurmJob
+
+# TrainSpec fields that may name files on the laptop; each one that exists locally is
+# uploaded into the run's inputs/ folder and the field rewritten to the cluster path.
+INPUT_FIELDS = ("dataset", "tokenizer", "init_from", "resume_from_checkpoint")
+PREVIEW_ENV = PurePosixPath("<environment>")
+
+
+@dataclass
+class ClusterRun:
+    """One `llamapod train --cluster` invocation: where it goes and what it sends."""
+
+    access: "ClusterAccess"
+    spec: "TrainSpec"
+    job: "SlurmJob"
+    config_path: Path | None
+    layout: RemoteLayout
+    name: str
+    shell: "SshShell | None" = None
+    uploads: list[tuple[Path, str]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, spec: "TrainSpec", *, cluster: str, config_path: Path | None,
+               slurm_overrides: dict[str, Any]) -> "ClusterRun":
+        from llamapod.remote.connect import resolve_cluster
+        from llamapod.slurm.spec import load_slurm_job
+
+        access = resolve_cluster(cluster, config_path)
+        layout = RemoteLayout(access.fsx_root)
+        job = load_slurm_job(config_path, slurm_overrides)
+        name = run_name(spec, job)
+        run_dir = layout.run_dir(name)
+        job = job.model_copy(update={"job_name": name, "output_dir": str(layout.runs), "workdir": str(run_dir),
+                                     "hyperpod": True if access.via_ssm else job.hyperpod})
+        run = cls(access=access, spec=spec, job=job, config_path=config_path, layout=layout, name=name)
+        run.spec, run.uploads = _rewrite_inputs(spec, run_dir)
+        return run
+
+    @property
+    def run_dir(self) -> PurePosixPath:
+        return self.layout.run_dir(self.name)
+
+    def render(self, env: RemoteEnv | None) -> str:
+        from llamapod.slurm.render import render_sbatch
+
+        env_path = env.path if env else PREVIEW_ENV
+        job = self.job.model_copy(update={
+            "python": str(env_path / "bin" / "python"),
+            "env_setup": [f"source {env_path / 'bin' / 'activate'}", *self.job.env_setup],
+        }) if env else self.job
+        return render_sbatch(self.spec, job)
+
+    def render_preview(self) -> str:
+        lines = [f"# would run on cluster {self.access.name} in {self.run_dir}"]
+        lines += [f"# would upload {local} -> {remote}" for local, remote in self.uploads]
+        lines.append("# (the environment line is added once it exists on the cluster)")
+        return "\n".join(lines) + "\n" + self.render(None)
+
+    def launch(self) -> str:
+        """Connect, prepare the environment, upload inputs, submit; returns the Slurm job id."""
+        from llamapod.remote.connect import connect
+        from llamapod.slurm.jobs import SlurmJobs
+
+        self.shell = connect(self.access)
+        settings = self.access.settings
+        options = EnvOptions(base_python=settings.base_python, system_site_packages=settings.system_site_packages,
+                             pip_no_index=settings.pip_no_index, pip_args=tuple(settings.pip_args))
+        env = prepare_environment(self.shell, self.layout, local_wheel(), options)
+        self._upload_inputs()
+        script = self.render(env)
+        script_path = str(self.run_dir / "job.sbatch")
+        self.shell.write_text(script_path, script)
+        job_id = SlurmJobs(self.shell).submit(script_path)
+        ui.success(f"submitted job {job_id} on {self.access.name}: {self.job.nodes} node(s), run {self.run_dir}")
+        return job_id
+
+    def _upload_inputs(self) -> None:
+        assert self.shell is not None
+        if self.config_path is not None and Path(self.config_path).is_file():
+            self.shell.put(Path(self.config_path), str(self.run_dir / "llamapod.toml"))
+        for local, remote in self.uploads:
+            ui.info(f"uploading {local} to {remote}")
+            self.shell.put(local, remote)
+
+
+def run_name(spec: "TrainSpec", job: "SlurmJob") -> str:
+    """The run's folder name on the cluster: the spec's run_dir name, else the Slurm job name."""
+    if spec.run_dir:
+        name = PurePosixPath(spec.run_dir).name
+        from llamapod.slurm.spec import SlurmJob
+
+        try:
+            SlurmJob(job_name=name)
+        except Exception:
+            raise ConfigError(f"run_dir '{spec.run_dir}' cannot name a run on the cluster: its last part must be "
+                              "letters, digits, '.', '_' or '-'", "choose a simpler --run_dir") from None
+        return name
+    return job.job_name
+
+
+def _rewrite_inputs(spec: "TrainSpec", run_dir: PurePosixPath) -> tuple["TrainSpec", list[tuple[Path, str]]]:
+    updates: dict[str, Any] = {"run_dir": None}
+    uploads: list[tuple[Path, str]] = []
+    for name in INPUT_FIELDS:
+        value = getattr(spec, name, None)
+        if not value:
+            continue
+        local = Path(value).expanduser()
+        if not local.exists():
+            continue  # a hub name (`allenai/c4`) or a path that already lives on the cluster
+        remote = str(run_dir / "inputs" / name / local.resolve().name)
+        uploads.append((local, remote))
+        updates[name] = remote
+    if spec.checkpoint_dir and not PurePosixPath(spec.checkpoint_dir).is_absolute():
+        updates["checkpoint_dir"] = str(run_dir / spec.checkpoint_dir)
+    return spec.model_copy(update=updates), uploads
+
+
+TERMINAL_OK = {"COMPLETED"}
+
+
+def follow_job(run: ClusterRun, job_id: str) -> int:
+    """Stream the job's output until it ends; 0 when it completed, else one line with the next step."""
+    from llamapod.slurm.jobs import SlurmJobs
+
+    assert run.shell is not None
+    jobs = SlurmJobs(run.shell)
+    cluster = run.access.name
+    ui.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
+    try:
+        for line in jobs.follow(job_id):
+            ui.info(line)
+    except KeyboardInterrupt:
+        ui.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
+        return 130
+    info = _final_info(jobs, job_id)
+    state = str(getattr(info, "state", "UNKNOWN"))
+    if state in TERMINAL_OK:
+        return 0
+    reason = getattr(info, "reason", None)
+    detail = f" ({reason})" if reason and reason not in ("None", "") else ""
+    raise SlurmError(f"job {job_id} ended {state} on {cluster}{detail}",
+                     f"see its error log with `llamapod logs --cluster {cluster} {job_id}`")
+
+
+def _final_info(jobs, job_id: str, deadline_s: float = 120.0):
+    """The job's state once Slurm's accounting has caught up with the end of its output."""
+    deadline = time.monotonic() + deadline_s
+    info = jobs.info(job_id)
+    while not _is_final(info) and time.monotonic() < deadline:
+        info = jobs.wait(job_id, timeout=max(1.0, deadline - time.monotonic()))
+    return info
+
+
+def _is_final(info) -> bool:
+    return str(getattr(info, "state", "")) in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                               "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
