@@ -27,6 +27,8 @@ import re
 import shutil
 import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,15 @@ def step_dir_name(step: int) -> str:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def _quiet_single_process():
+    # DCP warns on every single-process save/load that it "assumes" one process; that is
+    # exactly what llamapod intends when torch.distributed is not initialised.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _rank() -> int:
@@ -218,7 +229,7 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
     if _ANY_STEP_RE.match(directory.name) and directory.is_dir():
         raise CheckpointError(
             f"checkpoint {directory} is partial: it has no {MARKER} marker (its save was interrupted)",
-            hint=f"resume from the folder above it ({directory.parent}) to use the newest complete step",
+            hint=_older_hint(directory),
         )
     foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name)]
     if foreign and not partial:
@@ -448,13 +459,15 @@ class CheckpointManager:
         state = self._state(model, optimizer)
         writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
         if self.async_save:
-            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
-                                    no_dist=not _distributed())
+            with _quiet_single_process():
+                future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
+                                        no_dist=not _distributed())
             self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final),
                                              name=f"checkpoint-commit-{step}", daemon=False)
             self._pending.start()
             return
-        dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+        with _quiet_single_process():
+            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
         _run_on_rank0(lambda: self._commit(tmp, final))
 
     def wait(self) -> None:
@@ -574,7 +587,8 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {step_dir} holds no optimizer state (it was saved for inference)",
                                   hint="resume from a training checkpoint, or use it with --init_from")
         try:
-            dcp.load(state, checkpoint_id=str(step_dir), no_dist=not _distributed())
+            with _quiet_single_process():
+                dcp.load(state, checkpoint_id=str(step_dir), no_dist=not _distributed())
         except CheckpointError:
             raise
         except Exception as exc:
@@ -634,7 +648,8 @@ def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
         if key.startswith("model.") and isinstance(item, TensorStorageMetadata):
             state[key] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
     try:
-        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                               hint=_older_hint(step_dir)) from None

@@ -341,7 +341,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
 
-    from llamapod.train.checkpoint import read_dcp_metadata, resolve_checkpoint, validate_checkpoint
+    from llamapod.train.checkpoint import (_quiet_single_process, read_dcp_metadata, resolve_checkpoint,
+                                           validate_checkpoint)
     from llamapod.train.model import ModelArgs
 
     if dtype not in _DTYPES:
@@ -366,7 +367,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
         file_name = HF_SINGLE if len(plan) == 1 else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
         state = {f"model.{n}": torch.empty(tuple(metadata[f"model.{n}"].size),
                                            dtype=metadata[f"model.{n}"].properties.dtype) for n in names}
-        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
         tensors = {}
         for name in names:
             tensors[hf_name(name)] = _to_hf_tensor(name, state[f"model.{name}"], args).to(_DTYPES[dtype]).contiguous()
