@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in args:
         ui.configure(debug=True)
     try:
-        cli.main(args=args, prog_name="llamapod", standalone_mode=False)
-        return 0
+        # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
+        code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
