@@ -1,0 +1,207 @@
+"""``llamapod train --slurm``, ``llamapod jobs``, ``llamapod logs``, ``llamapod cancel``.
+
+Everything Slurm-side goes through ``llamapod.slurm.jobs.SlurmJobs`` on a Shell: this
+machine by default, the cluster's head node over SSH with ``--cluster NAME``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import click
+
+from llamapod.cli import ui
+
+if TYPE_CHECKING:
+    from llamapod.config.train import TrainSpec
+    from llamapod.remote.shell import Shell
+    from llamapod.slurm.jobs import JobInfo, SlurmJobs
+    from llamapod.slurm.spec import SlurmJob
+
+# HyperPod marks its nodes with this folder; only there does srun know --auto-resume.
+HYPERPOD_MARKER = "/opt/sagemaker_cluster"
+FAILED_JOBS_DETAILED = 3
+ERROR_TAIL_LINES = 8
+
+
+# ---- llamapod train --slurm -------------------------------------------------------
+
+
+def resolve_job(job: "SlurmJob", shell: "Shell") -> "SlurmJob":
+    """Fill what the config leaves open from the machine the job is submitted on."""
+    from llamapod.remote.shell import LocalShell
+
+    updates: dict[str, Any] = {}
+    if job.hyperpod is None:
+        updates["hyperpod"] = shell.exists(HYPERPOD_MARKER)
+    if isinstance(shell, LocalShell):
+        if job.workdir is None:
+            updates["workdir"] = os.getcwd()
+        if job.python is None:
+            # The interpreter that runs llamapod here has torch and llamapod; on a head
+            # node with a shared file system the compute nodes see the same one.
+            updates["python"] = sys.executable
+    return job.model_copy(update=updates) if updates else job
+
+
+def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run: bool,
+                     slurm_overrides: dict[str, Any], shell: "Shell | None" = None) -> int:
+    """Write the job's sbatch script (``dry_run``) or write and submit it; prints the path or job id."""
+    from llamapod.errors import SlurmError
+    from llamapod.remote.shell import LocalShell
+    from llamapod.slurm.jobs import SlurmJobs
+    from llamapod.slurm.render import job_paths, render_sbatch
+    from llamapod.slurm.spec import load_slurm_job
+
+    shell = shell or LocalShell()
+    job = resolve_job(load_slurm_job(config_path, slurm_overrides), shell)
+    script = render_sbatch(spec, job)
+    jobs = SlurmJobs(shell)
+    if not dry_run:
+        if shell.which("sbatch") is None:
+            raise SlurmError(f"Slurm is not installed on {shell.where}: `sbatch` is not on PATH",
+                             "submit from the cluster's login or head node, use --cluster NAME from a laptop, "
+                             "or add --dry-run to only write the script")
+        jobs.preflight(job.nodes, job.partition)
+    shell.write_text(job.script_path, script, mode=0o755)
+    summary = (f"{job.nodes} node{'s' if job.nodes != 1 else ''} x {job.workers_per_node} workers"
+               f"{f' ({job.instance_type})' if job.instance_type else ''}")
+    if dry_run:
+        ui.success(f"wrote the sbatch script for {summary}")
+        ui.out(job.script_path)
+        ui.info(f"submit it with `sbatch {job.script_path}`, or run the same command without --dry-run")
+        return 0
+    _, checkpoint_dir = job_paths(spec, job)
+    if _has_checkpoints(shell, checkpoint_dir):
+        ui.info(f"{checkpoint_dir} holds checkpoints: the job resumes from the newest "
+                "(set another job_name in [slurm] to start a new run)")
+    job_id = jobs.submit(job.script_path)
+    ui.success(f"submitted job {job_id} ({job.job_name}: {summary}); script {job.script_path}")
+    ui.out(job_id)
+    ui.info(f"follow it with `llamapod logs {job_id} -f`; list jobs with `llamapod jobs`; "
+            f"stop it with `llamapod cancel {job_id}`")
+    return 0
+
+
+def _has_checkpoints(shell: "Shell", checkpoint_dir: str) -> bool:
+    if not shell.exists(checkpoint_dir):
+        return False
+    listing = shell.run(["ls", "-1", checkpoint_dir], timeout=30)
+    return any(name.startswith("step_") for name in listing.stdout.split())
+
+
+# ---- jobs / logs / cancel -----------------------------------------------------------
+
+
+def _slurm(cluster: Optional[str]) -> "SlurmJobs":
+    from llamapod.slurm.jobs import SlurmJobs
+
+    if cluster:
+        from llamapod.remote.connect import shell_for_cluster
+
+        return SlurmJobs(shell_for_cluster(cluster))
+    from llamapod.remote.shell import LocalShell
+
+    return SlurmJobs(LocalShell())
+
+
+def _cluster_flag(cluster: Optional[str]) -> str:
+    return f" --cluster {cluster}" if cluster else ""
+
+
+def _where(job: "JobInfo") -> str:
+    if job.state == "PENDING":
+        return f"({job.reason})"
+    if job.failed and job.reason not in ("", "None"):
+        return f"{job.node_list} ({job.reason})".strip()
+    return job.node_list
+
+
+def describe(job: "JobInfo") -> str:
+    """One line: what the job is doing, or how it ended."""
+    name = f"job {job.job_id} ({job.name})"
+    if job.state == "PENDING":
+        return f"{name} is PENDING: {job.reason}" + (f" (restarted {job.restarts}x)" if job.restarts else "")
+    if not job.ended:
+        return f"{name} is {job.state} for {job.elapsed} on {job.node_list}"
+    text = f"{name} {job.state} after {job.elapsed}"
+    if job.failed:
+        text += f" (exit code {job.exit_code}; Slurm's reason: {job.reason})"
+    return text
+
+
+@click.command()
+@click.option("--cluster", help="the HyperPod cluster to ask (default: Slurm on this machine)")
+@click.option("--all", "all_users", is_flag=True, help="every user's jobs, not only yours")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def jobs(cluster: Optional[str], all_users: bool, as_json: bool) -> None:
+    """List Slurm jobs: state, elapsed time, nodes and the last metrics line."""
+    slurm = _slurm(cluster)
+    listed = slurm.list(all_users=all_users)
+    metrics = {job.job_id: slurm.last_metrics(job) for job in listed}
+    if as_json:
+        ui.out_json([{**dataclasses.asdict(job), "last_metrics": metrics[job.job_id]} for job in listed])
+        return
+    if not listed:
+        ui.info("no jobs (without accounting, Slurm forgets ended jobs after a few minutes)")
+        return
+    ui.table(["JOB", "NAME", "STATE", "ELAPSED", "NODES", "WHERE", "LAST METRICS"],
+             [(j.job_id, j.name, j.state, j.elapsed, j.nodes, _where(j), metrics[j.job_id] or "") for j in listed])
+    failed = [job for job in listed if job.failed][-FAILED_JOBS_DETAILED:]
+    for job in failed:
+        _show_failure(slurm, job, cluster)
+
+
+def _show_failure(slurm: "SlurmJobs", job: "JobInfo", cluster: Optional[str]) -> None:
+    ui.warn(describe(job))
+    tail = slurm.error_tail(job, ERROR_TAIL_LINES).rstrip("\n")
+    if tail:
+        ui.info(f"  last lines of {job.stderr or job.stdout}:")
+        for line in tail.splitlines():
+            ui.info(f"    {line}")
+    ui.info(f"  whole log: `llamapod logs{_cluster_flag(cluster)} {job.job_id}`")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines until the job ends")
+@click.option("-n", "--lines", type=click.IntRange(min=1), help="only the last N lines of each log file")
+@click.option("--cluster", help="the HyperPod cluster the job runs on (default: this machine)")
+def logs(job_id: str, follow: bool, lines: Optional[int], cluster: Optional[str]) -> None:
+    """Show a job's output (stdout, then stderr) and its last metrics line."""
+    slurm = _slurm(cluster)
+    if follow:
+        for line in slurm.follow(job_id):
+            ui.out(line)
+        job = slurm.info(job_id)
+    else:
+        job = slurm.info(job_id)
+        text = slurm.log_text(job_id, tail=lines, job=job)
+        if text:
+            ui.out(text.rstrip("\n"))
+    metrics = slurm.last_metrics(job)
+    if metrics:
+        ui.info(f"last metrics: {metrics}")
+    if job.failed:
+        from llamapod.errors import SlurmError
+
+        raise SlurmError(describe(job), f"the lines above end with the job's error; resubmit with "
+                                        f"`llamapod train --slurm` (it resumes from the last checkpoint)")
+    ui.info(describe(job))
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--cluster", help="the HyperPod cluster the job runs on (default: this machine)")
+def cancel(job_id: str, cluster: Optional[str]) -> None:
+    """Cancel a Slurm job (its checkpoints stay, so it can be resubmitted and resume)."""
+    slurm = _slurm(cluster)
+    job = slurm.cancel(job_id)
+    if job.ended:
+        ui.info(f"job {job.job_id} ({job.name}) had already ended ({job.state}); nothing to cancel")
+        return
+    ui.success(f"cancelled job {job.job_id} ({job.name}), which was {job.state}")

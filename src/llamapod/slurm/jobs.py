@@ -1,0 +1,383 @@
+"""Submit, inspect, follow and cancel Slurm jobs through a ``Shell``.
+
+The same code runs on a head node (LocalShell) and from a laptop (SshShell), so every
+Slurm interaction is a command line plus parsing of its output: ``sbatch --parsable``,
+``scontrol show job -o`` (pending, running and recently ended jobs, with their log
+paths), ``sacct`` for older jobs where the cluster keeps accounting, ``scancel``, and
+plain file reads for the logs. Slurm's terse errors become one line with a next step.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from llamapod.errors import SlurmError
+from llamapod.remote.shell import CommandResult, Shell
+
+# States after which a job never runs again (a requeued job passes through PENDING instead).
+ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
+
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")
+_METRICS = re.compile(r"(step \d+/\d+ \|.*)$")
+# `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
+_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
+_SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "Reason", "Partition",
+                 "ExitCode", "WorkDir", "User")
+
+COMMAND_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    name: str
+    state: str
+    elapsed: str = ""
+    nodes: int = 0
+    node_list: str = ""
+    reason: str = ""
+    partition: str = ""
+    stdout: Optional[str] = None
+    stderr: Optional[str] = None
+    exit_code: str = ""
+    restarts: int = 0
+    user: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_STATES
+
+    @property
+    def failed(self) -> bool:
+        return self.ended and self.state != "COMPLETED"
+
+    @property
+    def log_paths(self) -> list[str]:
+        """stdout, then stderr when it is a different file."""
+        paths = [p for p in (self.stdout, self.stderr) if p]
+        return list(dict.fromkeys(paths))
+
+
+def check_job_id(job_id: str) -> str:
+    job_id = str(job_id).strip()
+    if not _JOB_ID.match(job_id):
+        raise SlurmError(f"'{job_id}' is not a Slurm job id",
+                         "job ids are numbers, as printed by `llamapod train --slurm` and `llamapod jobs`")
+    return job_id
+
+
+def last_metrics_line(text: str) -> Optional[str]:
+    """The newest `step n/N | loss ...` line the trainer logged, without any prefix."""
+    for line in reversed(text.splitlines()):
+        match = _METRICS.search(line.strip())
+        if match:
+            return match.group(1)
+    return None
+
+
+def parse_scontrol_record(line: str) -> dict[str, str]:
+    """One line of `scontrol show job -o` as a dict (values may contain spaces)."""
+    matches = list(_KEY.finditer(line))
+    record = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
+        record[match.group(1)] = line[match.end():end].strip()
+    return record
+
+
+def job_from_scontrol(record: dict[str, str]) -> JobInfo:
+    def path(key: str) -> Optional[str]:
+        value = record.get(key, "")
+        return value if value and value != "(null)" else None
+
+    nodes_text = record.get("NumNodes", "0").split("-")[0]
+    node_list = record.get("NodeList", "")
+    return JobInfo(
+        job_id=record.get("JobId", ""),
+        name=record.get("JobName", ""),
+        state=record.get("JobState", "UNKNOWN").split()[0],
+        elapsed=record.get("RunTime", ""),
+        nodes=int(nodes_text) if nodes_text.isdigit() else 0,
+        node_list="" if node_list == "(null)" else node_list,
+        reason=record.get("Reason", "None"),
+        partition=record.get("Partition", ""),
+        stdout=path("StdOut"),
+        stderr=path("StdErr"),
+        exit_code=record.get("ExitCode", ""),
+        restarts=int(record.get("Restarts", "0") or 0),
+        user=record.get("UserId", "").split("(")[0],
+    )
+
+
+def job_from_sacct(line: str) -> JobInfo:
+    """One line of `sacct -P -n -X -o <_SACCT_FIELDS>` ('|'-separated, in that order).
+
+    sacct before 23.02 has no StdOut field; Slurm's default `slurm-<id>.out` in the job's
+    working directory is the best guess for a job that ended long ago.
+    """
+    fields = dict(zip(_SACCT_FIELDS, line.split("|")))
+    workdir = fields.get("WorkDir", "")
+    default_log = f"{workdir}/slurm-{fields['JobID']}.out" if workdir else None
+    nodes = fields.get("NNodes", "0")
+    return JobInfo(
+        job_id=fields["JobID"],
+        name=fields.get("JobName", ""),
+        state=fields.get("State", "UNKNOWN").split()[0],
+        elapsed=fields.get("Elapsed", ""),
+        nodes=int(nodes) if nodes.isdigit() else 0,
+        node_list=fields.get("NodeList", ""),
+        reason=fields.get("Reason", ""),
+        partition=fields.get("Partition", ""),
+        stdout=default_log,
+        stderr=default_log,
+        exit_code=fields.get("ExitCode", ""),
+        user=fields.get("User", ""),
+    )
+
+
+# sbatch's rejections, by the words Slurm uses -> (our message, hint).
+_SBATCH_REJECTIONS = (
+    ("Invalid partition name", "Slurm has no such partition",
+     "pick one of the partitions `sinfo` lists (--partition or partition in [slurm])"),
+    ("Node count specification invalid", "the job asks for more nodes than the partition has",
+     "lower --nodes (or nodes in [slurm]) to what `sinfo` shows, or pick a bigger partition"),
+    ("Requested node configuration is not available", "no nodes of the partition match what the job asks for",
+     "check --nodes and --partition against `sinfo`"),
+    ("Invalid account", "the account is not valid for this partition",
+     "check --account (or account in [slurm]) with `sacctmgr show assoc user=$USER`"),
+    ("time limit", "the time limit exceeds what the partition allows",
+     "lower --time (or time in [slurm]); `sinfo -o '%P %l'` shows each partition's limit"),
+)
+
+
+class SlurmJobs:
+    """Slurm through a Shell: the only place llamapod runs Slurm commands."""
+
+    def __init__(self, shell: Shell, poll_interval_s: float = 1.0):
+        self.shell = shell
+        self.poll_interval_s = poll_interval_s
+        self._checked: set[str] = set()
+        self._user: Optional[str] = None
+        self._accounting: Optional[bool] = None
+
+    # ---- running Slurm commands --------------------------------------------------
+
+    def _require(self, program: str) -> None:
+        if program in self._checked:
+            return
+        if self.shell.which(program) is None:
+            raise SlurmError(f"Slurm is not installed on {self.shell.where}: `{program}` is not on PATH",
+                             "run this on the cluster's login or head node, or from a laptop with --cluster NAME")
+        self._checked.add(program)
+
+    def _run(self, argv: list[str]) -> CommandResult:
+        self._require(argv[0])
+        result = self.shell.run(argv, timeout=COMMAND_TIMEOUT_S)
+        text = result.stderr + result.stdout
+        if not result.ok and ("Unable to contact slurm controller" in text or "Zero Bytes were transmitted" in text):
+            raise SlurmError(f"cannot reach the Slurm controller from {self.shell.where}",
+                             "check that slurmctld is running: `scontrol ping`")
+        return result
+
+    @staticmethod
+    def _slurm_message(result: CommandResult) -> str:
+        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit code {result.returncode}"
+        for prefix in ("sbatch: error: ", "scancel: error: ", "sinfo: error: ", "error: "):
+            last = last.removeprefix(prefix)
+        return last.removeprefix("Batch job submission failed: ")
+
+    # ---- submit ------------------------------------------------------------------
+
+    def preflight(self, nodes: int, partition: Optional[str]) -> None:
+        """Fail before sbatch when the partition is unknown or too small.
+
+        Clusters without EnforcePartLimits accept such a job and leave it pending forever
+        (reason PartitionNodeLimit), so the check cannot be left to sbatch alone.
+        """
+        result = self._run(["sinfo", "-h", "-o", "%P %D"])
+        if not result.ok:
+            raise SlurmError(f"sinfo failed on {self.shell.where}: {self._slurm_message(result)}",
+                             "check that Slurm works here: `sinfo`")
+        sizes: dict[str, int] = {}
+        default = None
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                continue
+            name = parts[0].rstrip("*")
+            if parts[0].endswith("*"):
+                default = name
+            sizes[name] = sizes.get(name, 0) + int(parts[1])
+        listing = ", ".join(f"{name} ({count} node{'s' if count != 1 else ''})" for name, count in sizes.items())
+        target = partition or default
+        if partition and partition not in sizes:
+            raise SlurmError(f"Slurm has no partition '{partition}'",
+                             f"partitions here: {listing or 'none'}; set --partition (or partition in [slurm])")
+        if target and target in sizes and nodes > sizes[target]:
+            raise SlurmError(f"the job asks for {nodes} nodes but partition '{target}' has {sizes[target]}",
+                             f"lower --nodes (or nodes in [slurm]) to {sizes[target]} or less; partitions: {listing}")
+
+    def submit(self, script_path: str) -> str:
+        """``sbatch --parsable`` the script; returns the job id."""
+        result = self._run(["sbatch", "--parsable", script_path])
+        if not result.ok:
+            detail = self._slurm_message(result)
+            for words, message, hint in _SBATCH_REJECTIONS:
+                if words.lower() in detail.lower():
+                    raise SlurmError(f"sbatch rejected the job: {message} ({detail})", hint)
+            raise SlurmError(f"sbatch rejected the job: {detail}", f"check the #SBATCH lines of {script_path}")
+        job_id = result.stdout.strip().split(";")[0]
+        if not _JOB_ID.match(job_id):
+            raise SlurmError(f"sbatch printed no job id (got {result.stdout.strip()!r})",
+                             "check `squeue --me` for the job")
+        return job_id
+
+    # ---- inspect -----------------------------------------------------------------
+
+    def _current_user(self) -> str:
+        if self._user is None:
+            self._user = self.shell.run(["id", "-un"], timeout=COMMAND_TIMEOUT_S).stdout.strip()
+        return self._user
+
+    def _sacct(self, args: list[str]) -> list[JobInfo]:
+        """Jobs from accounting; [] where the cluster keeps none (sacct then says so)."""
+        if self._accounting is False or self.shell.which("sacct") is None:
+            return []
+        result = self._run(["sacct", "-P", "-n", "-X", "-o", ",".join(_SACCT_FIELDS), *args])
+        if not result.ok or "accounting storage is disabled" in (result.stdout + result.stderr):
+            self._accounting = False
+            return []
+        self._accounting = True
+        return [job_from_sacct(line) for line in result.stdout.splitlines() if line.count("|") >= 2]
+
+    def info(self, job_id: str) -> JobInfo:
+        """State, elapsed time, nodes, Slurm's reason and log paths of one job."""
+        job_id = check_job_id(job_id)
+        result = self._run(["scontrol", "show", "job", "-o", job_id])
+        if result.ok and result.stdout.strip():
+            return job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
+        message = self._slurm_message(result)
+        if "Invalid job id" not in message:
+            raise SlurmError(f"scontrol could not show job {job_id}: {message}", "check `scontrol ping`")
+        for job in self._sacct(["-j", job_id]):
+            if job.job_id == job_id:
+                return job
+        raise SlurmError(f"Slurm has no job {job_id}",
+                         "list the jobs it knows with `llamapod jobs` (without accounting, Slurm forgets "
+                         "ended jobs after a few minutes)")
+
+    def list(self, all_users: bool = False) -> list[JobInfo]:
+        """Pending, running and recently ended jobs (older ones too where accounting exists)."""
+        result = self._run(["scontrol", "show", "job", "-o"])
+        if not result.ok:
+            raise SlurmError(f"scontrol could not list jobs: {self._slurm_message(result)}", "check `scontrol ping`")
+        jobs = {}
+        for line in result.stdout.splitlines():
+            if "JobId=" in line:
+                job = job_from_scontrol(parse_scontrol_record(line))
+                jobs[job.job_id] = job
+        for job in self._sacct(["--starttime", "now-1days"] + ([] if all_users else ["--user", self._current_user()])):
+            jobs.setdefault(job.job_id, job)
+        if not all_users:
+            user = self._current_user()
+            jobs = {k: v for k, v in jobs.items() if v.user == user}
+        return sorted(jobs.values(), key=lambda j: [int(p) for p in j.job_id.split("_")])
+
+    # ---- logs --------------------------------------------------------------------
+
+    def _read(self, path: str, tail: Optional[int]) -> str:
+        if tail is None:
+            return self.shell.read_text(path)
+        return self.shell.run(["tail", "-n", str(tail), path], timeout=COMMAND_TIMEOUT_S, check=True).stdout
+
+    def _missing_log(self, job: JobInfo) -> SlurmError:
+        if job.state == "PENDING":
+            return SlurmError(f"job {job.job_id} has not started yet (pending: {job.reason}), so it has no log yet",
+                              f"`llamapod logs {job.job_id} -f` waits for it to start")
+        where = job.log_paths[0] if job.log_paths else "its output file"
+        return SlurmError(f"the log of job {job.job_id} ({where}) does not exist yet",
+                          "Slurm creates it when the job starts on its first node; if the job ended, "
+                          "the file was moved or deleted")
+
+    def log_text(self, job_id: str, tail: Optional[int] = None, job: Optional[JobInfo] = None) -> str:
+        """The job's stdout, then its stderr when that is a separate file (each at most ``tail`` lines)."""
+        job = job or self.info(job_id)
+        present = [p for p in job.log_paths if self.shell.exists(p)]
+        if not present:
+            raise self._missing_log(job)
+        parts = [self._read(p, tail) for p in present]
+        return "".join(part if part.endswith("\n") or not part else part + "\n" for part in parts)
+
+    def error_tail(self, job: JobInfo, lines: int = 20) -> str:
+        """The last lines of the job's error log (stderr, or the combined log)."""
+        path = job.stderr or job.stdout
+        if not path or not self.shell.exists(path):
+            return ""
+        return self._read(path, lines)
+
+    def last_metrics(self, job: JobInfo, lines: int = 200) -> Optional[str]:
+        """The job's newest metrics line, from the end of its logs."""
+        found = None
+        for path in job.log_paths:
+            if self.shell.exists(path):
+                found = last_metrics_line(self._read(path, lines)) or found
+        return found
+
+    def follow(self, job_id: str, timeout: Optional[float] = None) -> Iterator[str]:
+        """The job's log lines as they are written, until the job ends (through requeues)."""
+        job_id = check_job_id(job_id)
+        offsets: dict[str, int] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.info(job_id)
+            for path in job.log_paths:
+                yield from self._new_lines(path, offsets)
+            if job.ended:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise SlurmError(f"job {job_id} is still {job.state} after {timeout:g} s",
+                                 f"follow it again with `llamapod logs {job_id} -f`")
+            time.sleep(self.poll_interval_s)
+
+    def _new_lines(self, path: str, offsets: dict[str, int]) -> Iterator[str]:
+        """Complete lines appended to ``path`` since the last call (offsets in bytes)."""
+        if not self.shell.exists(path):
+            return
+        start = offsets.get(path, 0)
+        result = self.shell.run(["tail", "-c", f"+{start + 1}", path], timeout=COMMAND_TIMEOUT_S)
+        if not result.ok:
+            return
+        text = result.stdout
+        complete = text[: text.rfind("\n") + 1]
+        offsets[path] = start + len(complete.encode())
+        yield from complete.splitlines()
+
+    # ---- control -----------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a job; returns its state before. An ended job is left as it is."""
+        job = self.info(job_id)
+        if job.ended:
+            return job
+        result = self._run(["scancel", job.job_id])
+        if not result.ok:
+            raise SlurmError(f"scancel could not cancel job {job.job_id}: {self._slurm_message(result)}",
+                             "only the job's owner (or an operator) can cancel it")
+        return job
+
+    def wait(self, job_id: str, timeout: float) -> JobInfo:
+        """Poll until the job has ended; raises SlurmError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.info(job_id)
+            if job.ended:
+                return job
+            if time.monotonic() > deadline:
+                raise SlurmError(f"job {job_id} is still {job.state} after {timeout:g} s",
+                                 f"check it with `llamapod logs {job_id}`")
+            time.sleep(self.poll_interval_s)

@@ -1,0 +1,152 @@
+"""Turn a TrainSpec and a SlurmJob into an sbatch script a person can read and edit.
+
+Only text comes out of here; submitting is ``llamapod.slurm.jobs``. Every value that
+reaches bash is quoted with ``shlex``; the torchrun command is one plain command with
+line continuations and no comments inside it (the reference script's bash arrays with
+``\\ # comment`` continuations silently drop every flag after the first comment).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+from llamapod.slurm.spec import SlurmJob
+
+if TYPE_CHECKING:
+    from llamapod.config.train import TrainSpec
+
+# Accelerators whose instance types support GPUDirect RDMA over EFA (p4d/p4de/p5*);
+# g5/g6/g6e have EFA but no device RDMA, where the setting makes libfabric fail.
+_DEVICE_RDMA = {"A100", "H100", "H200"}
+
+_INDENT = "    "
+
+
+def job_paths(spec: "TrainSpec", job: SlurmJob) -> tuple[str, str]:
+    """(run dir, checkpoint dir) of the job: the spec's when it names them, else under the job's run dir."""
+    run_dir = job.absolute(spec.run_dir) if spec.run_dir else job.run_dir
+    checkpoint_dir = job.absolute(spec.checkpoint_dir) if spec.checkpoint_dir else str(PurePosixPath(run_dir) / "checkpoints")
+    return run_dir, checkpoint_dir
+
+
+def job_train_args(spec: "TrainSpec", job: SlurmJob) -> list[str]:
+    """The trainer's flags for the job: resume from the job's own checkpoint folder by default.
+
+    Requeue and HyperPod auto-resume re-run the same script, so the script itself must
+    point at the checkpoints; an empty folder means a fresh start.
+    """
+    run_dir, checkpoint_dir = job_paths(spec, job)
+    resume = job.absolute(spec.resume_from_checkpoint) if spec.resume_from_checkpoint else checkpoint_dir
+    job_spec = spec.model_copy(update={"run_dir": run_dir, "checkpoint_dir": checkpoint_dir,
+                                       "resume_from_checkpoint": resume})
+    return job_spec.to_cli_args()
+
+
+def network_env(job: SlurmJob) -> list[tuple[str, str]]:
+    """NCCL/EFA variables for the job's nodes, in the order they are written."""
+    info = job.instance
+    if not job.uses_gpus:
+        return []
+    env = [
+        ("NCCL_DEBUG", "WARN"),
+        # A rank that hits a communication error aborts instead of hanging until the time
+        # limit, so requeue / auto-resume can restart the job.
+        ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        # Bootstrap on the instance's own interface, never loopback or container bridges.
+        ("NCCL_SOCKET_IFNAME", "^docker,lo,veth"),
+    ]
+    if info.has_efa:
+        env += [("FI_PROVIDER", "efa"), ("FI_EFA_FORK_SAFE", "1")]
+        if info.accelerator in _DEVICE_RDMA:
+            env.append(("FI_EFA_USE_DEVICE_RDMA", "1"))
+    return env
+
+
+def _hardware_line(job: SlurmJob) -> str:
+    info = job.instance
+    if job.instance_type and info.gpus:
+        efa = f"{info.efa_interfaces} EFA interface{'s' if info.efa_interfaces != 1 else ''}" if info.has_efa else "no EFA"
+        return f"{job.instance_type}: {info.gpus} x {info.accelerator} per node, {efa}"
+    if job.uses_gpus:
+        return f"{job.workers_per_node} GPUs per node, no EFA"
+    return f"CPU nodes: {job.workers_per_node} workers per node on gloo"
+
+
+def _sbatch_lines(job: SlurmJob, run_dir: str) -> list[str]:
+    lines = [f"--job-name={job.job_name}", f"--nodes={job.nodes}", "--ntasks-per-node=1"]
+    if job.exclusive:
+        lines.append("--exclusive")
+    for flag, value in (("partition", job.partition), ("time", job.time), ("account", job.account)):
+        if value:
+            lines.append(f"--{flag}={value}")
+    if job.workdir:
+        lines.append(f"--chdir={job.workdir}")
+    lines += [f"--output={run_dir}/slurm-%j.out", f"--error={run_dir}/slurm-%j.err",
+              # A requeued job keeps its id: append, so the log shows every attempt.
+              "--open-mode=append"]
+    lines.append("--requeue" if job.requeue else "--no-requeue")
+    lines += job.sbatch_options
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _setup_lines(lines: list[str]) -> list[str]:
+    """The user's setup lines; sourced files live on the cluster, where shellcheck cannot follow them."""
+    out = []
+    for line in lines:
+        if line.lstrip().startswith(("source ", ". ")):
+            out.append("# shellcheck source=/dev/null")
+        out.append(line)
+    return out
+
+
+def _launch_command(spec: "TrainSpec", job: SlurmJob) -> list[str]:
+    """The srun + torchrun command, one argument group per line."""
+    launcher = [job.python, "-m", "torch.distributed.run"] if job.python else ["torchrun"]
+    head = ["srun"] + (["--auto-resume=1"] if job.hyperpod else []) + launcher
+    groups = [
+        " ".join(shlex.quote(part) for part in head),
+        '--nnodes "$SLURM_JOB_NUM_NODES"',
+        f"--nproc_per_node {job.workers_per_node}",
+        '--rdzv_id "$SLURM_JOB_ID"',
+        "--rdzv_backend c10d",
+        # $(hostname) is the first node of *this* allocation: after a requeue or a node
+        # replacement the rendezvous moves with it.
+        f'--rdzv_endpoint "$(hostname):{job.rdzv_port}"',
+        "-m llamapod.train",
+    ]
+    groups += [shlex.quote(arg) for arg in job_train_args(spec, job)]
+    return [groups[0] + " \\"] + [f"{_INDENT}{g} \\" for g in groups[1:-1]] + [f"{_INDENT}{groups[-1]}"]
+
+
+def render_sbatch(spec: "TrainSpec", job: SlurmJob) -> str:
+    """The sbatch script that trains ``spec`` as ``job``."""
+    run_dir, checkpoint_dir = job_paths(spec, job)
+    out = [
+        "#!/bin/bash",
+        "# Llama training job written by `llamapod train --slurm`. Edit it freely, then",
+        f"# submit it with `sbatch {job.script_path}`; follow it with `llamapod logs JOB -f`.",
+        f"# Checkpoints go to {checkpoint_dir} and the job resumes from the newest",
+        "# complete one there, so a requeued or auto-resumed job continues where it stopped.",
+        *_sbatch_lines(job, run_dir),
+        "",
+    ]
+    if job.env_setup:
+        # Activation scripts (conda's especially) read unset variables: `set -u` after them.
+        out += ["set -eo pipefail", "", "# Software environment", *_setup_lines(job.env_setup), "set -u"]
+    else:
+        out.append("set -euo pipefail")
+    env = network_env(job)
+    out += ["", f"# Network: {_hardware_line(job)}"]
+    out += [f"export {name}={shlex.quote(value)}" for name, value in env]
+    if job.env:
+        out += [f"export {name}={shlex.quote(value)}" for name, value in sorted(job.env.items())]
+    out += [
+        f"mkdir -p {shlex.quote(checkpoint_dir)}",
+        "",
+        'echo "llamapod: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s) $SLURM_JOB_NODELIST,'
+        ' attempt $((${SLURM_RESTART_COUNT:-0} + 1))"',
+        *_launch_command(spec, job),
+    ]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,153 @@
+"""SlurmJobs and `llamapod jobs|logs|cancel` against the real Slurm daemons, with small shell payloads."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+import time
+
+import pytest
+
+from llamapod.errors import SlurmError
+from llamapod.remote.shell import LocalShell
+from llamapod.slurm.jobs import SlurmJobs
+
+pytestmark = pytest.mark.slurm
+
+
+def _script(tmp_path, body: str, *options: str, name: str = "payload") -> str:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={tmp_path}/slurm-%j.out",
+             f"#SBATCH --error={tmp_path}/slurm-%j.err", *[f"#SBATCH {o}" for o in options], "",
+             textwrap.dedent(body).strip(), ""]
+    path = tmp_path / f"{name}.sbatch"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+@pytest.fixture
+def jobs(slurm):
+    return SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+
+
+def test_slurm_job_runs_and_its_log_and_metrics_are_read(jobs, tmp_path, run_cli):
+    script = _script(tmp_path, """
+        echo "starting on $(hostname)"
+        for i in 1 2 3; do echo "step $i/3 | loss $((10 - i)).5 | lr 1.0e-03" >&2; done
+        echo done
+    """)
+    job_id = jobs.submit(script)
+    final = jobs.wait(job_id, timeout=60)
+    assert final.state == "COMPLETED" and not final.failed
+    assert final.stdout == f"{tmp_path}/slurm-{job_id}.out"
+    text = jobs.log_text(job_id)
+    assert "starting on" in text and "step 3/3 | loss 7.5 | lr 1.0e-03" in text
+    assert jobs.last_metrics(final) == "step 3/3 | loss 7.5 | lr 1.0e-03"
+
+    code, out, err = run_cli("logs", job_id)
+    assert code == 0
+    assert "done" in out and "step 1/3" in out
+    assert "last metrics: step 3/3 | loss 7.5 | lr 1.0e-03" in err
+    assert f"job {job_id} (payload) COMPLETED after" in err
+
+    code, out, err = run_cli("jobs")
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith(job_id))
+    assert re.search(rf"^{job_id}\s+payload\s+COMPLETED\s+\S+\s+1\s+\S+\s+step 3/3 \| loss 7.5", row)
+
+
+def test_slurm_follow_streams_lines_until_the_job_ends(jobs, tmp_path, run_cli):
+    script = _script(tmp_path, """
+        for i in 1 2 3 4; do echo "line $i"; sleep 0.3; done
+    """)
+    job_id = jobs.submit(script)
+    assert list(jobs.follow(job_id, timeout=60)) == ["line 1", "line 2", "line 3", "line 4"]
+    code, out, _ = run_cli("logs", job_id, "-f")
+    assert code == 0 and out.splitlines() == ["line 1", "line 2", "line 3", "line 4"]
+
+
+def test_slurm_failed_job_shows_reason_and_error_tail(jobs, tmp_path, run_cli):
+    script = _script(tmp_path, """
+        echo "working"
+        echo "Traceback: something broke" >&2
+        echo "RuntimeError: out of patience" >&2
+        exit 3
+    """, name="broken")
+    job_id = jobs.submit(script)
+    final = jobs.wait(job_id, timeout=60)
+    assert final.state == "FAILED" and final.failed and final.exit_code == "3:0"
+    assert "RuntimeError: out of patience" in jobs.error_tail(final)
+
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1
+    assert "RuntimeError: out of patience" in out
+    assert f"error: job {job_id} (broken) FAILED after" in err
+    assert "(exit code 3:0; Slurm's reason: NonZeroExitCode)" in err
+
+    code, out, err = run_cli("jobs")
+    assert code == 0
+    assert f"warning: job {job_id} (broken) FAILED" in err
+    assert f"last lines of {tmp_path}/slurm-{job_id}.err:\n    Traceback: something broke\n" \
+           f"    RuntimeError: out of patience" in err
+
+
+def test_slurm_cancel_running_and_ended_jobs(jobs, tmp_path, run_cli):
+    script = _script(tmp_path, "echo up; sleep 60", name="sleeper")
+    job_id = jobs.submit(script)
+    deadline = time.monotonic() + 30
+    while jobs.info(job_id).state != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    code, _, err = run_cli("cancel", job_id)
+    assert code == 0 and f"cancelled job {job_id} (sleeper), which was RUNNING" in err
+    assert jobs.wait(job_id, timeout=30).state == "CANCELLED"
+    code, _, err = run_cli("cancel", job_id)
+    assert code == 0 and f"job {job_id} (sleeper) had already ended (CANCELLED); nothing to cancel" in err
+
+
+def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli):
+    script = _script(tmp_path, "echo never", "--begin=now+1hour", name="later")
+    job_id = jobs.submit(script)
+    try:
+        code, _, err = run_cli("logs", job_id)
+        assert code == 1
+        assert f"error: job {job_id} has not started yet (pending: BeginTime), so it has no log yet" in err
+        assert f"hint: `llamapod logs {job_id} -f` waits for it to start" in err
+    finally:
+        jobs.cancel(job_id)
+
+
+def test_slurm_rejections_are_one_line(jobs, tmp_path, run_cli, slurm):
+    with pytest.raises(SlurmError) as bad_partition:
+        jobs.submit(_script(tmp_path, "true", "--partition=nope", name="p"))
+    assert str(bad_partition.value) == ("sbatch rejected the job: Slurm has no such partition "
+                                        "(Invalid partition name specified)")
+    with pytest.raises(SlurmError) as too_many:
+        jobs.submit(_script(tmp_path, "true", "--nodes=4", name="n"))
+    assert str(too_many.value) == ("sbatch rejected the job: the job asks for more nodes than the partition has "
+                                   "(Node count specification invalid)")
+    assert "lower --nodes" in too_many.value.hint
+
+    with pytest.raises(SlurmError) as preflight:
+        jobs.preflight(4, None)
+    assert str(preflight.value) == "the job asks for 4 nodes but partition 'debug' has 1"
+    with pytest.raises(SlurmError) as unknown:
+        jobs.preflight(1, "gpu")
+    assert str(unknown.value) == "Slurm has no partition 'gpu'"
+    assert unknown.value.hint.startswith("partitions here: debug (1 node)")
+
+    code, _, err = run_cli("logs", "999999")
+    assert code == 1 and "error: Slurm has no job 999999\n" in err
+    code, _, err = run_cli("cancel", "12abc")
+    assert code == 1 and "error: '12abc' is not a Slurm job id\n" in err
+
+
+def test_slurm_missing_from_path(monkeypatch, tmp_path, run_cli):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("sbatch") is None
+    with pytest.raises(SlurmError) as missing:
+        SlurmJobs(LocalShell()).list()
+    assert str(missing.value) == "Slurm is not installed on this machine: `scontrol` is not on PATH"
+    code, _, err = run_cli("jobs")
+    assert code == 1
+    assert "error: Slurm is not installed on this machine: `scontrol` is not on PATH" in err
+    assert "hint: run this on the cluster's login or head node, or from a laptop with --cluster NAME" in err
