@@ -71,7 +71,8 @@ def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config:
     from llamapod.remote.connect import connect, resolve_cluster
 
     config_path = _config_path(config_path)
-    access = resolve_cluster(_cluster_name(cluster, config_path), config_path)
+    access = resolve_cluster(_cluster_name(cluster, config_path), config_path,
+                             with_ips=write_config or node is not None)
     if write_config:
         _write_ssh_config(access, ssh_config or Path.home() / ".ssh" / "config")
         return
@@ -82,7 +83,7 @@ def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config:
     ui.debug(" ".join(argv))
     code = subprocess.call(argv)
     if code:
-        sys.exit(code)
+        raise click.exceptions.Exit(code)
 
 
 def _write_ssh_config(access: "ClusterAccess", path: Path) -> None:

@@ -170,8 +170,12 @@ def _cluster_table(config_path: Path | None, name: str) -> dict[str, Any]:
     return table if table.get("name") in (None, name) else {}
 
 
-def resolve_cluster(name: str, config_path: Path | None = None) -> ClusterAccess:
-    """Describe the cluster (unless [remote] names a host) and gather what reaching it needs."""
+def resolve_cluster(name: str, config_path: Path | None = None, *, with_ips: bool = False) -> ClusterAccess:
+    """Describe the cluster (unless [remote] names a host) and gather what reaching it needs.
+
+    ``with_ips`` also looks up each node's private address (one call per node), for
+    hostnames such as ip-10-1-2-3 in ssh config entries and node names.
+    """
     config_path = config_path if config_path is not None else default_config_path()
     settings = load_remote_settings(config_path)
     cluster = _cluster_table(config_path, name)
@@ -180,11 +184,11 @@ def resolve_cluster(name: str, config_path: Path | None = None) -> ClusterAccess
     access = ClusterAccess(name=name, settings=settings, user=user, controller_group=controller,
                            region=settings.region or cluster.get("region"), profile=settings.profile)
     if access.via_ssm:
-        _describe_from_aws(access)
+        _describe_from_aws(access, with_ips=with_ips)
     return access
 
 
-def _describe_from_aws(access: ClusterAccess) -> None:
+def _describe_from_aws(access: ClusterAccess, *, with_ips: bool) -> None:
     from llamapod.cloud.hyperpod import describe_cluster, list_nodes
     from llamapod.cloud.session import AwsSession
 
@@ -196,7 +200,7 @@ def _describe_from_aws(access: ClusterAccess) -> None:
                                 _not_in_service_hint(access.name, status))
     access.cluster_arn = description["ClusterArn"]
     access.region = session.region
-    access.nodes = [_node_from(entry) for entry in list_nodes(session, access.name)]
+    access.nodes = [_node_from(entry) for entry in list_nodes(session, access.name, with_ips=with_ips)]
 
 
 def _not_in_service_hint(name: str, status: str | None) -> str:
