@@ -134,6 +134,7 @@ def default_tokenizer_path() -> Path:
 def _default_tokenizer_cached(path: str) -> Tokenizer:
     tok = HFJsonTokenizer.from_file(Path(path), bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, add_bos=True)
     tok.label = "llamapod-default-bpe8k"
+    tok.spec = "default"
     return tok
 
 
@@ -166,4 +167,4 @@ def _build_default_shards(corpus: Corpus, tokenizer: Tokenizer, directory: Path)
         info = write_shard(staging, 0, documents, tokenizer.vocab_size)
         source = {"kind": "default-corpus", "root": str(corpus.root), "documents": list(corpus.names),
                   "digest": corpus.digest}
-        write_index(staging, [info], tokenizer, source)
+        write_index(staging, [info], tokenizer, source, extra={"tokenizer_spec": tokenizer.spec})

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from llamapod.data.tokenizer import HFJsonTokenizer, Tokenizer, digest_bytes
+from llamapod.data.tokenizer import HFJsonTokenizer, Tokenizer, digest_bytes, tokens_by_id, vocabulary_fingerprint
 from llamapod.errors import DataError
 
 # Llama 3's pre-tokenizer split pattern and special tokens (Meta's reference tokenizer).
@@ -61,7 +61,8 @@ class SentencePieceTokenizer(Tokenizer):
         if eos < 0:
             raise DataError(f"SentencePiece model {path} has no end-of-sentence id",
                             "train it with --eos_id set (the default is 2)")
-        super().__init__(label=_label(path), fingerprint=digest_bytes(data), vocab_size=self._sp.get_piece_size(),
+        pieces = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+        super().__init__(label=_label(path), fingerprint=vocabulary_fingerprint(pieces), vocab_size=len(pieces),
                          bos_id=bos if bos >= 0 else None, eos_id=eos, add_bos=True)
 
     def encode(self, text: str) -> list[int]:
@@ -148,8 +149,7 @@ class TransformersTokenizer(Tokenizer):
         vocab = tok.get_vocab()
         if tok.eos_token_id is None:
             raise DataError(f"tokenizer {label} has no eos_token", "set eos_token in its tokenizer_config.json")
-        ordered = sorted(vocab.items(), key=lambda item: item[1])
-        fingerprint = digest_bytes(json.dumps(ordered, ensure_ascii=False).encode())
+        fingerprint = vocabulary_fingerprint(tokens_by_id(vocab))
         bos = tok.bos_token_id
         probe = tok.encode("a", add_special_tokens=True)
         add_bos = bos is not None and bos != tok.eos_token_id and bool(probe) and probe[0] == bos
@@ -241,17 +241,19 @@ def load_with_transformers(spec: str, *, label: str, local: bool) -> Tokenizer:
 def _from_hub(repo_id: str):
     import transformers
 
+    from llamapod.data.hub import hub_host, hub_reachable, use_local_cache_only
+
+    if not hub_reachable():
+        use_local_cache_only()
     try:
-        # The local cache first: works offline for anything downloaded before.
-        return transformers.AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
-    except Exception:
-        pass
-    try:
-        return transformers.AutoTokenizer.from_pretrained(repo_id)
-    except Exception as exc:
+        return transformers.AutoTokenizer.from_pretrained(repo_id, local_files_only=not hub_reachable())
+    except Exception as exc:  # OSError, ValueError or HTTP errors, depending on what is missing
+        if not hub_reachable():
+            raise DataError(f"tokenizer {repo_id!r} is not in the local Hugging Face cache and {hub_host()} is not reachable",
+                            "download it once where the hub is reachable, or pass a local tokenizer file or folder") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"tokenizer {repo_id!r} cannot be found offline and the Hugging Face hub did not provide it ({first[:160]})",
-                        "download it once where the hub is reachable (it is then cached), or pass a local tokenizer file or folder") from None
+        raise DataError(f"cannot load tokenizer {repo_id!r} from the Hugging Face hub: {first[:200]}",
+                        "check the id (and HF_TOKEN for gated models such as meta-llama/*)") from None
 
 
 _PATH_LIKE = re.compile(r"^(\.|/|~)|\.(json|model|tiktoken)$")

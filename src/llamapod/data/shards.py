@@ -102,8 +102,9 @@ def read_complete_shard(directory: Path, number: int) -> ShardInfo | None:
     return info
 
 
-def write_index(directory: Path, shards: Sequence[ShardInfo], tokenizer, source: dict) -> dict:
+def write_index(directory: Path, shards: Sequence[ShardInfo], tokenizer, source: dict, extra: dict | None = None) -> dict:
     index = {
+        **(extra or {}),
         "format": FORMAT,
         "version": VERSION,
         "dtype": token_dtype(tokenizer.vocab_size).str,

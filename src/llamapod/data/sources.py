@@ -1,17 +1,337 @@
-"""Resolving a ``source`` string to token shards."""
+"""Where documents come from: local files, folders, globs, Hugging Face datasets, or
+already prepared token shards.
+
+A ``DocumentSource`` yields document texts in a fixed order and has a ``fingerprint`` that
+changes when its content may have changed (paths, sizes, modification times; dataset
+name/config/split), so caches and resumed preparations never mix two versions of a corpus.
+
+Source options (``build_dataset(..., **options)`` and ``llamapod data prepare``):
+``text_field`` (JSONL/Parquet/dataset column, default "text"), ``txt_document``
+("file" | "paragraph" | "line": what a document is in a .txt file, default "file"),
+``dataset_config_name``, ``dataset_split`` (default "train"), ``streaming``, ``data_files``,
+``max_tokens`` (stop reading a source after about this many tokens).
+"""
 
 from __future__ import annotations
 
+import glob
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from llamapod.data.shards import ShardSet, is_shard_dir
+from llamapod.data.tokenizer import digest_bytes
+from llamapod.errors import DataError
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+TXT_DOCUMENTS = ("file", "paragraph", "line")
+SOURCE_OPTIONS = ("text_field", "txt_document", "dataset_config_name", "dataset_split", "streaming",
+                  "data_files", "max_tokens")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+@dataclass
+class SourceOptions:
+    text_field: str = "text"
+    txt_document: str = "file"
+    dataset_config_name: str | None = None
+    dataset_split: str = "train"
+    streaming: bool = False
+    data_files: str | list[str] | None = None
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> "SourceOptions":
+        unknown = sorted(set(options) - set(SOURCE_OPTIONS))
+        if unknown:
+            raise DataError(f"unknown source option(s): {', '.join(unknown)}",
+                            "valid options: " + ", ".join(SOURCE_OPTIONS))
+        parsed = cls(**{k: v for k, v in options.items() if v is not None})
+        if parsed.txt_document not in TXT_DOCUMENTS:
+            raise DataError(f"txt_document must be one of {', '.join(TXT_DOCUMENTS)}, got {parsed.txt_document!r}",
+                            "use 'file' (one document per file), 'paragraph' or 'line'")
+        if parsed.max_tokens is not None and int(parsed.max_tokens) < 1:
+            raise DataError(f"max_tokens must be positive, got {parsed.max_tokens}", "omit it to read the whole source")
+        return parsed
+
+    def key(self) -> dict:
+        """The options that change which documents are produced."""
+        return {"text_field": self.text_field, "txt_document": self.txt_document,
+                "dataset_config_name": self.dataset_config_name, "dataset_split": self.dataset_split,
+                "data_files": self.data_files, "max_tokens": self.max_tokens}
+
+
+class MalformedRecords:
+    """Counts bad records of one file so the error names how many and the first one."""
+
+    def __init__(self, path: Path, unit: str) -> None:
+        self.path, self.unit = path, unit
+        self.count = 0
+        self.first: tuple[int, str] | None = None
+
+    def add(self, number: int, reason: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = (number, reason)
+
+    def raise_if_any(self, hint: str) -> None:
+        if self.count:
+            number, reason = self.first
+            raise DataError(f"{self.path}: {self.count} malformed record(s), first at {self.unit} {number}: {reason}", hint)
+
+
+@dataclass
+class DocumentSource:
+    """Base: subclasses implement ``documents()``; ``consumed`` counts bytes read (progress)."""
+
+    description: dict
+    fingerprint: str
+    total_bytes: int | None = None
+    consumed: int = field(default=0, init=False)
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+
+def _suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(SUPPORTED, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+class FileSource(DocumentSource):
+    def __init__(self, label: str, files: list[Path], options: SourceOptions) -> None:
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        description = {"kind": "files", "source": label, "files": [str(p) for p in files], **options.key()}
+        fingerprint = digest_bytes(json.dumps([stats, options.key()], sort_keys=True).encode())
+        super().__init__(description, fingerprint, total_bytes=sum(s[1] for s in stats))
+        self.files = files
+        self.options = options
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files:
+            suffix = _suffix_of(path)
+            if suffix in PARQUET_SUFFIXES:
+                yield from self._parquet(path)
+            elif suffix in JSONL_SUFFIXES:
+                yield from self._jsonl(path)
+            else:
+                yield from self._txt(path)
+
+    def _txt(self, path: Path) -> Iterator[str]:
+        with _open_text(path) as handle:
+            text = handle.read()
+        self.consumed += path.stat().st_size
+        if self.options.txt_document == "file":
+            parts = [text]
+        elif self.options.txt_document == "paragraph":
+            parts = _PARAGRAPH_BREAK.split(text)
+        else:
+            parts = text.splitlines()
+        yield from (part for part in parts if part.strip())
+
+    def _jsonl(self, path: Path) -> Iterator[str]:
+        field_name = self.options.text_field
+        bad = MalformedRecords(path, "line")
+        compressed = path.name.lower().endswith(".gz")
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not compressed:
+                    self.consumed += len(line.encode("utf-8", errors="replace"))
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    bad.add(number, "not valid JSON")
+                    continue
+                if not isinstance(record, dict) or field_name not in record:
+                    bad.add(number, f"no {field_name!r} field")
+                elif not isinstance(record[field_name], str):
+                    bad.add(number, f"{field_name!r} is not a string")
+                elif record[field_name].strip():
+                    yield record[field_name]
+        if compressed:
+            self.consumed += path.stat().st_size
+        bad.raise_if_any(f"fix those lines, or pass --text_field if the text is under another key")
+
+    def _parquet(self, path: Path) -> Iterator[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}",
+                            "check the file is complete (re-download or re-export it)") from None
+        field_name = self.options.text_field
+        columns = parquet.schema_arrow.names
+        if field_name not in columns:
+            raise DataError(f"{path} has no column {field_name!r} (columns: {', '.join(columns)})",
+                            "pass --text_field with the column that holds the text")
+        column_type = parquet.schema_arrow.field(field_name).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise DataError(f"{path}: column {field_name!r} holds {column_type}, not text",
+                            "pass --text_field with the column that holds the text")
+        bad = MalformedRecords(path, "row")
+        row = 0
+        for batch in parquet.iter_batches(columns=[field_name], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                if value is None:
+                    bad.add(row, f"{field_name!r} is null")
+                elif value.strip():
+                    yield value
+        self.consumed += path.stat().st_size
+        bad.raise_if_any("drop or fill the rows without text")
+
+
+class HFDatasetSource(DocumentSource):
+    """A Hugging Face dataset: a hub name (streaming or not), a builder with ``data_files``,
+    or a folder written by ``Dataset.save_to_disk``."""
+
+    def __init__(self, name: str, options: SourceOptions, *, saved_folder: bool = False) -> None:
+        self.name, self.options, self.saved_folder = name, options, saved_folder
+        self.dataset = self._load()
+        identity: Any = getattr(self.dataset, "_fingerprint", None)
+        if saved_folder:
+            identity = [identity, _folder_stats(Path(name))]
+        elif identity is None and options.data_files is not None:
+            identity = [_folder_stats(Path(f)) for f in _as_list(options.data_files)]
+        description = {"kind": "huggingface-dataset", "source": name, "streaming": bool(options.streaming), **options.key()}
+        fingerprint = digest_bytes(json.dumps([description, identity], sort_keys=True, default=str).encode())
+        super().__init__(description, fingerprint, total_bytes=None)
+
+    def _load(self):
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(f"{self.name} is not a local file or folder, and Hugging Face datasets needs the `datasets` package",
+                            "pip install 'llamapod[hf]', or pass local .txt/.jsonl/.parquet files") from None
+        from llamapod.data.hub import hub_host, hub_reachable, use_local_cache_only
+
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        if self.saved_folder:
+            loaded = datasets.load_from_disk(self.name)
+            if isinstance(loaded, datasets.DatasetDict):
+                if self.options.dataset_split not in loaded:
+                    raise DataError(f"{self.name} has no split {self.options.dataset_split!r} (splits: {', '.join(loaded)})",
+                                    "pass --dataset_split with one of those")
+                loaded = loaded[self.options.dataset_split]
+            return self._check_column(loaded)
+        local_builder = self.options.data_files is not None
+        if not local_builder and not hub_reachable():
+            use_local_cache_only()
+        try:
+            loaded = datasets.load_dataset(self.name, self.options.dataset_config_name, split=self.options.dataset_split,
+                                           streaming=bool(self.options.streaming), data_files=self.options.data_files)
+        except Exception as exc:  # datasets raises many unrelated types for "cannot load"
+            if not local_builder and not hub_reachable():
+                raise DataError(f"dataset {self.name!r} is not in the local Hugging Face cache and {hub_host()} is not reachable",
+                                "run once where the hub is reachable (it is then cached), or pass local .txt/.jsonl/.parquet files") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"cannot load dataset {self.name!r}: {first[:240]}",
+                            "check the name, --dataset_config_name and --dataset_split") from None
+        return self._check_column(loaded)
+
+    def _check_column(self, dataset):
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None and self.options.text_field not in columns:
+            raise DataError(f"dataset {self.name} has no column {self.options.text_field!r} (columns: {', '.join(columns)})",
+                            "pass --text_field with the column that holds the text")
+        return dataset
+
+    def documents(self) -> Iterator[str]:
+        field_name = self.options.text_field
+        bad = MalformedRecords(Path(self.name), "record")
+        for number, record in enumerate(self.dataset, start=1):
+            value = record.get(field_name)
+            if field_name not in record:
+                bad.add(number, f"no {field_name!r} field")
+            elif not isinstance(value, str):
+                bad.add(number, f"{field_name!r} is not a string")
+            elif value.strip():
+                self.consumed += len(value)
+                yield value
+        bad.raise_if_any("drop those records, or pass --text_field with the column that holds the text")
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _folder_stats(path: Path) -> list:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _supported_files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _suffix_of(p) in SUPPORTED
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def open_source(source: str, **options: Any) -> DocumentSource:
+    """Resolve ``source`` to a DocumentSource (see the module docstring for the forms)."""
+    parsed = SourceOptions.from_kwargs(options)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            return HFDatasetSource(str(path), parsed, saved_folder=True)
+        files = _supported_files_in(path)
+        if not files:
+            raise DataError(f"{path} holds no .txt, .jsonl or .parquet files",
+                            "point at a folder of text files, a file, a glob, or prepared shards")
+        return FileSource(source, files, parsed)
+    if path.is_file():
+        if _suffix_of(path) not in SUPPORTED:
+            raise DataError(f"{path}: unsupported file type {_suffix_of(path) or '(none)'}",
+                            "use .txt, .jsonl (.jsonl.gz) or .parquet files")
+        return FileSource(source, [path], parsed)
+    if glob.has_magic(source):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)
+                       if Path(p).is_file() and _suffix_of(Path(p)) in SUPPORTED)
+        if not files:
+            raise DataError(f"no .txt, .jsonl or .parquet files match {source}", "check the pattern (quote it in the shell)")
+        return FileSource(source, files, parsed)
+    if parsed.data_files is not None or (_HUB_NAME.match(source) and _suffix_of(path) not in SUPPORTED
+                                         and not source.startswith((".", "~"))):
+        return HFDatasetSource(source, parsed)
+    raise DataError(f"{source} does not exist", "pass an existing file, folder or glob, or a Hugging Face dataset name")
 
 
 def shards_for_source(source: str, tokenizer, **options: Any) -> ShardSet:
+    """Prepared shards as they are; any other source is tokenized once into the cache.
+    (Source options describe raw sources; they are ignored for prepared shards.)"""
     path = Path(source).expanduser()
     if is_shard_dir(path):
         return ShardSet(path)
+    if (path / "prepare.json").is_file():
+        raise DataError(f"{path}: `llamapod data prepare` did not finish for this directory",
+                        f"re-run the same `llamapod data prepare ... --out {path}`; it resumes where it stopped")
     from llamapod.data.prepare import cached_shards_for_raw_source
 
     return cached_shards_for_raw_source(source, tokenizer, **options)

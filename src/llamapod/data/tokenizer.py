@@ -24,10 +24,22 @@ def digest_bytes(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
+def vocabulary_fingerprint(tokens_by_id: Sequence[str]) -> str:
+    """Identity from the vocabulary itself, so one tokenizer loaded through different routes
+    (tokenizer.json, its folder via transformers, a hub id) is recognised as the same."""
+    return digest_bytes(json.dumps(list(tokens_by_id), ensure_ascii=False).encode())
+
+
+def tokens_by_id(vocab: dict[str, int]) -> list[str]:
+    return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+
+
 class Tokenizer(ABC):
     """Text <-> token ids. ``encode`` never adds BOS/EOS; packing adds them per document."""
 
     kind: str = "tokenizer"
+    # The spec it was loaded from ("default" = built-in; None = unknown): worker processes reload it.
+    spec: str | None = None
 
     def __init__(self, *, label: str, fingerprint: str, vocab_size: int, bos_id: int | None,
                  eos_id: int, add_bos: bool) -> None:
@@ -106,7 +118,8 @@ class HFJsonTokenizer(Tokenizer):
             raise DataError(f"{path} is not a valid tokenizer.json: {str(exc).splitlines()[0]}",
                             "pass a tokenizer.json written by Hugging Face tokenizers") from None
         label = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.stem
-        return cls(raw, label=label, fingerprint=digest_bytes(data), **conventions)
+        fingerprint = vocabulary_fingerprint(tokens_by_id(raw.get_vocab(with_added_tokens=True)))
+        return cls(raw, label=label, fingerprint=fingerprint, **conventions)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -149,4 +162,6 @@ def load_tokenizer(spec: str | None = None) -> Tokenizer:
         return default_tokenizer()
     from llamapod.data.formats import load_tokenizer_spec
 
-    return load_tokenizer_spec(spec)
+    tokenizer = load_tokenizer_spec(spec)
+    tokenizer.spec = spec
+    return tokenizer
