@@ -432,7 +432,7 @@ def validate_cluster_table(table: Any) -> list[str]:
 # ---- building the spec ------------------------------------------------------------
 
 
-def _apply_overrides(table: dict, overrides: dict[str, Any]) -> dict:
+def apply_overrides(table: dict, overrides: dict[str, Any]) -> dict:
     """Flags on top of the file. ``worker_type``/``workers`` set the first worker group."""
     merged = dict(table)
     for key, value in overrides.items():
@@ -488,4 +488,4 @@ def load_cluster_spec(path: str | Path | None, overrides: dict[str, Any] | None 
     from llamapod.config.files import load_table
 
     table = load_table(path, "cluster") if path is not None else {}
-    return spec_from_table(_apply_overrides(table, overrides or {}))
+    return spec_from_table(apply_overrides(table, overrides or {}))
