@@ -137,11 +137,15 @@ def render_sbatch(spec: "TrainSpec", job: SlurmJob) -> str:
         out += ["set -eo pipefail", "", "# Software environment", *_setup_lines(job.env_setup), "set -u"]
     else:
         out.append("set -euo pipefail")
-    env = network_env(job)
+    network = dict(network_env(job))
+    # A variable set in [slurm] env replaces the default in place rather than exporting it twice.
+    network.update({name: value for name, value in job.env.items() if name in network})
+    extra = {name: value for name, value in job.env.items() if name not in network}
     out += ["", f"# Network: {_hardware_line(job)}"]
-    out += [f"export {name}={shlex.quote(value)}" for name, value in env]
-    if job.env:
-        out += [f"export {name}={shlex.quote(value)}" for name, value in sorted(job.env.items())]
+    out += [f"export {name}={shlex.quote(value)}" for name, value in network.items()]
+    if extra:
+        out += ["", "# Environment from [slurm] env"]
+        out += [f"export {name}={shlex.quote(value)}" for name, value in sorted(extra.items())]
     out += [
         f"mkdir -p {shlex.quote(checkpoint_dir)}",
         "",
