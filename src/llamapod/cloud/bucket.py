@@ -1,0 +1,132 @@
+"""The lifecycle bucket: secure by default, filled with llamapod's node scripts, emptied to delete."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.cloud.session import call
+from llamapod.errors import CloudError
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
+
+
+def bucket_exists(session, name: str) -> bool:
+    try:
+        call(session.client("s3"), "head_bucket", Bucket=name)
+        return True
+    except CloudError as exc:
+        if exc.code in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        if exc.code in ("403", "AccessDenied"):
+            raise CloudError("head_bucket", "BucketAlreadyExists",
+                             f"the bucket name {name} is taken by another AWS account",
+                             "bucket names are global: choose another cluster name") from None
+        raise
+
+
+def ensure_bucket(session, name: str, tags: list[dict[str, str]], ledger: Ledger) -> None:
+    """Create the bucket if missing, then (re-)apply its security settings and tags."""
+    from llamapod.cloud import plan
+
+    s3 = session.client("s3")
+    if not bucket_exists(session, name):
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if session.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": session.region}
+        try:
+            call(s3, "create_bucket", **kwargs)
+        except CloudError as exc:
+            if exc.code == "BucketAlreadyExists":
+                raise CloudError("create_bucket", exc.code, f"the bucket name {name} is taken by another AWS account",
+                                 "bucket names are global: choose another cluster name") from None
+            if exc.code != "BucketAlreadyOwnedByYou":
+                raise
+    ledger.record("bucket", name=name)
+    call(s3, "put_bucket_tagging", Bucket=name, Tagging={"TagSet": tags})
+    call(s3, "put_public_access_block", Bucket=name, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    call(s3, "put_bucket_encryption", Bucket=name, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]})
+    # Versioning keeps every lifecycle script a node ever booted with (they are tiny).
+    call(s3, "put_bucket_versioning", Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    call(s3, "put_bucket_policy", Bucket=name, Policy=json.dumps(plan.bucket_policy(name, session.partition)))
+
+
+def upload_files(session, bucket: str, files: list[tuple[Path, str]], prefix: str) -> int:
+    """Upload each (path, key) under ``prefix``; unchanged objects are skipped. Returns the count sent."""
+    sent = 0
+    for path, key in files:
+        if put_bytes(session, bucket, f"{prefix}/{key}".lstrip("/"), path.read_bytes()):
+            sent += 1
+    return sent
+
+
+def put_json(session, bucket: str, key: str, data: dict[str, Any]) -> bool:
+    return put_bytes(session, bucket, key, (json.dumps(data, indent=2) + "\n").encode(), "application/json")
+
+
+def put_bytes(session, bucket: str, key: str, body: bytes, content_type: str | None = None) -> bool:
+    """Write an object unless the same bytes are already there (re-runs upload nothing)."""
+    s3 = session.client("s3")
+    md5 = hashlib.md5(body, usedforsecurity=False)
+    try:
+        head = call(s3, "head_object", Bucket=bucket, Key=key)
+        if head.get("ETag", "").strip('"') == md5.hexdigest():
+            return False
+    except CloudError as exc:
+        # S3 answers 403 instead of 404 for a missing key to callers without s3:ListBucket;
+        # put_object below fails clearly if the permission problem is real.
+        if exc.code not in ("404", "NoSuchKey", "NotFound", "403"):
+            raise
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body,
+                              "ContentMD5": base64.b64encode(md5.digest()).decode()}
+    if content_type:
+        kwargs["ContentType"] = content_type
+    call(s3, "put_object", **kwargs)
+    return True
+
+
+def empty_and_delete(session, name: str) -> None:
+    """Delete every object version and delete marker, then the bucket; a missing bucket is fine."""
+    s3 = session.client("s3")
+    try:
+        while True:
+            page = call(s3, "list_object_versions", Bucket=name, MaxKeys=DELETE_BATCH)
+            keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                    for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            if not keys:
+                break
+            result = call(s3, "delete_objects", Bucket=name, Delete={"Objects": keys, "Quiet": True})
+            if result.get("Errors"):
+                first = result["Errors"][0]
+                raise CloudError("delete_objects", first.get("Code", "Unknown"),
+                                 f"{first.get('Key')}: {first.get('Message', '')}",
+                                 "run `llamapod down` again; if it persists, empty the bucket in the console")
+        call(s3, "delete_bucket", Bucket=name)
+    except CloudError as exc:
+        if exc.code not in ("NoSuchBucket", "404"):
+            raise
+
+
+def find_buckets(session, cluster_name: str, candidates: list[str]) -> list[str]:
+    """Buckets tagged for the cluster among llamapod's ``sagemaker-`` buckets, plus known names that exist."""
+    s3 = session.client("s3")
+    found = [name for name in candidates if bucket_exists(session, name)]
+    for bucket in call(s3, "list_buckets").get("Buckets", []):
+        name = bucket["Name"]
+        if name in found or not name.startswith("sagemaker-"):
+            continue
+        try:
+            tags = call(s3, "get_bucket_tagging", Bucket=name).get("TagSet", [])
+        except CloudError as exc:
+            if exc.code in ("NoSuchTagSet", "NoSuchBucket", "AccessDenied", "403"):
+                continue
+            raise
+        if has_cluster_tag(tags, cluster_name):
+            found.append(name)
+    return found

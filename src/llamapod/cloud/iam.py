@@ -1,0 +1,110 @@
+"""The execution role HyperPod nodes run as: created, found by tag, deleted with its policies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.cloud.session import call
+from llamapod.errors import CloudError
+
+ROLE_PREFIX = "llamapod-"  # the operator policy scopes IAM writes to roles named llamapod-*
+
+
+def role_name(spec) -> str:
+    from llamapod.cloud import plan
+
+    return plan.execution_role_name(spec)
+
+
+def get_role(session, name: str) -> dict[str, Any] | None:
+    try:
+        return call(session.client("iam"), "get_role", RoleName=name)["Role"]
+    except CloudError as exc:
+        if exc.code == "NoSuchEntity":
+            return None
+        raise
+
+
+def ensure_role(session, spec, bucket: str, tags: list[dict[str, str]], ledger: Ledger) -> str:
+    """The execution role with its managed and inline policies; returns its ARN."""
+    from llamapod.cloud import plan
+
+    iam = session.client("iam")
+    name = role_name(spec)
+    role = get_role(session, name)
+    if role is None:
+        trust = plan.execution_role_trust_policy(session.account_id, session.partition)
+        try:
+            role = call(iam, "create_role", RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
+                        Description=f"HyperPod nodes of llamapod cluster {spec.name}", Tags=tags)["Role"]
+        except CloudError as exc:
+            if exc.code != "EntityAlreadyExists":
+                raise
+            role = get_role(session, name)
+            if role is None:
+                raise
+    ledger.record("role", name=name, arn=role["Arn"])
+    # Attaching and putting are idempotent in IAM: a re-run simply re-applies them.
+    managed = plan.managed_policy_arns(session.partition)
+    for arn in managed:
+        call(iam, "attach_role_policy", RoleName=name, PolicyArn=arn)
+    inline = plan.execution_role_policies(spec, session.account_id, bucket, session.region, session.partition)
+    for policy_name, document in inline.items():
+        call(iam, "put_role_policy", RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(document))
+    ledger.record("role", managed_policies=managed, inline_policies=sorted(inline))
+    return role["Arn"]
+
+
+def find_roles(session, spec) -> list[str]:
+    """Names of roles tagged for the cluster (IAM is not in the tagging API: list and check)."""
+    cluster_name, own_name = spec.name, role_name(spec)
+    iam = session.client("iam")
+    names: list[str] = []
+    marker = None
+    while True:
+        page = call(iam, "list_roles", **({"Marker": marker} if marker else {}))
+        for role in page.get("Roles", []):
+            if not role["RoleName"].startswith(ROLE_PREFIX):
+                continue
+            if role["RoleName"] == own_name or _role_tagged(iam, role["RoleName"], cluster_name):
+                names.append(role["RoleName"])
+        marker = page.get("Marker") if page.get("IsTruncated") else None
+        if not marker:
+            return names
+
+
+def _role_tagged(iam, name: str, cluster_name: str) -> bool:
+    try:
+        tags = call(iam, "list_role_tags", RoleName=name).get("Tags", [])
+    except CloudError as exc:
+        if exc.code == "NoSuchEntity":
+            return False
+        raise
+    return has_cluster_tag(tags, cluster_name)
+
+
+def delete_role(session, name: str) -> None:
+    """Detach managed policies, delete inline ones and instance profiles, then the role."""
+    iam = session.client("iam")
+    try:
+        for policy in call(iam, "list_attached_role_policies", RoleName=name).get("AttachedPolicies", []):
+            _ignore_missing(iam, "detach_role_policy", RoleName=name, PolicyArn=policy["PolicyArn"])
+        for policy_name in call(iam, "list_role_policies", RoleName=name).get("PolicyNames", []):
+            _ignore_missing(iam, "delete_role_policy", RoleName=name, PolicyName=policy_name)
+        for profile in call(iam, "list_instance_profiles_for_role", RoleName=name).get("InstanceProfiles", []):
+            _ignore_missing(iam, "remove_role_from_instance_profile", RoleName=name,
+                            InstanceProfileName=profile["InstanceProfileName"])
+        call(iam, "delete_role", RoleName=name)
+    except CloudError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+
+
+def _ignore_missing(client, op: str, **kwargs: Any) -> None:
+    try:
+        call(client, op, **kwargs)
+    except CloudError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
