@@ -5,7 +5,8 @@
 | ``tokenizer.json`` (or any ``*.json``) | ``tokenizers``           | BOS if its post-processor adds one |
 | SentencePiece ``*.model`` (Llama 2)    | ``sentencepiece``        | BOS per document, EOS after   |
 | tiktoken BPE file (Llama 3 ``tokenizer.model``, ``*.tiktoken``) | ``tiktoken`` | <|begin_of_text|> ... <|end_of_text|> |
-| folder or hub id                       | ``transformers.AutoTokenizer`` | the tokenizer's own ``add_bos_token`` |
+| folder with tokenizer.json / .model    | as the file, with tokenizer_config.json's bos/eos | as configured |
+| other folder, or a hub id              | ``transformers.AutoTokenizer`` | whether it adds BOS itself |
 
 A Llama 3 ``tokenizer.model`` is a text file of ``base64-token rank`` lines while a Llama 2
 one is a SentencePiece protobuf, so ``*.model`` files are told apart by content.
@@ -211,13 +212,17 @@ def _transformers_available() -> bool:
 
 
 def load_folder(path: Path) -> Tokenizer:
-    if _transformers_available():
-        return load_with_transformers(str(path), label=path.name, local=True)
+    """A Hugging Face tokenizer folder. tokenizer.json / tokenizer.model are read directly
+    (fast, and no torch import); other layouts (vocab.json + merges.txt, ...) need transformers."""
     for name in ("tokenizer.json", "tokenizer.model"):
         if (path / name).is_file():
-            return load_file(path / name)
+            tokenizer = load_file(path / name)
+            tokenizer.label = path.name
+            return tokenizer
+    if _transformers_available():
+        return load_with_transformers(str(path), label=path.name, local=True)
     raise DataError(f"no tokenizer.json or tokenizer.model in {path}",
-                    "pass the tokenizer file itself, or install transformers for other layouts")
+                    "pass the tokenizer file itself, or pip install 'llamapod[hf]' for other layouts")
 
 
 def load_with_transformers(spec: str, *, label: str, local: bool) -> Tokenizer:
