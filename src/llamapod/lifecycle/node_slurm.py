@@ -1,0 +1,288 @@
+"""Slurm steps: munge, optional accounting, and the daemons for the node's role.
+
+Two ways a node can get its Slurm configuration:
+- On HyperPod (<root>/opt/sagemaker_cluster exists) HyperPod's agent writes slurm.conf and
+  sets up munge: both are left alone; llamapod only starts the daemons for the role.
+- Elsewhere ("managed": test namespaces, any Slurm cluster without HyperPod's agent) the
+  controller writes slurm.conf from the two JSON files, the munge key is shared through /fsx,
+  and workers fetch the configuration from the controller (configless).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from node_cluster import Cluster, Node, cluster_name_for_slurm
+from node_settings import Settings
+from node_system import (
+    Service,
+    ServiceManager,
+    StepError,
+    TransientError,
+    file_lock,
+    retry,
+    run,
+    write_file,
+)
+
+log = logging.getLogger("llamapod.lifecycle")
+
+MARKER = "# Managed by llamapod's lifecycle"
+SLURMCTLD_PORT = 6817
+
+
+def slurm_conf_is_managed(settings: Settings) -> bool:
+    return not settings.hyperpod_marker.exists()
+
+
+def _owner(settings: Settings, user: str) -> tuple[int, int]:
+    for line in (settings.etc_dir / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    return 0, 0
+
+
+# --- munge ------------------------------------------------------------------------------------
+
+
+def munge_service(settings: Settings) -> Service:
+    socket = settings.munge_socket
+    argv = (
+        settings.commands["munged"],
+        f"--socket={socket}",
+        f"--key-file={settings.etc_dir / 'munge' / 'munge.key'}",
+        f"--pid-file={socket.parent / 'munged.pid'}",
+        f"--log-file={settings.log_dir / 'munge' / 'munged.log'}",
+        f"--seed-file={settings.root / 'var/lib/munge/munged.seed'}",
+    )
+    return Service("munge", settings.commands["munged"], argv)
+
+
+def ensure_munge(settings: Settings, services: ServiceManager) -> None:
+    """One munge key for the cluster, made by whichever node gets there first, kept on /fsx."""
+    if not slurm_conf_is_managed(settings):
+        log.info("on HyperPod: munge is configured by HyperPod")
+        return
+    shared_key = settings.shared_state_dir / "munge.key"
+    with file_lock(settings.shared_state_dir / "munge.lock", timeout=settings.lock_timeout, what="munge key"):
+        if not shared_key.exists():
+            write_file(shared_key, secrets.token_hex(512), mode=0o400)
+            log.info("created the cluster munge key %s", shared_key)
+    uid, gid = _owner(settings, "munge")
+    key = settings.etc_dir / "munge" / "munge.key"
+    changed = write_file(key, shared_key.read_text(), mode=0o400, uid=uid, gid=gid)
+    for directory in (settings.munge_socket.parent, settings.log_dir / "munge", settings.root / "var/lib/munge"):
+        directory.mkdir(parents=True, exist_ok=True)
+    service = munge_service(settings)
+    running = services.is_running(service)
+    if running and not changed:
+        log.info("munged already running with the cluster key")
+        return
+    result = services.start(service, restart=running)
+    if not result.ok:
+        raise StepError(f"munged did not start: {result.summary()}")
+    log.info("munged %s", "restarted with the cluster key" if running else "started")
+
+
+# --- slurm.conf ---------------------------------------------------------------------------------
+
+
+def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, controller_host: str) -> str:
+    spool = settings.spool_dir
+    workers = [n for n in cluster.nodes if n.role == "worker"]
+    logins = [n for n in cluster.nodes if n.role == "login"]
+    lines = [
+        f"{MARKER} from resource_config.json and provisioning_parameters.json; re-run on_create.sh to update.",
+        f"ClusterName={cluster_name_for_slurm(cluster.name)}",
+        f"SlurmctldHost={controller_host}({controller.address})",
+        f"SlurmctldPort={SLURMCTLD_PORT}",
+        # Workers fetch this file from the controller: one source of truth, nothing to copy.
+        "SlurmctldParameters=enable_configless",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={settings.munge_socket}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        f"StateSaveLocation={spool / 'slurmctld'}",
+        # %n keeps node daemons apart even where several nodes share one file system image.
+        f"SlurmdSpoolDir={spool / 'slurmd' / '%n'}",
+        f"SlurmctldPidFile={settings.run_dir / 'slurmctld.pid'}",
+        f"SlurmdPidFile={settings.run_dir / 'slurmd-%n.pid'}",
+        f"SlurmctldLogFile={settings.log_dir / 'slurm' / 'slurmctld.log'}",
+        f"SlurmdLogFile={settings.log_dir / 'slurm' / 'slurmd-%n.log'}",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "MpiDefault=none",
+        "MailProg=/bin/true",
+        # A replaced or rebooted node rejoins by itself once its slurmd registers.
+        "ReturnToService=2",
+        "SchedulerType=sched/backfill",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+    ]
+    if cluster.accounting is not None:
+        lines += [
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            f"AccountingStorageHost={controller_host}",
+            "JobAcctGatherType=jobacct_gather/linux",
+        ]
+    for node in workers + logins:
+        lines.append(f"NodeName={node.slurm_name} NodeAddr={node.address} State=UNKNOWN")
+    for i, (partition, group) in enumerate(cluster.partitions):
+        names = [n.slurm_name for n in workers if n.group == group]
+        if names:
+            default = "YES" if i == 0 else "NO"
+            lines.append(f"PartitionName={partition} Nodes={','.join(names)} Default={default} MaxTime=INFINITE State=UP")
+    return "\n".join(lines) + "\n"
+
+
+def render_slurmdbd_conf(settings: Settings, cluster: Cluster, controller_host: str) -> str:
+    acct = cluster.accounting
+    if acct is None:
+        raise StepError("accounting was not requested in provisioning_parameters.json")
+    return "\n".join([
+        f"{MARKER}.",
+        "AuthType=auth/munge",
+        f"AuthInfo=socket={settings.munge_socket}",
+        f"DbdHost={controller_host}",
+        "SlurmUser=root",
+        "StorageType=accounting_storage/mysql",
+        f"StorageHost={acct.storage_host}",
+        f"StoragePort={acct.storage_port}",
+        f"StorageUser={acct.storage_user}",
+        f"StoragePass={acct.storage_pass}",
+        f"StorageLoc={acct.storage_loc}",
+        f"LogFile={settings.log_dir / 'slurm' / 'slurmdbd.log'}",
+        f"PidFile={settings.run_dir / 'slurmdbd.pid'}",
+    ]) + "\n"
+
+
+def slurm_env(settings: Settings, node: Node) -> dict[str, str]:
+    """Which slurm.conf client commands read: the controller's own, or slurmd's configless cache."""
+    conf = settings.slurm_conf if node.role == "controller" else settings.slurm_client_conf
+    return {"SLURM_CONF": str(conf)}
+
+
+# --- accounting ----------------------------------------------------------------------------------
+
+
+def ensure_accounting(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager) -> None:
+    if cluster.accounting is None or node.role != "controller":
+        log.info("Slurm accounting not requested for this node")
+        return
+    if not slurm_conf_is_managed(settings):
+        raise StepError("Slurm accounting is configured by HyperPod on HyperPod nodes; remove \"accounting\" "
+                        "from provisioning_parameters.json")
+    conf = settings.slurm_dir / "etc" / "slurmdbd.conf"
+    # slurmdbd refuses a config other users can read: it holds the database password.
+    changed = write_file(conf, render_slurmdbd_conf(settings, cluster, settings.hostname), mode=0o600)
+    (settings.log_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    service = Service("slurmdbd", settings.commands["slurmdbd"], (settings.commands["slurmdbd"],),
+                      (("SLURM_CONF", str(settings.slurm_conf)),))
+    running = services.is_running(service)
+    if running and not changed:
+        log.info("slurmdbd already running")
+        return
+    result = services.start(service, restart=running)
+    if not result.ok:
+        raise StepError(f"slurmdbd did not start (is the database at {cluster.accounting.storage_host} "
+                        f"reachable?): {result.summary()}")
+
+
+# --- daemons ----------------------------------------------------------------------------------
+
+
+def ensure_slurm(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager) -> None:
+    managed = slurm_conf_is_managed(settings)
+    for directory in (settings.spool_dir / "slurmctld", settings.spool_dir / "slurmd", settings.log_dir / "slurm",
+                      settings.run_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    if node.role == "controller":
+        _start_controller(settings, cluster, node, services, managed)
+    else:
+        _start_node_daemon(settings, cluster, node, services, managed)
+
+
+def _start_controller(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
+                      managed: bool) -> None:
+    changed = False
+    if not managed and not settings.slurm_conf.exists():
+        raise StepError(f"{settings.slurm_conf} is missing: HyperPod's agent writes it before the lifecycle runs; "
+                        f"check the cluster's provisioning_parameters.json")
+    if managed:
+        changed = write_file(settings.slurm_conf, render_slurm_conf(settings, cluster, node, settings.hostname))
+        if changed:
+            log.info("wrote %s", settings.slurm_conf)
+    service = Service("slurmctld", settings.commands["slurmctld"],
+                      (settings.commands["slurmctld"], "-f", str(settings.slurm_conf)),
+                      (("SLURM_CONF", str(settings.slurm_conf)),))
+    running = services.is_running(service)
+    if not running or changed:
+        result = services.start(service, restart=running)
+        if not result.ok:
+            raise StepError(f"slurmctld did not start: {result.summary()}")
+        log.info("slurmctld %s", "restarted with the new slurm.conf" if running else "started")
+    env = slurm_env(settings, node)
+
+    def answers() -> None:
+        result = run([settings.commands["scontrol"], "ping"], env=env, check=False, timeout=30)
+        if not result.ok or " is UP" not in result.stdout:
+            if not services.is_running(service):
+                # A config slurmctld rejects makes it exit at once: say so instead of waiting.
+                raise StepError(f"slurmctld exited; see {settings.log_dir / 'slurm' / 'slurmctld.log'}")
+            raise TransientError(result.summary() if not result.ok else result.stdout.strip())
+
+    retry(answers, what="slurmctld to answer", timeout=settings.slurm_timeout, first_delay=0.2, max_delay=5.0)
+    log.info("slurmctld is up")
+
+
+def slurmd_options(cluster: Cluster, node: Node, managed: bool) -> list[str]:
+    options = ["--conf-server", f"{cluster.controller.address}:{SLURMCTLD_PORT}"]
+    if managed:
+        options += ["-N", node.slurm_name]  # the name the controller's slurm.conf gives this address
+    return options
+
+
+def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
+                       managed: bool) -> None:
+    options = slurmd_options(cluster, node, managed)
+    # systemd's slurmd unit reads SLURMD_OPTIONS from here (Debian and upstream units alike).
+    write_file(settings.etc_dir / "default" / "slurmd", f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
+    service = Service("slurmd", settings.commands["slurmd"], (settings.commands["slurmd"], *options))
+    env = slurm_env(settings, node)
+    last_start: list[str] = []
+
+    def registered() -> None:
+        if not services.is_running(service):
+            # slurmd exits when the controller does not answer its configless fetch: try again.
+            result = services.start(service)
+            if not result.ok:
+                last_start[:] = [result.summary()]
+                raise TransientError(f"slurmd could not start ({result.summary()})")
+        state = node_state(settings, node, env)
+        if state is None or "NOT_RESPONDING" in state or state.startswith(("UNKNOWN", "DOWN")):
+            raise TransientError(f"{node.slurm_name} not registered yet (state {state or 'unknown'})")
+        log.info("%s registered with the controller (state %s)", node.slurm_name, state)
+
+    try:
+        retry(registered, what=f"slurmd on {node.slurm_name} to register with {cluster.controller.address}",
+              timeout=settings.slurm_timeout, first_delay=0.5, max_delay=10.0)
+    except StepError as exc:
+        raise StepError(f"{exc}. Is slurmctld running on the controller ({cluster.controller.address}) "
+                        f"and TCP {SLURMCTLD_PORT} open between nodes?") from None
+
+
+def node_state(settings: Settings, node: Node, env: dict[str, str]) -> str | None:
+    if not Path(env["SLURM_CONF"]).exists():
+        return None
+    name = node.slurm_name if node.role != "controller" else settings.hostname
+    result = run([settings.commands["scontrol"], "-o", "show", "node", name], env=env, check=False, timeout=30)
+    if not result.ok:
+        return None
+    for field in result.stdout.split():
+        if field.startswith("State="):
+            return field.split("=", 1)[1]
+    return None

@@ -1,0 +1,211 @@
+"""Storage steps: FSx for Lustre at /fsx, and container data kept off the root volume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from node_cluster import Cluster
+from node_settings import Settings
+from node_system import StepError, TransientError, replace_managed_block, retry, run, write_file
+
+log = logging.getLogger("llamapod.lifecycle")
+
+LUSTRE_OPTIONS = "noatime,flock"
+# _netdev + automount: a reboot does not hang on /fsx before the network is up.
+FSTAB_OPTIONS = "defaults,noatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network-online.target"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    source: str
+    target: str
+    fstype: str
+
+
+def _unescape(field: str) -> str:
+    """The kernel writes spaces and tabs in mount paths as octal escapes (\\040)."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def read_mount_table(path: Path) -> list[MountEntry]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise StepError(f"cannot read the mount table {path}: {exc.strerror}") from None
+    entries = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:
+            entries.append(MountEntry(_unescape(fields[0]), _unescape(fields[1]), fields[2]))
+    return entries
+
+
+def mounted_at(table: Path, target: Path) -> MountEntry | None:
+    """The last mount on ``target`` (later mounts hide earlier ones)."""
+    wanted = os.path.realpath(target)
+    found = None
+    for entry in read_mount_table(table):
+        if entry.target == wanted:
+            found = entry
+    return found
+
+
+def lustre_source(cluster: Cluster) -> str:
+    if not cluster.fsx_dns_name or not cluster.fsx_mountname:
+        raise StepError("provisioning_parameters.json has no fsx_dns_name/fsx_mountname: nothing to mount at /fsx")
+    return f"{cluster.fsx_dns_name}@tcp:/{cluster.fsx_mountname}"
+
+
+def ensure_fsx(settings: Settings, cluster: Cluster, mount_table: Path) -> None:
+    if settings.fsx_mode == "directory":
+        if not settings.fsx_dir.is_dir():
+            raise StepError(f"shared directory mode: {settings.fsx_dir} does not exist or is not a directory")
+        log.info("shared directory mode: using %s as /fsx without mounting", settings.fsx_dir)
+    else:
+        _mount_lustre(settings, cluster, mount_table)
+        _persist_in_fstab(settings, lustre_source(cluster))
+    check_writable(settings.fsx_dir, settings.hostname)
+
+
+def _mount_lustre(settings: Settings, cluster: Cluster, mount_table: Path) -> None:
+    source = lustre_source(cluster)
+    current = mounted_at(mount_table, settings.fsx_dir)
+    if current is not None:
+        if current.fstype == "lustre" and current.source == source:
+            log.info("%s already mounted at %s", source, settings.fsx_dir)
+            return
+        raise StepError(
+            f"{settings.fsx_dir} already has {current.source} ({current.fstype}) mounted, not {source}; "
+            f"unmount it and re-run")
+    settings.fsx_dir.mkdir(parents=True, exist_ok=True)
+
+    def attempt() -> None:
+        result = run([settings.commands["mount"], "-t", "lustre", "-o", LUSTRE_OPTIONS, source, str(settings.fsx_dir)],
+                     check=False, timeout=300)
+        if not result.ok:
+            # FSx is created in parallel with the cluster and refuses mounts until it is AVAILABLE.
+            raise TransientError(result.summary())
+
+    retry(attempt, what=f"mount {source} at {settings.fsx_dir}", timeout=settings.fsx_timeout,
+          first_delay=2.0, max_delay=30.0)
+    log.info("mounted %s at %s", source, settings.fsx_dir)
+
+
+def _persist_in_fstab(settings: Settings, source: str) -> None:
+    fstab = settings.etc_dir / "fstab"
+    text = fstab.read_text() if fstab.exists() else ""
+    line = f"{source} {settings.fsx_dir} lustre {FSTAB_OPTIONS} 0 0"
+    if write_file(fstab, replace_managed_block(text, line, "llamapod fsx"), mode=0o644):
+        log.info("recorded the /fsx mount in %s", fstab)
+
+
+def check_writable(directory: Path, hostname: str) -> None:
+    """Prove the shared directory takes writes before anything else relies on it."""
+    probe = directory / ".llamapod" / f"write-check-{hostname}-{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        payload = f"{hostname} {os.getpid()}\n"
+        with open(probe, "w") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if probe.read_text() != payload:
+            raise StepError(f"{directory} returned different data than was written")
+    except OSError as exc:
+        raise StepError(f"{directory} is not writable: {exc.strerror}") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    log.info("%s is writable", directory)
+
+
+# --- containers ------------------------------------------------------------------------------
+
+
+def container_paths(settings: Settings, mount_table: Path) -> dict[str, Path]:
+    """Docker and enroot data on local NVMe; enroot's image cache on /fsx so nodes share pulls.
+
+    Docker's overlay2 cannot live on Lustre, so without NVMe there is no safe place for it and
+    the step refuses rather than filling the 100 GB root volume.
+    """
+    if mounted_at(mount_table, settings.nvme_dir) is None:
+        raise StepError(
+            f"containers: {settings.nvme_dir} is not a mounted file system; Docker and enroot data "
+            f"would land on the root volume. Use an instance type with local NVMe or disable containers")
+    return {
+        "docker": settings.nvme_dir / "docker",
+        "enroot_data": settings.nvme_dir / "enroot" / "data",
+        "enroot_runtime": settings.nvme_dir / "enroot" / "runtime",
+        "enroot_temp": settings.nvme_dir / "enroot" / "tmp",
+        "enroot_cache": settings.shared_state_dir / "enroot-cache",
+    }
+
+
+def docker_daemon_json(current: str, data_root: Path) -> str:
+    config = json.loads(current) if current.strip() else {}
+    config["data-root"] = str(data_root)
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def enroot_conf(paths: dict[str, Path]) -> str:
+    return (
+        "# Written by llamapod: enroot data on local NVMe, image cache shared on /fsx.\n"
+        f"ENROOT_RUNTIME_PATH {paths['enroot_runtime']}/user-$(id -u)\n"
+        f"ENROOT_DATA_PATH {paths['enroot_data']}/user-$(id -u)\n"
+        f"ENROOT_TEMP_PATH {paths['enroot_temp']}\n"
+        f"ENROOT_CACHE_PATH {paths['enroot_cache']}\n"
+    )
+
+
+def find_pyxis(settings: Settings) -> Path | None:
+    for lib in (settings.slurm_dir / "lib" / "slurm", settings.root / "usr/local/lib/slurm",
+                settings.root / "usr/lib/x86_64-linux-gnu/slurm-wlm", settings.root / "usr/lib/slurm"):
+        candidate = lib / "spank_pyxis.so"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ensure_containers(settings: Settings, cluster: Cluster, mount_table: Path) -> None:
+    if not cluster.containers:
+        log.info("containers not requested (provisioning_parameters.json \"containers\": false)")
+        return
+    paths = container_paths(settings, mount_table)
+    for path in paths.values():
+        path.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths["enroot_temp"], 0o1777)
+    daemon_json = settings.etc_dir / "docker" / "daemon.json"
+    current = daemon_json.read_text() if daemon_json.exists() else ""
+    try:
+        wanted = docker_daemon_json(current, paths["docker"])
+    except json.JSONDecodeError as exc:
+        raise StepError(f"{daemon_json} is not valid JSON ({exc.msg}); fix or remove it and re-run") from None
+    if write_file(daemon_json, wanted):
+        log.info("Docker data-root set to %s; restarting Docker", paths["docker"])
+        result = run([settings.commands["systemctl"], "restart", "docker"], check=False, timeout=180)
+        if not result.ok:
+            raise StepError(f"Docker did not restart with data-root {paths['docker']}: {result.summary()}")
+    write_file(settings.etc_dir / "enroot" / "enroot.conf", enroot_conf(paths))
+    pyxis = find_pyxis(settings)
+    if pyxis is None:
+        log.warning("pyxis (spank_pyxis.so) is not installed: srun --container-image will not be available")
+    else:
+        plugstack = settings.slurm_dir / "etc" / "plugstack.conf.d" / "pyxis.conf"
+        write_file(plugstack, f"required {pyxis}\n")
+        main = settings.slurm_dir / "etc" / "plugstack.conf"
+        text = main.read_text() if main.exists() else ""
+        write_file(main, replace_managed_block(text, f"include {plugstack.parent}/*.conf", "llamapod pyxis"))
