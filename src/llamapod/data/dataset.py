@@ -191,6 +191,8 @@ def build_dataset(source: str | None, tokenizer, *, seq_len: int, split: str, ra
     ``source`` None is the built-in default corpus; a directory with ``index.json`` is read
     as prepared shards; anything else is tokenized once into the cache and read as shards.
     """
+    # Unset options arrive as None from the trainer's flags: they mean "the default".
+    source_options = {k: v for k, v in source_options.items() if v is not None}
     val_fraction = float(source_options.pop("val_fraction", DEFAULT_VAL_FRACTION))
     if source is None or source in ("", "default"):
         from llamapod.data.default import default_corpus_shards

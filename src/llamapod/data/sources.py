@@ -237,8 +237,8 @@ class HFDatasetSource(DocumentSource):
                 loaded = loaded[self.options.dataset_split]
             return self._check_column(loaded)
         local_builder = self.options.data_files is not None
-        if not local_builder and not hub_reachable():
-            use_local_cache_only()
+        if not hub_reachable():
+            use_local_cache_only()  # answer from the cache at once instead of retrying for half a minute
         try:
             loaded = datasets.load_dataset(self.name, self.options.dataset_config_name, split=self.options.dataset_split,
                                            streaming=bool(self.options.streaming), data_files=self.options.data_files)
