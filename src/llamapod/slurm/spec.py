@@ -59,7 +59,8 @@ class SlurmJob(BaseModel):
     env_setup: list[str] = Field(default_factory=list,
                                  description="shell lines run before torchrun (e.g. activating a virtual environment)")
     python: Optional[str] = Field(None, description="Python interpreter that runs torchrun and the trainer "
-                                                    "(default: torchrun from PATH)")
+                                                    "(default: the one running llamapod when submitting on "
+                                                    "this machine, else torchrun from PATH)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (override the defaults)")
     exclusive: bool = Field(True, description="give the job whole nodes")
     requeue: bool = Field(True, description="let Slurm requeue the job after a node failure or `scontrol requeue`")
@@ -163,14 +164,6 @@ class SlurmJob(BaseModel):
     @property
     def script_path(self) -> str:
         return str(PurePosixPath(self.run_dir) / "job.sbatch")
-
-
-def slurm_settings_help() -> str:
-    """The [slurm] keys with their meaning, for docs and error hints."""
-    lines = ["[slurm] settings in llamapod.toml:"]
-    for name, field in SlurmJob.model_fields.items():
-        lines.append(f"  {name:<16} {field.description or ''}")
-    return "\n".join(lines)
 
 
 def load_slurm_job(config_path, overrides: dict[str, Any] | None = None) -> SlurmJob:

@@ -90,3 +90,11 @@ def test_slurm_values_that_would_break_the_script_are_refused(field, value):
 @pytest.mark.parametrize("limit", ["30", "30:00", "4:00:00", "2-00", "2-12:00", "2-12:00:00", "UNLIMITED"])
 def test_slurm_time_limits_slurm_accepts(limit):
     assert SlurmJob(time=limit).time == limit
+
+
+def test_slurm_every_setting_is_documented():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "slurm.md").read_text()
+    missing = [name for name in SlurmJob.model_fields if f"| `{name}` |" not in docs]
+    assert missing == []
