@@ -60,7 +60,7 @@ class TrainSpec(BaseModel):
     epochs: int = Field(3, ge=1, description="stop after this many passes over the training data")
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     lr_decay_style: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant")
-    min_lr: float = Field(2e-4, ge=0, description="learning rate at the end of the decay")
+    min_lr: Optional[float] = Field(None, ge=0, description="learning rate at the end of the decay (default: lr / 10)")
     warmup: float = Field(0.05, ge=0, description="warmup: a fraction of max_steps (< 1) or a number of steps (>= 1)")
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0 = off)")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
@@ -114,7 +114,7 @@ class TrainSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":
-        if self.min_lr > self.lr:
+        if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
         if self.warmup >= 1 and self.warmup != int(self.warmup):
             raise ValueError(f"warmup {self.warmup:g} must be a fraction below 1 or a whole number of steps")
@@ -122,6 +122,9 @@ class TrainSpec(BaseModel):
         return self
 
     # --- derived values ------------------------------------------------------
+
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
     def warmup_steps(self) -> int:
         return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * self.max_steps))

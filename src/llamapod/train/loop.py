@@ -194,7 +194,7 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, float, float, float]:
         """One optimizer step; returns (local mean loss, grad norm, lr, data seconds)."""
         spec = self.spec
-        lr = lr_at(self.step, max_lr=spec.lr, min_lr=spec.min_lr, warmup_steps=spec.warmup_steps(),
+        lr = lr_at(self.step, max_lr=spec.lr, min_lr=spec.final_lr(), warmup_steps=spec.warmup_steps(),
                    total_steps=spec.max_steps, style=spec.lr_decay_style)
         set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
