@@ -217,6 +217,10 @@ def operator_policy(account: str = "*", partition: str = "aws") -> dict[str, Any
                     "iam:ListRolePolicies", "iam:AttachRolePolicy", "iam:DetachRolePolicy",
                     "iam:ListAttachedRolePolicies", "iam:ListInstanceProfilesForRole"],
          "Resource": role_arn},
+        {"Sid": "DetachRoleFromInstanceProfiles", "Effect": "Allow",
+         # Deleting a role first detaches it from any instance profile (none are created by llamapod).
+         "Action": "iam:RemoveRoleFromInstanceProfile",
+         "Resource": f"arn:{partition}:iam::{acct}:instance-profile/*"},
         {"Sid": "PassExecutionRoleToSageMaker", "Effect": "Allow", "Action": "iam:PassRole",
          "Resource": role_arn,
          "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},

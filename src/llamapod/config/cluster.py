@@ -187,7 +187,10 @@ def _is_int(value: Any) -> bool:
 
 def _got(value: Any) -> str:
     text = repr(value)
-    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+    if len(text) <= 60:
+        return f" (got {text})"
+    size = f", {len(value)} characters" if isinstance(value, str) else ""
+    return f" (got {text[:40]}...{size})"
 
 
 def _closest(value: Any, choices: tuple[str, ...] | list[str]) -> str:
@@ -311,7 +314,7 @@ def _check_fsx(raw: Any, problems: _Problems) -> None:
         if throughput not in allowed or not _is_int(throughput):
             problems.add(f"cluster.fsx.throughput_per_tib must be one of {', '.join(map(str, allowed))} "
                          f"for {deployment}{_got(throughput)}")
-    elif deployment is not None and "throughput_per_tib" in table:
+    elif deployment is not None and table.get("throughput_per_tib") is not None:
         problems.add(f"cluster.fsx.throughput_per_tib must not be set for {deployment} "
                      f"(only PERSISTENT file systems take it){_got(throughput)}")
     compression = table.get("compression", "LZ4")

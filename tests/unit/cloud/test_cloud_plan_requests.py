@@ -1,0 +1,182 @@
+"""The requests `up` sends, built by llamapod.cloud.plan, checked against botocore's service model
+(client-side parameter validation: the same check boto3 runs before sending) and the seed's shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from llamapod.cloud import plan
+from llamapod.config.cluster import load_cluster_spec, spec_from_table
+
+ACCOUNT = "123456789012"
+SUBNET = "subnet-0123456789abcdef0"
+SG = "sg-0123456789abcdef0"
+
+
+def _validate(service: str, operation: str, params: dict) -> str:
+    model = botocore.session.get_session().get_service_model(service)
+    report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
+    return report.generate_report()
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return load_cluster_spec(None, {})
+
+
+def _cluster_request(spec):
+    return plan.cluster_request(spec, bucket=plan.lifecycle_bucket_name(spec, ACCOUNT),
+                                role_arn=plan.execution_role_arn(spec, ACCOUNT), subnet_id=SUBNET, sg_id=SG,
+                                tags=plan.resource_tags(spec))
+
+
+def test_cluster_request_is_the_seeds_cluster_config(seed):
+    request = _cluster_request(seed)
+    bucket = plan.lifecycle_bucket_name(seed, ACCOUNT)
+    role = f"arn:aws:iam::{ACCOUNT}:role/{plan.execution_role_name(seed)}"
+    lifecycle = {"SourceS3Uri": f"s3://{bucket}/src", "OnCreate": "on_create.sh"}
+    assert request == {
+        "ClusterName": "ml-4-g5-48x-cluster",
+        "InstanceGroups": [
+            {"InstanceGroupName": "controller-machine", "InstanceType": "ml.c5.xlarge", "InstanceCount": 1,
+             "LifeCycleConfig": lifecycle, "ExecutionRole": role, "ThreadsPerCore": 1},
+            {"InstanceGroupName": "worker-group-1", "InstanceType": "ml.g5.48xlarge", "InstanceCount": 4,
+             "LifeCycleConfig": lifecycle, "ExecutionRole": role, "ThreadsPerCore": 1},
+        ],
+        "VpcConfig": {"SecurityGroupIds": [SG], "Subnets": [SUBNET]},
+        "Tags": [{"Key": "llamapod:cluster", "Value": "ml-4-g5-48x-cluster"}],
+        "NodeRecovery": "Automatic",
+    }
+    assert _validate("sagemaker", "CreateCluster", request) == ""
+
+
+def test_a_full_cluster_request_is_valid_for_the_service_model():
+    spec = spec_from_table({
+        "name": "big", "login": {"name": "login", "instance_type": "ml.m5.4xlarge"},
+        "workers": [{"name": "g5", "instance_type": "ml.g5.48xlarge", "count": 2, "partition": "gpu"},
+                    {"name": "p5", "instance_type": "ml.p5.48xlarge", "count": 1}],
+        "ebs_volume_gb": 500, "deep_health_checks": ["InstanceStress", "InstanceConnectivity"],
+        "node_recovery": "None", "threads_per_core": 2, "tags": {"team": "ml"},
+    })
+    request = _cluster_request(spec)
+    assert _validate("sagemaker", "CreateCluster", request) == ""
+    groups = {g["InstanceGroupName"]: g for g in request["InstanceGroups"]}
+    assert list(groups) == ["controller-machine", "login", "g5", "p5"]
+    # Deep health checks only on accelerator groups; the EBS volume on every group.
+    assert "OnStartDeepHealthChecks" not in groups["controller-machine"]
+    assert "OnStartDeepHealthChecks" not in groups["login"]
+    assert groups["p5"]["OnStartDeepHealthChecks"] == ["InstanceStress", "InstanceConnectivity"]
+    assert all(g["InstanceStorageConfigs"] == [{"EbsVolumeConfig": {"VolumeSizeInGB": 500}}] for g in groups.values())
+    assert request["Tags"] == [{"Key": "llamapod:cluster", "Value": "big"}, {"Key": "team", "Value": "ml"}]
+    assert plan.provisioning_parameters(spec, "fs-1.fsx.us-east-1.amazonaws.com", "abcd") == {
+        "version": "1.0.0", "workload_manager": "slurm", "controller_group": "controller-machine",
+        "login_group": "login",
+        "worker_groups": [{"instance_group_name": "g5", "partition_name": "gpu"},
+                          {"instance_group_name": "p5", "partition_name": "ml.p5.48xlarge"}],
+        "fsx_dns_name": "fs-1.fsx.us-east-1.amazonaws.com", "fsx_mountname": "abcd",
+    }
+
+
+def test_provisioning_parameters_are_the_seeds(seed):
+    assert plan.provisioning_parameters(seed, "fs-0123.fsx.us-east-1.amazonaws.com", "xyzab") == {
+        "version": "1.0.0",
+        "workload_manager": "slurm",
+        "controller_group": "controller-machine",
+        "worker_groups": [{"instance_group_name": "worker-group-1", "partition_name": "ml.g5.48xlarge"}],
+        "fsx_dns_name": "fs-0123.fsx.us-east-1.amazonaws.com",
+        "fsx_mountname": "xyzab",
+    }
+
+
+def test_fsx_request_is_valid_and_persistent_2(seed):
+    request = plan.fsx_request(seed, SUBNET, SG, plan.resource_tags(seed))
+    assert _validate("fsx", "CreateFileSystem", request) == ""
+    assert request["StorageCapacity"] == 1200
+    assert request["LustreConfiguration"] == {"DeploymentType": "PERSISTENT_2", "DataCompressionType": "LZ4",
+                                              "PerUnitStorageThroughput": 250}
+    scratch = spec_from_table({"fsx": {"deployment_type": "SCRATCH_2", "capacity_gib": 2400}})
+    request = plan.fsx_request(scratch, SUBNET, SG, [])
+    assert _validate("fsx", "CreateFileSystem", request) == ""
+    assert "PerUnitStorageThroughput" not in request["LustreConfiguration"]
+
+
+def test_network_parameters_name_every_template_parameter(seed):
+    import yaml  # cfn-lint's dependency; the template uses no custom tags beyond !Ref/!Sub/!GetAtt
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load(plan.network_template(), Loader=Loader)
+    params = plan.network_parameters(seed, "use1-az4")
+    assert {p["ParameterKey"] for p in params} == set(template["Parameters"])
+    assert {"ParameterKey": "AvailabilityZoneId", "ParameterValue": "use1-az4"} in params
+    assert _validate("cloudformation", "CreateStack", {"StackName": plan.network_stack_name(seed),
+                                                       "TemplateBody": plan.network_template(),
+                                                       "Parameters": params}) == ""
+
+
+@pytest.mark.parametrize("name", ["a", "ml-4-g5-48x-cluster", "A" * 63, "x-" * 31 + "y", "9lives"])
+def test_names_follow_the_services_rules(name):
+    spec = spec_from_table({"name": name})
+    bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
+    assert bucket.startswith("sagemaker-llamapod-") and len(bucket) <= 63
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", bucket)
+    assert bucket == plan.lifecycle_bucket_name(spec, ACCOUNT)  # deterministic: re-runs find it
+    role = plan.execution_role_name(spec)
+    assert len(role) <= 64 and re.fullmatch(r"[\w+=,.@-]+", role)
+    stack = plan.network_stack_name(spec)
+    assert re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9]{0,127}", stack)
+
+
+def test_bucket_names_differ_per_account_region_and_cluster():
+    a = spec_from_table({"name": "Train"})
+    b = spec_from_table({"name": "train"})
+    c = spec_from_table({"name": "Train", "region": "us-west-2"})
+    names = {plan.lifecycle_bucket_name(a, ACCOUNT), plan.lifecycle_bucket_name(b, ACCOUNT),
+             plan.lifecycle_bucket_name(c, ACCOUNT), plan.lifecycle_bucket_name(a, "210987654321")}
+    assert len(names) == 4
+
+
+def test_hourly_cost_sums_known_prices(seed):
+    assert plan.hourly_cost(seed) == pytest.approx(0.238 + 4 * 20.36)
+    unknown = spec_from_table({"workers": [{"name": "w", "instance_type": "ml.r7i.large"}]})
+    assert plan.hourly_cost(unknown) is None
+
+
+def test_artifacts_with_account_are_exact(seed, tmp_path):
+    files = plan.write_artifacts(seed, tmp_path, account=ACCOUNT, az_id="use1-az4")
+    names = sorted(f.name for f in files)
+    assert names == sorted([
+        "cluster-config.json", "provisioning_parameters.json", "fsx-request.json", "network.yaml",
+        "network-parameters.json", "execution-role-trust-policy.json",
+        "execution-role-policy-llamapod-network-interfaces.json",
+        "execution-role-policy-llamapod-lifecycle-read.json", "bucket-policy.json", "operator-policy.json",
+        "plan.json"])
+    config = json.loads((tmp_path / "cluster-config.json").read_text())
+    assert config == _cluster_request(seed) | {"VpcConfig": {"SecurityGroupIds": [plan.PLACEHOLDER_SG],
+                                                             "Subnets": [plan.PLACEHOLDER_SUBNET]}}
+    assert (tmp_path / "network.yaml").read_text() == plan.network_template()
+    summary = json.loads((tmp_path / "plan.json").read_text())
+    assert summary["names"]["lifecycle_bucket"] == plan.lifecycle_bucket_name(seed, ACCOUNT)
+    assert summary["availability_zone_id"] == "use1-az4"
+    assert set(summary["placeholders"]) == {"VpcConfig.Subnets", "VpcConfig.SecurityGroupIds", "fsx_dns_name",
+                                            "fsx_mountname"}
+    params = json.loads((tmp_path / "provisioning_parameters.json").read_text())
+    assert params["fsx_dns_name"] == plan.PLACEHOLDER_FSX_DNS
+
+
+def test_artifacts_without_account_mark_it(seed, tmp_path):
+    plan.write_artifacts(seed, tmp_path, account=None, az_id=None)
+    summary = json.loads((tmp_path / "plan.json").read_text())
+    assert summary["account"] == "<account-id>"
+    assert {"account", "AvailabilityZoneId"} <= set(summary["placeholders"])
+    config = json.loads((tmp_path / "cluster-config.json").read_text())
+    role = config["InstanceGroups"][0]["ExecutionRole"]
+    assert role == f"arn:aws:iam::<account-id>:role/{plan.execution_role_name(seed)}"
+    assert "<digest: needs the account id>" in config["InstanceGroups"][0]["LifeCycleConfig"]["SourceS3Uri"]
