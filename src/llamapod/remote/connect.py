@@ -17,6 +17,7 @@ base_python = "python3"    # interpreter the cluster's virtual environment is ma
 system_site_packages = false
 pip_no_index = false       # install only from what base_python already has (offline)
 pip_args = []              # e.g. ["--extra-index-url", "https://download.pytorch.org/whl/cu126"]
+wheel = "dist/llamapod-0.1.0-py3-none-any.whl"   # optional: install this wheel instead of building one
 ```
 """
 
@@ -55,6 +56,7 @@ class RemoteSettings(BaseModel):
     system_site_packages: bool = False
     pip_no_index: bool = False
     pip_args: list[str] = Field(default_factory=list)
+    wheel: Optional[str] = Field(None, description="a prebuilt llamapod wheel to install instead of building one")
     controller_group: Optional[str] = None
     region: Optional[str] = None
     profile: Optional[str] = None

@@ -107,8 +107,17 @@ def source_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def local_wheel(root: Path | None = None) -> Path:
-    """A wheel of the checkout, built once per distinct source tree and cached."""
+def local_wheel(root: Path | None = None, prebuilt: str | None = None) -> Path:
+    """A wheel of the checkout, built once per distinct source tree and cached.
+
+    ``prebuilt`` (remote.wheel) names a wheel to use as is, e.g. one built by CI.
+    """
+    if prebuilt:
+        path = Path(prebuilt).expanduser()
+        if not path.is_file() or not path.name.startswith("llamapod-") or path.suffix != ".whl":
+            raise RemoteError(f"remote.wheel {path} is not a llamapod wheel file",
+                              "build one with `pip wheel --no-deps .` in the checkout, or remove remote.wheel")
+        return path
     root = root or project_root()
     if root is None:
         raise RemoteError("llamapod is not running from a source checkout, so there is no wheel to build",
@@ -228,7 +237,10 @@ def _create_venv(shell: Shell, env_dir: PurePosixPath, options: EnvOptions) -> N
     shell.run(["rm", "-rf", str(env_dir)], check=True)
     argv = [options.base_python, "-m", "venv"]
     if options.system_site_packages:
-        argv.append("--system-site-packages")
+        # The base interpreter's pip is visible and installs into the venv it runs in; a
+        # venv-local pip would also bring an old setuptools that shadows the base's (and
+        # torch requires a recent one).
+        argv += ["--system-site-packages", "--without-pip"]
     result = shell.run([*argv, str(env_dir)], timeout=600)
     if not result.ok:
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
@@ -241,15 +253,14 @@ def _pip_install(shell: Shell, env_dir: PurePosixPath, remote_wheel: str, option
     if options.pip_no_index:
         pip.append("--no-index")
     pip += list(options.pip_args)
-    # The wheel goes in by itself first with --force-reinstall, so a same-version llamapod
-    # visible from the base interpreter can never shadow it; then its dependencies.
-    for argv in ([*pip, "--no-deps", "--force-reinstall", remote_wheel], [*pip, f"{remote_wheel}[train]"]):
-        result = shell.run(argv, timeout=3600)
-        if not result.ok:
-            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
-            raise RemoteError(f"installing llamapod into {env_dir} failed on {shell.where}: {detail[0]}",
-                              "check the cluster's internet access (or remote.pip_args for a package mirror), "
-                              "then re-run: the environment is rebuilt")
+    # A wheel file is installed even when a same-version llamapod is visible from the
+    # base interpreter (an editable checkout, say); _verify checks which one imports.
+    result = shell.run([*pip, f"{remote_wheel}[train]"], timeout=3600)
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
+        raise RemoteError(f"installing llamapod into {env_dir} failed on {shell.where}: {detail[0]}",
+                          "check the cluster's internet access (or remote.pip_args for a package mirror), "
+                          "then re-run: the environment is rebuilt")
 
 
 def _verify(shell: Shell, env_dir: PurePosixPath) -> dict:

@@ -7,7 +7,6 @@ behind, and running it again reuses the environment and the uploaded files.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -52,8 +51,11 @@ class ClusterRun:
         job = load_slurm_job(config_path, slurm_overrides)
         name = run_name(spec, job)
         run_dir = layout.run_dir(name)
+        # Caches (tokenizers, tokenized shards) go on the shared file system: every node
+        # sees them, and HyperPod's root volume is small.
+        env = {"LLAMAPOD_HOME": str(layout.root / "home"), **job.env}
         job = job.model_copy(update={"job_name": name, "output_dir": str(layout.runs), "workdir": str(run_dir),
-                                     "hyperpod": True if access.via_ssm else job.hyperpod})
+                                     "hyperpod": True if access.via_ssm else job.hyperpod, "env": env})
         run = cls(access=access, spec=spec, job=job, config_path=config_path, layout=layout, name=name)
         run.spec, run.uploads = _rewrite_inputs(spec, run_dir)
         return run
@@ -87,22 +89,30 @@ class ClusterRun:
         settings = self.access.settings
         options = EnvOptions(base_python=settings.base_python, system_site_packages=settings.system_site_packages,
                              pip_no_index=settings.pip_no_index, pip_args=tuple(settings.pip_args))
-        env = prepare_environment(self.shell, self.layout, local_wheel(), options)
+        env = prepare_environment(self.shell, self.layout, local_wheel(prebuilt=settings.wheel), options)
         self._upload_inputs()
         script = self.render(env)
         script_path = str(self.run_dir / "job.sbatch")
         self.shell.write_text(script_path, script)
-        job_id = SlurmJobs(self.shell).submit(script_path)
+        jobs = SlurmJobs(self.shell)
+        jobs.preflight(self.job.nodes, self.job.partition)
+        job_id = jobs.submit(script_path)
         ui.success(f"submitted job {job_id} on {self.access.name}: {self.job.nodes} node(s), run {self.run_dir}")
         return job_id
 
+    @property
+    def connected_shell(self) -> "SshShell":
+        if self.shell is None:
+            raise RuntimeError("ClusterRun.launch() connects before anything uses the shell")
+        return self.shell
+
     def _upload_inputs(self) -> None:
-        assert self.shell is not None
+        shell = self.connected_shell
         if self.config_path is not None and Path(self.config_path).is_file():
-            self.shell.put(Path(self.config_path), str(self.run_dir / "llamapod.toml"))
+            shell.put(Path(self.config_path), str(self.run_dir / "llamapod.toml"))
         for local, remote in self.uploads:
             ui.info(f"uploading {local} to {remote}")
-            self.shell.put(local, remote)
+            shell.put(local, remote)
 
 
 def run_name(spec: "TrainSpec", job: "SlurmJob") -> str:
@@ -138,15 +148,11 @@ def _rewrite_inputs(spec: "TrainSpec", run_dir: PurePosixPath) -> tuple["TrainSp
     return spec.model_copy(update=updates), uploads
 
 
-TERMINAL_OK = {"COMPLETED"}
-
-
 def follow_job(run: ClusterRun, job_id: str) -> int:
     """Stream the job's output until it ends; 0 when it completed, else one line with the next step."""
     from llamapod.slurm.jobs import SlurmJobs
 
-    assert run.shell is not None
-    jobs = SlurmJobs(run.shell)
+    jobs = SlurmJobs(run.connected_shell)
     cluster = run.access.name
     ui.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
     try:
@@ -155,25 +161,12 @@ def follow_job(run: ClusterRun, job_id: str) -> int:
     except KeyboardInterrupt:
         ui.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
         return 130
-    info = _final_info(jobs, job_id)
-    state = str(getattr(info, "state", "UNKNOWN"))
-    if state in TERMINAL_OK:
+    job = jobs.info(job_id)
+    if not job.failed:
         return 0
-    reason = getattr(info, "reason", None)
-    detail = f" ({reason})" if reason and reason not in ("None", "") else ""
-    raise SlurmError(f"job {job_id} ended {state} on {cluster}{detail}",
-                     f"see its error log with `llamapod logs --cluster {cluster} {job_id}`")
-
-
-def _final_info(jobs, job_id: str, deadline_s: float = 120.0):
-    """The job's state once Slurm's accounting has caught up with the end of its output."""
-    deadline = time.monotonic() + deadline_s
-    info = jobs.info(job_id)
-    while not _is_final(info) and time.monotonic() < deadline:
-        info = jobs.wait(job_id, timeout=max(1.0, deadline - time.monotonic()))
-    return info
-
-
-def _is_final(info) -> bool:
-    return str(getattr(info, "state", "")) in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
-                                               "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+    for line in jobs.error_tail(job, lines=10).splitlines():
+        ui.info(f"  | {line}")
+    reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
+    raise SlurmError(f"job {job_id} ended {job.state} on cluster {cluster}{reason}",
+                     f"read its logs with `llamapod logs --cluster {cluster} {job_id}`, fix the cause, "
+                     "and re-run: it resumes from the last checkpoint")
