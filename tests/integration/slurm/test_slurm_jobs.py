@@ -151,3 +151,15 @@ def test_slurm_missing_from_path(monkeypatch, tmp_path, run_cli):
     assert code == 1
     assert "error: Slurm is not installed on this machine: `scontrol` is not on PATH" in err
     assert "hint: run this on the cluster's login or head node, or from a laptop with --cluster NAME" in err
+
+
+def test_slurm_controller_down_is_one_line(slurm, tmp_path):
+    conf = tmp_path / "slurm.conf"
+    # The test cluster's configuration, but a controller port nobody listens on.
+    conf.write_text(slurm.conf.read_text().replace(f"SlurmctldHost={slurm.node}(127.0.0.1)",
+                                                   f"SlurmctldHost={slurm.node}(127.0.0.1)\nSlurmctldPort=9\n"
+                                                   "MessageTimeout=1"))
+    with pytest.raises(SlurmError) as down:
+        SlurmJobs(LocalShell(env={"SLURM_CONF": str(conf)})).list()
+    assert str(down.value) == "cannot reach the Slurm controller from this machine"
+    assert down.value.hint == "check that slurmctld is running: `scontrol ping`"
