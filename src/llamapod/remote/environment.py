@@ -221,7 +221,9 @@ def upload_wheel(shell: Shell, layout: RemoteLayout, wheel: Path, wheel_sha: str
 
 
 def check_base_python(shell: Shell, base_python: str) -> str:
-    result = shell.run([base_python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    # Through sh, so a missing interpreter is an exit code on every kind of Shell.
+    result = shell.run(["sh", "-c", 'exec "$@"', "sh", base_python, "-c",
+                        "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
     if not result.ok:
         raise RemoteError(f"`{base_python}` does not run on {shell.where}",
                           "set remote.base_python in llamapod.toml to a Python >= 3.10 on the cluster")

@@ -100,6 +100,13 @@ def test_remote_train_on_cluster_streams_progress_and_pull_brings_results_home(l
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["event"] == "done"
 
+    # The Slurm commands reach the same head node from the laptop.
+    code, out, err = _cli(capfd, "logs", "--cluster", "demo", match.group(1))
+    assert code == 0, err
+    assert re.search(r"^step 6/6 \| loss ", out, re.M), out
+    code, out, err = _cli(capfd, "jobs", "--cluster", "demo")
+    assert code == 0 and match.group(1) in out, err
+
     code, out, err = _cli(capfd, "pull", "--cluster", "demo", "-f", "llamapod.toml", "exp1")
     assert code == 0, err
     home = laptop / "runs" / "exp1"

@@ -1,0 +1,127 @@
+"""Environment keys, the local wheel, [remote] settings, node selection and input rewriting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from llamapod.config.train import parse_train_args
+from llamapod.errors import ConfigError, RemoteError
+from llamapod.remote.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings
+from llamapod.remote.environment import (EnvOptions, RemoteLayout, check_base_python, env_key, local_wheel,
+                                         prepare_environment, source_hash)
+from llamapod.remote.launch import _rewrite_inputs
+from llamapod.remote.shell import LocalShell
+
+
+def test_remote_env_key_changes_with_the_wheel_and_the_settings():
+    base = env_key("a" * 64, EnvOptions())
+    assert base == env_key("a" * 64, EnvOptions()) and len(base) == 16
+    assert base != env_key("b" * 64, EnvOptions())
+    assert base != env_key("a" * 64, EnvOptions(system_site_packages=True))
+    assert base != env_key("a" * 64, EnvOptions(pip_args=("--extra-index-url", "https://example/cu126")))
+
+
+def test_remote_source_hash_follows_content(tmp_path):
+    (tmp_path / "src" / "llamapod").mkdir(parents=True)
+    (tmp_path / "pyproject.toml").write_text('name = "llamapod"\n')
+    module = tmp_path / "src" / "llamapod" / "a.py"
+    module.write_text("x = 1\n")
+    first = source_hash(tmp_path)
+    (tmp_path / "src" / "llamapod" / "__pycache__").mkdir()
+    (tmp_path / "src" / "llamapod" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert source_hash(tmp_path) == first, "bytecode does not change the wheel"
+    module.write_text("x = 2\n")
+    assert source_hash(tmp_path) != first
+
+
+def test_remote_prebuilt_wheel_must_be_a_llamapod_wheel(tmp_path):
+    with pytest.raises(RemoteError, match=r"remote.wheel .*/other.whl is not a llamapod wheel file"):
+        local_wheel(prebuilt=str(tmp_path / "other.whl"))
+    wheel = tmp_path / "llamapod-9.9-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    assert local_wheel(prebuilt=str(wheel)) == wheel
+
+
+def test_remote_base_python_must_be_new_enough(tmp_path):
+    shell = LocalShell()
+    assert check_base_python(shell, sys.executable) == "%d.%d.%d" % sys.version_info[:3]
+    old = tmp_path / "python3.8"
+    old.write_text("#!/bin/sh\necho 3.8.10\n")
+    old.chmod(0o755)
+    with pytest.raises(RemoteError) as err:
+        check_base_python(shell, str(old))
+    assert err.value.message == f"`{old}` on this machine is Python 3.8.10; llamapod needs 3.10 or newer"
+    with pytest.raises(RemoteError, match=r"`/no/python` does not run on this machine"):
+        check_base_python(shell, "/no/python")
+
+
+def test_remote_missing_fsx_is_named(tmp_path):
+    wheel = tmp_path / "llamapod-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    with pytest.raises(RemoteError) as err:
+        prepare_environment(LocalShell(), RemoteLayout(str(tmp_path / "no-fsx")), wheel, EnvOptions())
+    assert err.value.message == f"{tmp_path}/no-fsx does not exist on this machine"
+    assert err.value.hint.startswith("check that the shared file system is mounted")
+
+
+def test_remote_settings_reject_unknown_keys(tmp_path):
+    config = tmp_path / "llamapod.toml"
+    config.write_text('[remote]\nhots = "10.0.0.1"\n')
+    with pytest.raises(ConfigError) as err:
+        load_remote_settings(config)
+    assert err.value.message.startswith(f"config file {config}: the [remote] table is not valid: remote.hots:")
+    config.write_text('[remote]\nport = 0\n')
+    with pytest.raises(ConfigError, match=r"remote.port: Input should be greater than or equal to 1"):
+        load_remote_settings(config)
+
+
+def _access(**settings) -> ClusterAccess:
+    nodes = [Node("i-ctl", "controller-machine", "Running", "10.1.0.5"),
+             Node("i-w1", "worker-group-1", "Pending", "10.1.0.6"),
+             Node("i-w2", "worker-group-1", "Running", "10.1.0.7")]
+    return ClusterAccess(name="demo", settings=RemoteSettings(**settings), user="ubuntu",
+                         controller_group="controller-machine",
+                         cluster_arn="arn:aws:sagemaker:us-east-1:1:cluster/k9x2abcdq7zt", region="us-east-1",
+                         nodes=nodes)
+
+
+def test_remote_node_selection_by_group_id_hostname_and_ip():
+    access = _access()
+    assert access.pick(None).instance_id == "i-ctl"
+    assert access.pick("worker-group-1").instance_id == "i-w2", "a running node of the group"
+    assert access.pick("i-w1").instance_id == "i-w1"
+    assert access.pick("ip-10-1-0-6").instance_id == "i-w1"
+    assert access.pick("10.1.0.7").instance_id == "i-w2"
+    target = access.target_for(access.pick("i-w2"))
+    assert target.host == "sagemaker-cluster:k9x2abcdq7zt_worker-group-1-i-w2"
+    assert target.host_key_alias == "i-w2" and target.extra_path == ("/opt/slurm/bin",)
+    assert target.proxy_command.endswith("--parameters portNumber=%p --region us-east-1")
+
+
+def test_remote_missing_controller_group_says_which_exist():
+    access = _access(controller_group="head")
+    access.controller_group = "head"
+    with pytest.raises(ConfigError) as err:
+        access.pick(None)
+    assert err.value.message == "cluster demo has no instance group 'head' to use as the head node"
+    assert err.value.hint == "set remote.controller_group to one of: controller-machine, worker-group-1"
+
+
+def test_remote_local_inputs_are_uploaded_and_rewritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("hello")
+    (tmp_path / "tok.json").write_text("{}")
+    spec = parse_train_args(["--dataset=data", "--tokenizer=tok.json", "--init_from=meta-llama/Llama-3.2-1B",
+                             "--checkpoint_dir=ckpt", "--run_dir=runs/exp1"], None)
+    run_dir = PurePosixPath("/fsx/llamapod/runs/exp1")
+    rewritten, uploads = _rewrite_inputs(spec, run_dir)
+    assert uploads == [(Path("data"), f"{run_dir}/inputs/dataset/data"),
+                       (Path("tok.json"), f"{run_dir}/inputs/tokenizer/tok.json")]
+    assert rewritten.dataset == f"{run_dir}/inputs/dataset/data"
+    assert rewritten.tokenizer == f"{run_dir}/inputs/tokenizer/tok.json"
+    assert rewritten.init_from == "meta-llama/Llama-3.2-1B", "not a local path: passed through"
+    assert rewritten.checkpoint_dir == f"{run_dir}/ckpt" and rewritten.run_dir is None
