@@ -207,3 +207,11 @@ def build_dataset(source: str | None, tokenizer, *, seq_len: int, split: str, ra
         shards = shards_for_source(source, tokenizer, **source_options)
     return dataset_from_shards(shards, tokenizer, seq_len=seq_len, split=split, rank=rank,
                                world_size=world_size, seed=seed, val_fraction=val_fraction)
+
+
+def document_segments(batch: np.ndarray, eos_id: int) -> np.ndarray:
+    """Per-token document number within each row (0 at the start, +1 after every EOS), for
+    document-boundary attention masks: a token attends only to tokens of its own segment."""
+    starts = np.zeros(batch.shape, dtype=np.int32)
+    starts[:, 1:] = batch[:, :-1] == eos_id
+    return np.cumsum(starts, axis=1, dtype=np.int32)

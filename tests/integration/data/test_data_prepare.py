@@ -87,7 +87,8 @@ def test_prepare_killed_midway_then_rerun_is_byte_identical(tmp_path, run_cli, s
                       rank=0, world_size=1, seed=0)
     assert err.value.message == f"{resumed}: `llamapod data prepare` did not finish for this directory"
 
-    assert run_cli(*args, "--out", str(resumed), "--workers", "2")[0] == 0
+    # Resumed with another worker count: the chunking never depends on it.
+    assert run_cli(*args, "--out", str(resumed), "--workers", "1")[0] == 0
     assert tree_bytes(resumed) == tree_bytes(reference)
 
 

@@ -174,3 +174,10 @@ def test_token_stream_reads_across_runs():
     assert out.tolist() == [2, 3, 4, 100, 101, 102, 103, 8, 9]
     stream.read(4, 4, out[:4])
     assert out[:4].tolist() == [101, 102, 103, 8]
+
+
+def test_document_segments_mark_boundaries_after_each_eos():
+    from llamapod.data import document_segments
+
+    batch = np.array([[5, 6, 1, 0, 7, 1, 0, 8], [1, 0, 9, 9, 9, 9, 9, 1]])
+    assert document_segments(batch, eos_id=1).tolist() == [[0, 0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1, 1]]
