@@ -55,7 +55,13 @@ class AwsSession:
         from botocore.exceptions import ProfileNotFound
 
         try:
-            return boto3.session.Session(profile_name=self._profile, region_name=self._region)
+            session = boto3.session.Session(botocore_session=_botocore_session(), profile_name=self._profile,
+                                            region_name=self._region)
+            # boto3 appends its own data folder to the (shared) loader's search path each time.
+            paths = session._loader.search_paths
+            with _LOADERS_LOCK:
+                paths[:] = list(dict.fromkeys(paths))
+            return session
         except ProfileNotFound:
             raise CloudError("configure", "ProfileNotFound", f"AWS profile '{self._profile}' is not configured",
                              "use a profile listed by `aws configure list-profiles`, or drop --profile") from None
@@ -88,6 +94,32 @@ class AwsSession:
     @property
     def partition(self) -> str:
         return "aws-cn" if self.region.startswith("cn-") else ("aws-us-gov" if "gov" in self.region else "aws")
+
+
+def _botocore_session():
+    """A botocore session sharing one process-wide loader of service models.
+
+    Parsing a service model (EC2's is megabytes of JSON) is most of what creating a
+    client costs; each new session would parse them again.
+    """
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _shared_loader(os.environ.get("AWS_DATA_PATH")))
+    return session
+
+
+_LOADERS: dict = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def _shared_loader(data_path: str | None):
+    from botocore.loaders import create_loader
+
+    with _LOADERS_LOCK:
+        if data_path not in _LOADERS:
+            _LOADERS[data_path] = create_loader(data_path)
+        return _LOADERS[data_path]
 
 
 def error_code(exc: BaseException) -> str | None:
