@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
+import time
 from pathlib import Path
 
 from node_cluster import Cluster, Node, cluster_name_for_slurm
@@ -246,6 +248,15 @@ def slurmd_options(cluster: Cluster, node: Node, managed: bool) -> list[str]:
     return options
 
 
+def controller_answers(address: str, port: int, timeout: float) -> None:
+    """A TCP connect first: cheaper than a slurmd start and says plainly what is missing."""
+    try:
+        with socket.create_connection((address, port), timeout=max(timeout, 0.1)):
+            pass
+    except OSError as exc:
+        raise TransientError(f"controller {address}:{port} does not answer ({exc.strerror or exc})") from None
+
+
 def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                        managed: bool) -> None:
     options = slurmd_options(cluster, node, managed)
@@ -253,14 +264,15 @@ def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, service
     write_file(settings.etc_dir / "default" / "slurmd", f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
     service = Service("slurmd", settings.commands["slurmd"], (settings.commands["slurmd"], *options))
     env = slurm_env(settings, node)
-    last_start: list[str] = []
+    deadline = time.monotonic() + settings.slurm_timeout
+    controller = cluster.controller.address
 
     def registered() -> None:
         if not services.is_running(service):
-            # slurmd exits when the controller does not answer its configless fetch: try again.
-            result = services.start(service)
+            controller_answers(controller, SLURMCTLD_PORT, min(5.0, deadline - time.monotonic()))
+            # slurmd exits when its configless fetch fails; bound each try by what is left.
+            result = services.start(service, timeout=max(1.0, deadline - time.monotonic()))
             if not result.ok:
-                last_start[:] = [result.summary()]
                 raise TransientError(f"slurmd could not start ({result.summary()})")
         state = node_state(settings, node, env)
         if state is None or "NOT_RESPONDING" in state or state.startswith(("UNKNOWN", "DOWN")):
@@ -268,10 +280,10 @@ def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, service
         log.info("%s registered with the controller (state %s)", node.slurm_name, state)
 
     try:
-        retry(registered, what=f"slurmd on {node.slurm_name} to register with {cluster.controller.address}",
+        retry(registered, what=f"slurmd on {node.slurm_name} to register with {controller}",
               timeout=settings.slurm_timeout, first_delay=0.5, max_delay=10.0)
     except StepError as exc:
-        raise StepError(f"{exc}. Is slurmctld running on the controller ({cluster.controller.address}) "
+        raise StepError(f"{exc}. Is slurmctld running on the controller ({controller}) "
                         f"and TCP {SLURMCTLD_PORT} open between nodes?") from None
 
 

@@ -280,17 +280,17 @@ class ServiceManager:
             return run([self.systemctl, "is-active", "--quiet", service.unit], check=False).ok
         return bool(find_daemon(service.executable))
 
-    def start(self, service: Service, *, restart: bool = False) -> CommandResult:
+    def start(self, service: Service, *, restart: bool = False, timeout: float = 120.0) -> CommandResult:
         """Start (or restart) ``service``; the result tells whether the start command succeeded."""
         if self.mode == "systemd":
             run([self.systemctl, "enable", service.unit], check=False)
             verb = "restart" if restart else "start"
-            return run([self.systemctl, verb, service.unit], check=False, timeout=180)
+            return run([self.systemctl, verb, service.unit], check=False, timeout=timeout)
         if restart:
             stop_daemon(service.executable)
         elif find_daemon(service.executable):
             return CommandResult(service.argv, 0, "already running", "")
-        return run(service.argv, env=dict(service.env), check=False, timeout=120)
+        return run(service.argv, env=dict(service.env), check=False, timeout=timeout)
 
     def stop(self, service: Service) -> None:
         if self.mode == "systemd":
