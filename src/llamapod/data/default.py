@@ -146,8 +146,7 @@ def default_corpus_shards(tokenizer: Tokenizer) -> ShardSet:
     """The default corpus tokenized with ``tokenizer`` (any tokenizer, not just the default),
     cached as shards keyed by corpus and tokenizer."""
     corpus = default_corpus()
-    key = digest_bytes(corpus.digest.encode(), tokenizer.fingerprint.encode(),
-                       json.dumps({"add_bos": tokenizer.add_bos, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id}).encode())[:16]
+    key = digest_bytes(corpus.digest.encode(), json.dumps(tokenizer.describe(), sort_keys=True).encode())[:16]
     directory = default_cache_root() / f"default-corpus-{key}"
     if is_shard_dir(directory):
         return ShardSet(directory)

@@ -158,10 +158,10 @@ class TransformersTokenizer(Tokenizer):
                          eos_id=tok.eos_token_id, add_bos=add_bos)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False)
+        return self._tok.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._tok(list(texts), add_special_tokens=False)["input_ids"]
+        return self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids])

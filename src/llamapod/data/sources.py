@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -228,6 +229,10 @@ class HFDatasetSource(DocumentSource):
 
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()
+        if "torch" not in sys.modules:
+            # We only iterate text records; without this, datasets imports torch (seconds)
+            # just to share an epoch counter with torch DataLoader workers.
+            datasets.config.TORCH_AVAILABLE = False
         if self.saved_folder:
             loaded = datasets.load_from_disk(self.name)
             if isinstance(loaded, datasets.DatasetDict):

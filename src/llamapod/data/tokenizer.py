@@ -34,6 +34,11 @@ def tokens_by_id(vocab: dict[str, int]) -> list[str]:
     return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
 
 
+# Bumped whenever the ids produced for the same text and tokenizer change, so caches rebuild.
+# 2: special-token spellings inside text are encoded as text.
+ENCODING_VERSION = 2
+
+
 class Tokenizer(ABC):
     """Text <-> token ids. ``encode`` never adds BOS/EOS; packing adds them per document."""
 
@@ -75,7 +80,7 @@ class Tokenizer(ABC):
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "fingerprint": self.fingerprint,
                 "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
-                "add_bos": self.add_bos}
+                "add_bos": self.add_bos, "encoding": ENCODING_VERSION}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} vocab={self.vocab_size}>"
@@ -93,6 +98,9 @@ class HFJsonTokenizer(Tokenizer):
 
     def __init__(self, raw, *, label: str, fingerprint: str, bos_token: str | None = None,
                  eos_token: str | None = None, add_bos: bool | None = None) -> None:
+        # "</s>" in an HTML page or "<|endoftext|>" in a code file is text, not a document
+        # boundary: only packing inserts control tokens.
+        raw.encode_special_tokens = True
         self._tok = raw
         vocab = raw.get_vocab(with_added_tokens=True)
         bos_id = _special_id(vocab, bos_token, BOS_CANDIDATES)

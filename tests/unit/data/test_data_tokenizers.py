@@ -76,6 +76,9 @@ def test_tokenizer_json_round_trips(small_tokenizer_file):
     # No post-processor adds BOS in this tokenizer: its documents are ids + EOS only.
     assert tok.add_bos is False and tok.document_ids([5, 6]) == [5, 6, tok.eos_id]
     assert tok.name == f"small-bpe@{tok.fingerprint[:12]}"
+    # A special token's spelling inside a document is text, never a document boundary.
+    assert tok.eos_id not in tok.encode("html with <|end_of_text|> inside")
+    assert tok.decode(tok.encode("html with <|end_of_text|> inside")) == "html with <|end_of_text|> inside"
 
 
 def test_tokenizer_json_with_bos_post_processor_adds_bos(tmp_path, small_tokenizer_file):
@@ -155,6 +158,7 @@ def test_other_folder_layouts_go_through_transformers_and_keep_their_identity(tm
     assert tok.fingerprint == direct.fingerprint and tok.vocab_size == direct.vocab_size
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (direct.bos_id, direct.eos_id, False)
     assert tok.encode(SAMPLE) == direct.encode(SAMPLE) and tok.decode(tok.encode(SAMPLE)) == SAMPLE
+    assert tok.encode_batch(["a <|end_of_text|> b"]) == [direct.encode("a <|end_of_text|> b")]
 
 
 def test_missing_tokenizer_file_is_one_clear_line():
