@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import textwrap
@@ -50,10 +51,17 @@ def test_slurm_job_runs_and_its_log_and_metrics_are_read(jobs, tmp_path, run_cli
     assert "last metrics: step 3/3 | loss 7.5 | lr 1.0e-03" in err
     assert f"job {job_id} (payload) COMPLETED after" in err
 
+    code, out, _ = run_cli("logs", job_id, "-n", "1")
+    assert code == 0 and out == "done\nstep 3/3 | loss 7.5 | lr 1.0e-03\n"
+
     code, out, err = run_cli("jobs")
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith(job_id))
     assert re.search(rf"^{job_id}\s+payload\s+COMPLETED\s+\S+\s+1\s+\S+\s+step 3/3 \| loss 7.5", row)
+    code, out, _ = run_cli("jobs", "--json")
+    listed = {job["job_id"]: job for job in json.loads(out)}
+    assert listed[job_id]["state"] == "COMPLETED"
+    assert listed[job_id]["last_metrics"] == "step 3/3 | loss 7.5 | lr 1.0e-03"
 
 
 def test_slurm_follow_streams_lines_until_the_job_ends(jobs, tmp_path, run_cli):

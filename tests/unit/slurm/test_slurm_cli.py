@@ -64,3 +64,17 @@ def test_slurm_bad_flag_value_is_one_line(project, run_cli):
     assert err.splitlines()[0] == ("error: --instance-type: unknown instance type; did you mean ml.g5.48xlarge? "
                                    "(got 'ml.g5.48xl')")
     assert err.splitlines()[1] == "  hint: fix --instance-type"
+
+
+def test_slurm_hyperpod_is_detected_and_adds_auto_resume(project, run_cli, monkeypatch):
+    import llamapod.cli.slurm_cmds as slurm_cmds
+
+    (project / "llamapod.toml").write_text("[slurm]\njob_name = 'hp'\n")
+    code, out, _ = run_cli("train", "--slurm", "--dry-run")
+    assert code == 0 and "srun --auto-resume=1" not in (project / "runs" / "hp" / "job.sbatch").read_text()
+    marker = project / "sagemaker_cluster"
+    marker.mkdir()
+    monkeypatch.setattr(slurm_cmds, "HYPERPOD_MARKER", str(marker))
+    code, out, _ = run_cli("train", "--slurm", "--dry-run")
+    assert code == 0
+    assert f"srun --auto-resume=1 {sys.executable} -m torch.distributed.run" in (project / "runs" / "hp" / "job.sbatch").read_text()
