@@ -64,14 +64,14 @@ def network_env(job: SlurmJob) -> list[tuple[str, str]]:
     return env
 
 
-def _hardware_line(job: SlurmJob) -> str:
+def _hardware_comment(job: SlurmJob) -> str:
     info = job.instance
     if job.instance_type and info.gpus:
         efa = f"{info.efa_interfaces} EFA interface{'s' if info.efa_interfaces != 1 else ''}" if info.has_efa else "no EFA"
-        return f"{job.instance_type}: {info.gpus} x {info.accelerator} per node, {efa}"
+        return f"# Network settings for {job.instance_type} ({info.gpus} x {info.accelerator} per node, {efa})"
     if job.uses_gpus:
-        return f"{job.workers_per_node} GPUs per node, no EFA"
-    return f"CPU nodes: {job.workers_per_node} workers per node on gloo"
+        return f"# Network settings for {job.workers_per_node} GPUs per node, no EFA"
+    return f"# CPU nodes: {job.workers_per_node} workers per node on gloo, no NCCL/EFA settings"
 
 
 def _sbatch_lines(job: SlurmJob, run_dir: str) -> list[str]:
@@ -141,7 +141,7 @@ def render_sbatch(spec: "TrainSpec", job: SlurmJob) -> str:
     # A variable set in [slurm] env replaces the default in place rather than exporting it twice.
     network.update({name: value for name, value in job.env.items() if name in network})
     extra = {name: value for name, value in job.env.items() if name not in network}
-    out += ["", f"# Network: {_hardware_line(job)}"]
+    out += ["", _hardware_comment(job)]
     out += [f"export {name}={shlex.quote(value)}" for name, value in network.items()]
     if extra:
         out += ["", "# Environment from [slurm] env"]

@@ -130,5 +130,5 @@ def test_slurm_cpu_job_has_two_workers_and_no_gpu_settings():
     spec = parse_train_args(["--preset=tiny"])
     text = render_sbatch(spec, SlurmJob(job_name="cpu", output_dir="/tmp/runs", hyperpod=False))
     assert "--nproc_per_node 2 \\" in text
-    assert "NCCL" not in text and "FI_" not in text and "--auto-resume" not in text
-    assert "# Network: CPU nodes: 2 workers per node on gloo" in text
+    assert "export NCCL" not in text and "export FI_" not in text and "--auto-resume" not in text
+    assert "# CPU nodes: 2 workers per node on gloo, no NCCL/EFA settings" in text
