@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +212,7 @@ def doctor(config_path: Path | None, profile: str | None, strict: bool, as_json:
         ui.error(f"{len(failed)} check{'s' if len(failed) != 1 else ''} failed"
                  + (f", {len(unknown)} could not be answered" if unknown else ""),
                  "fix what each line says, then run `llamapod doctor` again")
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
     if unknown:
         ui.warn(f"{len(unknown)} check{'s' if len(unknown) != 1 else ''} could not be answered by this endpoint; "
                 "`up` will go ahead (use --strict to require them)")

@@ -50,11 +50,11 @@ def ec2_instance_type(instance_type: str) -> str:
 # ---- clients for look-ups -----------------------------------------------------------
 
 
-def _lookup_client(session: Any, service: str):
+def _lookup_client(session: Any, service: str, attempts: int = 3):
     """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait."""
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=20,
+    config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=5, read_timeout=20,
                     user_agent_extra="llamapod")
     kwargs: dict[str, Any] = {"region_name": session.region, "config": config}
     if session.endpoint_url:
@@ -218,7 +218,8 @@ def _quota_url(region: str, code: str | None) -> str:
 def check_quotas(session: Any, spec: ClusterSpec) -> list[Check]:
     """SageMaker quotas by name (codes differ between regions and change; names are what docs cite)."""
     try:
-        listed = _paginate(_lookup_client(session, "service-quotas"), "list_service_quotas", "Quotas",
+        # One attempt, for the reason given in check_permissions.
+        listed = _paginate(_lookup_client(session, "service-quotas", attempts=1), "list_service_quotas", "Quotas",
                            "servicequotas:ListServiceQuotas", ServiceCode="sagemaker")
     except _Unanswered as exc:
         return [Check("quotas", "unknown", f"SageMaker quotas could not be read: {exc.reason}", exc.fix)]
@@ -293,7 +294,9 @@ def check_permissions(session: Any, spec: ClusterSpec, caller_arn: str, account:
                      "attach the policy printed by `llamapod operator-policy` to a user or role and use that")
     policy = operator_policy(account, partition_of(spec.region))
     examples = _example_resources(spec, account)
-    client = _lookup_client(session, "iam")
+    # One attempt: endpoints that lack these APIs (emulators) answer 5xx, and retrying that
+    # only delays the "unknown"; a throttled real call is re-run with the next `doctor`.
+    client = _lookup_client(session, "iam", attempts=1)
     denied: list[str] = []
     try:
         for statement in policy["Statement"]:
