@@ -32,18 +32,78 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def validation_documents(num_documents: int, val_fraction: float) -> np.ndarray:
-    """Boolean mask of held-out documents: the ``round(fraction*n)`` with the smallest hash
+# The held-out split is chosen among at most this many blocks of consecutive documents, so
+# choosing it, and the train split's runs of documents, stay small for corpora of any size.
+MAX_SPLIT_BLOCKS = 4096
+
+
+def block_starts(num_documents: int) -> np.ndarray:
+    """First document of each block (and the end): ``min(n, MAX_SPLIT_BLOCKS)`` near-equal blocks."""
+    blocks = min(num_documents, MAX_SPLIT_BLOCKS)
+    return (np.arange(blocks + 1, dtype=np.int64) * num_documents) // max(blocks, 1)
+
+
+def validation_blocks(num_blocks: int, val_fraction: float) -> np.ndarray:
+    """Boolean mask of held-out blocks: the ``round(fraction*blocks)`` with the smallest hash
     (at least one when the fraction is > 0, never all of them)."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}", "use e.g. 0.05 for 5% of the documents")
-    mask = np.zeros(num_documents, dtype=bool)
-    if val_fraction == 0.0 or num_documents < 2:
+    mask = np.zeros(num_blocks, dtype=bool)
+    if val_fraction == 0.0 or num_blocks < 2:
         return mask
-    count = min(num_documents - 1, max(1, round(val_fraction * num_documents)))
-    chosen = np.argpartition(_mix64(np.arange(num_documents)), count - 1)[:count]
-    mask[chosen] = True
+    count = min(num_blocks - 1, max(1, round(val_fraction * num_blocks)))
+    mask[np.argpartition(_mix64(np.arange(num_blocks)), count - 1)[:count]] = True
     return mask
+
+
+def validation_documents(num_documents: int, val_fraction: float, first: int = 0, count: int | None = None) -> np.ndarray:
+    """Held-out mask for documents ``first .. first+count`` (default: all) of a corpus of
+    ``num_documents``: whole documents, a fixed function of the document count."""
+    count = num_documents - first if count is None else count
+    starts = block_starts(num_documents)
+    held_out = validation_blocks(len(starts) - 1, val_fraction)
+    if not held_out.any():
+        return np.zeros(count, dtype=bool)
+    blocks = np.searchsorted(starts, np.arange(first, first + count, dtype=np.int64), side="right") - 1
+    return held_out[blocks]
+
+
+FEISTEL_ROUNDS = 4
+_U64 = (1 << 64) - 1
+
+
+def _mix64_int(z: int) -> int:
+    """splitmix64 on a Python int (a batch is a handful of indices: faster than numpy)."""
+    z = (z + 0x9E3779B97F4A7C15) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return z ^ (z >> 31)
+
+
+class Permutation:
+    """A pseudo-random permutation of ``range(n)`` seeded by (seed, epoch), evaluated per
+    element without materialising it: a Feistel network is a bijection on ``[0, 4**k)``
+    (the smallest power of 4 >= n), and cycle-walking (re-applying it until the value falls
+    below n) restricts it to a bijection on ``[0, n)``. O(1) memory for any corpus size."""
+
+    def __init__(self, n: int, seed: int, epoch: int) -> None:
+        self.n = n
+        self.half_bits = max(1, ((n - 1).bit_length() + 1) // 2)
+        self.mask = (1 << self.half_bits) - 1
+        epoch_key = _mix64_int(epoch ^ _mix64_int(seed % (1 << 64)))
+        self.keys = [_mix64_int(epoch_key + r) for r in range(FEISTEL_ROUNDS)]
+
+    def _feistel(self, x: int) -> int:
+        left, right = x >> self.half_bits, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (_mix64_int(right ^ key) & self.mask)
+        return (left << self.half_bits) | right
+
+    def __getitem__(self, index: int) -> int:
+        value = self._feistel(index)
+        while value >= self.n:
+            value = self._feistel(value)
+        return value
 
 
 class TokenStream:
@@ -72,11 +132,10 @@ class TokenStream:
 
 def split_runs(shards: ShardSet, split: str, val_fraction: float) -> np.ndarray:
     """Token runs of the split's documents, adjacent documents merged into one run."""
-    held_out = validation_documents(shards.num_documents, val_fraction)
     runs: list[np.ndarray] = []
     first_doc = 0
     for number, info in enumerate(shards.shards):
-        keep = held_out[first_doc:first_doc + info.documents]
+        keep = validation_documents(shards.num_documents, val_fraction, first_doc, info.documents)
         first_doc += info.documents
         if split == "train":
             keep = ~keep
@@ -112,25 +171,21 @@ class PackedDataset:
                             "use a larger corpus, a smaller --max_context_width, or a different val_fraction")
         self.epoch = 0
         self.pos = 0
-        self._perm_cache: dict[int, np.ndarray] = {}
+        self._permutations: dict[int, Permutation] = {}
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        perm = self._perm_cache.get(epoch)
-        if perm is None:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_sequences)
+    def _permutation(self, epoch: int) -> Permutation:
+        if epoch not in self._permutations:
             # Only the current epoch and the next (a batch may straddle them) are ever needed.
-            self._perm_cache = {e: p for e, p in self._perm_cache.items() if e >= epoch - 1}
-            self._perm_cache[epoch] = perm
-        return perm
+            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+            self._permutations[epoch] = Permutation(self.num_sequences, self.seed, epoch)
+        return self._permutations[epoch]
 
     def sequence_numbers(self, batch_size: int) -> np.ndarray:
         """The sequence numbers this rank's next batch holds (without advancing)."""
-        positions = self.pos + np.arange(batch_size, dtype=np.int64) * self.world_size + self.rank
-        epochs, indices = np.divmod(positions, self.num_sequences)
         numbers = np.empty(batch_size, dtype=np.int64)
-        for offset in np.unique(epochs):
-            where = epochs == offset
-            numbers[where] = self._permutation(self.epoch + int(offset))[indices[where]]
+        for k in range(batch_size):
+            epochs, index = divmod(self.pos + k * self.world_size + self.rank, self.num_sequences)
+            numbers[k] = self._permutation(self.epoch + epochs)[index]
         return numbers
 
     def next_batch(self, batch_size: int) -> np.ndarray:

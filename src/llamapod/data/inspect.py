@@ -49,7 +49,9 @@ def inspect_shards(directory: Path, *, tokenizer_spec: str | None, document: int
     if document >= shards.num_documents:
         raise DataError(f"document {document} does not exist: {directory} holds {shards.num_documents} documents",
                         f"pass --document between 0 and {shards.num_documents - 1}")
-    lengths = np.concatenate([np.diff(np.asarray(shards.offsets(i), dtype=np.int64)) for i in range(len(shards.shards))])
+    # Shard by shard: a corpus of billions of documents never needs all offsets in memory.
+    longest = max((int(np.diff(np.asarray(shards.offsets(i), dtype=np.int64)).max(initial=0))
+                   for i in range(len(shards.shards))), default=0)
     ids = shards.document(document)[:sample_tokens].tolist()
     tokenizer = tokenizer_for(shards, tokenizer_spec)
     info = shards.tokenizer_info
@@ -63,8 +65,8 @@ def inspect_shards(directory: Path, *, tokenizer_spec: str | None, document: int
         "shards": len(shards.shards),
         "documents": shards.num_documents,
         "tokens": shards.num_tokens,
-        "mean_document_tokens": float(lengths.mean()) if lengths.size else 0.0,
-        "max_document_tokens": int(lengths.max()) if lengths.size else 0,
+        "mean_document_tokens": shards.num_tokens / max(shards.num_documents, 1),
+        "max_document_tokens": longest,
         "bytes": sum(p.stat().st_size for p in shards.directory.iterdir() if p.is_file()),
         "sample_ids": ids,
         "sample_text": tokenizer.decode(ids) if tokenizer is not None else None,

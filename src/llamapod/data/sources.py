@@ -118,7 +118,7 @@ def _open_text(path: Path):
 
 class FileSource(DocumentSource):
     def __init__(self, label: str, files: list[Path], options: SourceOptions) -> None:
-        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         description = {"kind": "files", "source": label, "files": [str(p) for p in files], **options.key()}
         fingerprint = digest_bytes(json.dumps([stats, options.key()], sort_keys=True).encode())
         super().__init__(description, fingerprint, total_bytes=sum(s[1] for s in stats))

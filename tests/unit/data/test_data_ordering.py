@@ -181,3 +181,22 @@ def test_document_segments_mark_boundaries_after_each_eos():
 
     batch = np.array([[5, 6, 1, 0, 7, 1, 0, 8], [1, 0, 9, 9, 9, 9, 9, 1]])
     assert document_segments(batch, eos_id=1).tolist() == [[0, 0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_permutation_is_a_bijection_that_changes_with_seed_and_epoch(n):
+    from llamapod.data.dataset import Permutation
+
+    values = [Permutation(n, 11, 0)[i] for i in range(n)]
+    assert sorted(values) == list(range(n))
+    if n >= 64:
+        assert values != [Permutation(n, 11, 1)[i] for i in range(n)]
+        assert values != [Permutation(n, 12, 0)[i] for i in range(n)]
+
+
+def test_large_corpora_hold_out_blocks_of_documents():
+    mask = validation_documents(1_000_000, 0.05)
+    assert 0.049 < mask.mean() < 0.051
+    runs = np.count_nonzero(np.diff(mask.astype(np.int8)) == 1) + int(mask[0])
+    assert runs <= round(0.05 * 4096), "the held-out documents form few, long runs"
+    np.testing.assert_array_equal(validation_documents(1_000_000, 0.05, 500_000, 1000), mask[500_000:501_000])
