@@ -60,6 +60,7 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
     shell = shell or LocalShell()
     job = resolve_job(load_slurm_job(config_path, slurm_overrides), shell)
     script = render_sbatch(spec, job)
+    paths = job_paths(spec, job)
     jobs = SlurmJobs(shell)
     if not dry_run:
         if shell.which("sbatch") is None:
@@ -67,20 +68,19 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
                              "submit from the cluster's login or head node, use --cluster NAME from a laptop, "
                              "or add --dry-run to only write the script")
         jobs.preflight(job.nodes, job.partition)
-    shell.write_text(job.script_path, script, mode=0o755)
+    shell.write_text(paths.script, script, mode=0o755)
     summary = (f"{job.nodes} node{'s' if job.nodes != 1 else ''} x {job.workers_per_node} workers"
                f"{f' ({job.instance_type})' if job.instance_type else ''}")
     if dry_run:
         ui.success(f"wrote the sbatch script for {summary}")
-        ui.out(job.script_path)
-        ui.info(f"submit it with `sbatch {job.script_path}`, or run the same command without --dry-run")
+        ui.out(paths.script)
+        ui.info(f"submit it with `sbatch {paths.script}`, or run the same command without --dry-run")
         return 0
-    _, checkpoint_dir = job_paths(spec, job)
-    if _has_checkpoints(shell, checkpoint_dir):
-        ui.info(f"{checkpoint_dir} holds checkpoints: the job resumes from the newest "
+    if _has_checkpoints(shell, paths.checkpoint_dir):
+        ui.info(f"{paths.checkpoint_dir} holds checkpoints: the job resumes from the newest "
                 "(set another job_name in [slurm] to start a new run)")
-    job_id = jobs.submit(job.script_path)
-    ui.success(f"submitted job {job_id} ({job.job_name}: {summary}); script {job.script_path}")
+    job_id = jobs.submit(paths.script)
+    ui.success(f"submitted job {job_id} ({job.job_name}: {summary}); script {paths.script}")
     ui.out(job_id)
     ui.info(f"follow it with `llamapod logs {job_id} -f`; list jobs with `llamapod jobs`; "
             f"stop it with `llamapod cancel {job_id}`")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from llamapod.slurm.spec import SlurmJob
+from llamapod.errors import ConfigError
+from llamapod.slurm.spec import UNSAFE_PATH, SlurmJob
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
@@ -24,11 +25,21 @@ _DEVICE_RDMA = {"A100", "H100", "H200"}
 _INDENT = "    "
 
 
-def job_paths(spec: "TrainSpec", job: SlurmJob) -> tuple[str, str]:
-    """(run dir, checkpoint dir) of the job: the spec's when it names them, else under the job's run dir."""
+class JobPaths(NamedTuple):
+    run_dir: str         # metrics, plot, the script and Slurm's log files
+    checkpoint_dir: str
+    script: str          # where `llamapod train --slurm` writes the sbatch script
+
+
+def job_paths(spec: "TrainSpec", job: SlurmJob) -> JobPaths:
+    """Where the job keeps its files: the spec's folders when it names them, else under the job's run dir."""
     run_dir = job.absolute(spec.run_dir) if spec.run_dir else job.run_dir
+    if UNSAFE_PATH.search(run_dir):
+        # Slurm reads the #SBATCH --output/--error lines itself, without bash's quoting.
+        raise ConfigError(f"run_dir {run_dir!r} cannot hold a Slurm job's files: it contains a space, quote, "
+                          "backslash or '%'", "choose a run_dir without them")
     checkpoint_dir = job.absolute(spec.checkpoint_dir) if spec.checkpoint_dir else str(PurePosixPath(run_dir) / "checkpoints")
-    return run_dir, checkpoint_dir
+    return JobPaths(run_dir, checkpoint_dir, str(PurePosixPath(run_dir) / "job.sbatch"))
 
 
 def job_train_args(spec: "TrainSpec", job: SlurmJob) -> list[str]:
@@ -37,7 +48,7 @@ def job_train_args(spec: "TrainSpec", job: SlurmJob) -> list[str]:
     Requeue and HyperPod auto-resume re-run the same script, so the script itself must
     point at the checkpoints; an empty folder means a fresh start.
     """
-    run_dir, checkpoint_dir = job_paths(spec, job)
+    run_dir, checkpoint_dir, _ = job_paths(spec, job)
     resume = job.absolute(spec.resume_from_checkpoint) if spec.resume_from_checkpoint else checkpoint_dir
     job_spec = spec.model_copy(update={"run_dir": run_dir, "checkpoint_dir": checkpoint_dir,
                                        "resume_from_checkpoint": resume})
@@ -122,11 +133,11 @@ def _launch_command(spec: "TrainSpec", job: SlurmJob) -> list[str]:
 
 def render_sbatch(spec: "TrainSpec", job: SlurmJob) -> str:
     """The sbatch script that trains ``spec`` as ``job``."""
-    run_dir, checkpoint_dir = job_paths(spec, job)
+    run_dir, checkpoint_dir, script_path = job_paths(spec, job)
     out = [
         "#!/bin/bash",
         "# Llama training job written by `llamapod train --slurm`. Edit it freely, then",
-        f"# submit it with `sbatch {job.script_path}`; follow it with `llamapod logs JOB -f`.",
+        f"# submit it with `sbatch {script_path}`; follow it with `llamapod logs JOB -f`.",
         f"# Checkpoints go to {checkpoint_dir} and the job resumes from the newest",
         "# complete one there, so a requeued or auto-resumed job continues where it stopped.",
         *_sbatch_lines(job, run_dir),

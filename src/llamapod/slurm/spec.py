@@ -30,7 +30,7 @@ _TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|i
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Paths end up in #SBATCH lines, which sbatch reads itself (not bash): no whitespace or
 # quotes, and no '%', which Slurm would expand as a file-name pattern (%j, %x, ...).
-_UNSAFE_PATH = re.compile(r"[\s'\"%\\]")
+UNSAFE_PATH = re.compile(r"[\s'\"%\\]")
 
 # Flags of `llamapod train` that fill [slurm] settings, for messages.
 FLAG_NAMES = {"nodes": "--nodes", "partition": "--partition", "time": "--time", "account": "--account",
@@ -105,7 +105,7 @@ class SlurmJob(BaseModel):
     @field_validator("output_dir", "workdir", "python")
     @classmethod
     def _plain_path(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and (not value or _UNSAFE_PATH.search(value)):
+        if value is not None and (not value or UNSAFE_PATH.search(value)):
             raise ValueError("must be a path without spaces, quotes, backslashes or '%'")
         return value
 
@@ -160,10 +160,6 @@ class SlurmJob(BaseModel):
     def run_dir(self) -> str:
         """One folder per job name, not per job id, so a resubmitted or requeued job finds its checkpoints."""
         return str(PurePosixPath(self.absolute(self.output_dir)) / self.job_name)
-
-    @property
-    def script_path(self) -> str:
-        return str(PurePosixPath(self.run_dir) / "job.sbatch")
 
 
 def load_slurm_job(config_path, overrides: dict[str, Any] | None = None) -> SlurmJob:

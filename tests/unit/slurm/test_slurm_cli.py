@@ -78,3 +78,18 @@ def test_slurm_hyperpod_is_detected_and_adds_auto_resume(project, run_cli, monke
     code, out, _ = run_cli("train", "--slurm", "--dry-run")
     assert code == 0
     assert f"srun --auto-resume=1 {sys.executable} -m torch.distributed.run" in (project / "runs" / "hp" / "job.sbatch").read_text()
+
+
+def test_slurm_run_dir_flag_holds_the_script_and_logs(project, run_cli):
+    code, out, err = run_cli("train", "--slurm", "--dry-run", "--run_dir", "experiments/a1")
+    assert code == 0, err
+    script = project / "experiments" / "a1" / "job.sbatch"
+    assert out == f"{script}\n"
+    text = script.read_text()
+    assert f"#SBATCH --output={project}/experiments/a1/slurm-%j.out" in text
+    assert f"--resume_from_checkpoint={project}/experiments/a1/checkpoints" in text
+
+    code, out, err = run_cli("train", "--slurm", "--dry-run", "--run_dir", "my run")
+    assert code == 2 and out == ""
+    assert err == (f"error: run_dir '{project}/my run' cannot hold a Slurm job's files: it contains a space, "
+                   "quote, backslash or '%'\n  hint: choose a run_dir without them\n")

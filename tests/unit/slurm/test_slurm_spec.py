@@ -30,7 +30,7 @@ export HF_HOME=/fsx/hf
     job = load_slurm_job(path, {"nodes": 2, "time": "1:00:00"})
     assert (job.nodes, job.time, job.partition, job.workers_per_node) == (2, "1:00:00", "dev", 8)
     assert job.env_setup == ["source /fsx/env/bin/activate", "export HF_HOME=/fsx/hf"]
-    assert job.run_dir == "/fsx/runs/seed" and job.script_path == "/fsx/runs/seed/job.sbatch"
+    assert job.run_dir == "/fsx/runs/seed"
 
 
 def test_slurm_defaults_and_derived_values():
