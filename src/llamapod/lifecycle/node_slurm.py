@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -33,6 +34,11 @@ log = logging.getLogger("llamapod.lifecycle")
 
 MARKER = "# Managed by llamapod's lifecycle"
 SLURMCTLD_PORT = 6817
+MIN_NODE_COUNT = 64
+
+
+def nodeset_name(partition: str) -> str:
+    return f"ns_{partition}"
 
 
 def slurm_conf_is_managed(settings: Settings) -> bool:
@@ -94,8 +100,6 @@ def ensure_munge(settings: Settings, services: ServiceManager) -> None:
 
 def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, controller_host: str) -> str:
     spool = settings.spool_dir
-    workers = [n for n in cluster.nodes if n.role == "worker"]
-    logins = [n for n in cluster.nodes if n.role == "login"]
     lines = [
         f"{MARKER} from resource_config.json and provisioning_parameters.json; re-run on_create.sh to update.",
         f"ClusterName={cluster_name_for_slurm(cluster.name)}",
@@ -131,13 +135,16 @@ def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, co
             f"AccountingStorageHost={controller_host}",
             "JobAcctGatherType=jobacct_gather/linux",
         ]
-    for node in workers + logins:
-        lines.append(f"NodeName={node.slurm_name} NodeAddr={node.address} State=UNKNOWN")
-    for i, (partition, group) in enumerate(cluster.partitions):
-        names = [n.slurm_name for n in workers if n.group == group]
-        if names:
-            default = "YES" if i == 0 else "NO"
-            lines.append(f"PartitionName={partition} Nodes={','.join(names)} Default={default} MaxTime=INFINITE State=UP")
+    # Nodes register themselves (dynamic nodes, slurmd -Z) with the hardware slurmd finds, so
+    # no CPU or memory figure is guessed here, and a group HyperPod scales up later needs no
+    # new slurm.conf. Each worker joins its group's partition through a feature.
+    node_count = sum(1 for n in cluster.nodes if n.role != "controller")
+    lines += [f"MaxNodeCount={max(MIN_NODE_COUNT, 2 * node_count)}", "TreeWidth=65533"]
+    for i, (partition, _group) in enumerate(cluster.partitions):
+        default = "YES" if i == 0 else "NO"
+        lines.append(f"Nodeset={nodeset_name(partition)} Feature={partition}")
+        lines.append(f"PartitionName={partition} Nodes={nodeset_name(partition)} Default={default} "
+                     "MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
 
 
@@ -244,8 +251,27 @@ def _start_controller(settings: Settings, cluster: Cluster, node: Node, services
 def slurmd_options(cluster: Cluster, node: Node, managed: bool) -> list[str]:
     options = ["--conf-server", f"{cluster.controller.address}:{SLURMCTLD_PORT}"]
     if managed:
-        options += ["-N", node.slurm_name]  # the name the controller's slurm.conf gives this address
+        # Register as a dynamic node under the name and address the cluster knows this node by;
+        # the feature puts workers into their group's partition (login nodes join none).
+        feature = node.partition or node.role
+        options += ["-Z", "--conf", f"NodeAddr={node.address} Feature={feature}", "-N", node.slurm_name]
     return options
+
+
+def write_slurmd_unit_options(settings: Settings, options: list[str], managed: bool) -> bool:
+    """Where systemd's slurmd unit picks the options up.
+
+    HyperPod's (and Debian's) unit expands $SLURMD_OPTIONS from /etc/default/slurmd, which
+    splits on spaces; the managed options carry a quoted argument, so they go into a drop-in
+    that replaces ExecStart instead.
+    """
+    changed = write_file(settings.etc_dir / "default" / "slurmd", f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n"
+                         if not managed else "# llamapod: slurmd options live in the systemd drop-in\n")
+    if managed:
+        exec_start = shlex.join([settings.commands["slurmd"], "-D", "-s", *options])
+        drop_in = settings.etc_dir / "systemd" / "system" / "slurmd.service.d" / "llamapod.conf"
+        changed |= write_file(drop_in, f"[Service]\nExecStart=\nExecStart={exec_start}\n")
+    return changed
 
 
 def controller_answers(address: str, port: int, timeout: float) -> None:
@@ -260,8 +286,8 @@ def controller_answers(address: str, port: int, timeout: float) -> None:
 def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                        managed: bool) -> None:
     options = slurmd_options(cluster, node, managed)
-    # systemd's slurmd unit reads SLURMD_OPTIONS from here (Debian and upstream units alike).
-    write_file(settings.etc_dir / "default" / "slurmd", f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
+    if write_slurmd_unit_options(settings, options, managed) and settings.service_mode == "systemd":
+        run([settings.commands["systemctl"], "daemon-reload"], check=False)
     service = Service("slurmd", settings.commands["slurmd"], (settings.commands["slurmd"], *options))
     env = slurm_env(settings, node)
     deadline = time.monotonic() + settings.slurm_timeout

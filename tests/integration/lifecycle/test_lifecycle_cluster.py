@@ -6,6 +6,7 @@ real OpenSSH server checking the generated known hosts."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def test_three_node_cluster_runs_srun_on_both_workers_and_ssh_between_nodes(netn
     job = nodes["controller"].run(["srun", "-N", "2", "hostname"], env=slurm, timeout=60)
     assert job.returncode == 0, job.stderr
     assert sorted(job.stdout.split()) == ["ip-10-1-0-2", "ip-10-1-0-3"]
+    # Registered with the hardware their slurmd found (slurmd -C), not a guessed CPU count.
+    listed = nodes["controller"].run(["sinfo", "-h", "-N", "-o", "%N %c %P"], env=slurm).stdout.split()
+    found = re.search(r"CPUs=(\d+)", nodes["worker1"].run(["slurmd", "-C"]).stdout).group(1)
+    assert listed == ["ip-10-1-0-2", found, "dev*", "ip-10-1-0-3", found, "dev*"]
 
     known_hosts = (fsx / ".llamapod/ssh_known_hosts").read_text().splitlines()
     assert [line.split()[0] for line in known_hosts] == [

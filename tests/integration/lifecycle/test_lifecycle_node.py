@@ -86,8 +86,8 @@ def test_controller_is_provisioned_and_a_second_run_changes_nothing(netns_networ
 
     slurm_conf = (root / "opt/slurm/etc/slurm.conf").read_text()
     assert "SlurmctldHost=ip-10-1-0-1(10.1.0.1)" in slurm_conf
-    assert "PartitionName=dev Nodes=ip-10-1-0-2,ip-10-1-0-3 Default=YES" in slurm_conf
-    assert "PartitionName=spare" not in slurm_conf  # its Instances is null: no nodes, no partition
+    assert "Nodeset=ns_dev Feature=dev\nPartitionName=dev Nodes=ns_dev Default=YES" in slurm_conf
+    assert "PartitionName=spare Nodes=ns_spare Default=NO" in slurm_conf  # Instances null: ready to scale
     ping = node.run(["scontrol", "ping"], env={"SLURM_CONF": str(root / "opt/slurm/etc/slurm.conf")})
     assert "Slurmctld(primary) at ip-10-1-0-1 is UP" in ping.stdout
 
@@ -231,4 +231,4 @@ def test_worker_whose_controller_never_answers_fails_then_rerun_succeeds(netns_n
     assert up.returncode == 0, up.stdout
     rerun = worker.run(on_create(lifecycle), env=lifecycle_env(worker_root, fsx), timeout=120)
     assert rerun.returncode == 0, rerun.stdout
-    assert "ip-10-1-0-2 registered with the controller (state IDLE)" in rerun.stdout
+    assert "ip-10-1-0-2 registered with the controller (state IDLE+DYNAMIC_NORM)" in rerun.stdout

@@ -264,7 +264,7 @@ def test_retry_backs_off_until_success_or_gives_up_in_time():
 # --- rendered configuration ----------------------------------------------------------------------
 
 
-def test_slurm_conf_has_partitions_login_nodes_and_configless(tmp_path):
+def test_slurm_conf_has_partitions_for_dynamic_nodes_and_configless(tmp_path):
     s = settings_for(tmp_path)
     cluster = node_cluster.load_cluster(*write_inputs(tmp_path))
     text = node_slurm.render_slurm_conf(s, cluster, cluster.controller, "ip-10-1-0-10")
@@ -274,12 +274,18 @@ def test_slurm_conf_has_partitions_login_nodes_and_configless(tmp_path):
     assert "SlurmctldHost=ip-10-1-0-10(10.1.0.10)" in lines
     assert "SlurmctldParameters=enable_configless" in lines
     assert f"AuthInfo=socket={tmp_path}/run/munge/munge.socket.2" in lines
-    assert "NodeName=ip-10-1-0-20 NodeAddr=10.1.0.20 State=UNKNOWN" in lines  # login: a node, no partition
-    assert "PartitionName=dev Nodes=ip-10-1-1-1,ip-10-1-1-2 Default=YES MaxTime=INFINITE State=UP" in lines
-    assert not any(line.startswith("PartitionName=cpu") for line in lines)
+    assert not any(line.startswith("NodeName=") for line in lines)  # nodes register themselves
+    assert "MaxNodeCount=64" in lines
+    assert lines[-4:] == [
+        "Nodeset=ns_dev Feature=dev",
+        "PartitionName=dev Nodes=ns_dev Default=YES MaxTime=INFINITE State=UP",
+        "Nodeset=ns_cpu Feature=cpu",  # a group with no instances yet still gets its partition
+        "PartitionName=cpu Nodes=ns_cpu Default=NO MaxTime=INFINITE State=UP",
+    ]
     assert not any("Accounting" in line for line in lines)
     assert node_slurm.slurmd_options(cluster, cluster.nodes[2], managed=True) == [
-        "--conf-server", "10.1.0.10:6817", "-N", "ip-10-1-1-1"]
+        "--conf-server", "10.1.0.10:6817", "-Z", "--conf", "NodeAddr=10.1.1.1 Feature=dev", "-N", "ip-10-1-1-1"]
+    assert node_slurm.slurmd_options(cluster, cluster.nodes[1], managed=True)[4] == "NodeAddr=10.1.0.20 Feature=login"
     assert node_slurm.slurmd_options(cluster, cluster.nodes[2], managed=False) == ["--conf-server", "10.1.0.10:6817"]
 
 
@@ -310,3 +316,15 @@ def test_containers_refuse_the_root_volume_and_keep_data_on_nvme(tmp_path):
     assert daemon == {"log-driver": "json-file", "data-root": str(tmp_path / "opt/dlami/nvme/docker")}
     conf = node_storage.enroot_conf(paths)
     assert f"ENROOT_DATA_PATH {tmp_path}/opt/dlami/nvme/enroot/data/user-$(id -u)" in conf
+
+
+def test_systemd_gets_the_quoted_slurmd_options_through_a_drop_in(tmp_path):
+    s = settings_for(tmp_path, LLAMAPOD_SLURMD="/opt/slurm/sbin/slurmd")
+    options = ["--conf-server", "10.1.0.10:6817", "-Z", "--conf", "NodeAddr=10.1.1.1 Feature=dev"]
+    assert node_slurm.write_slurmd_unit_options(s, options, managed=True)
+    drop_in = (tmp_path / "etc/systemd/system/slurmd.service.d/llamapod.conf").read_text()
+    assert drop_in == ("[Service]\nExecStart=\nExecStart=/opt/slurm/sbin/slurmd -D -s --conf-server 10.1.0.10:6817 "
+                       "-Z --conf 'NodeAddr=10.1.1.1 Feature=dev'\n")
+    assert not node_slurm.write_slurmd_unit_options(s, options, managed=True)
+    node_slurm.write_slurmd_unit_options(s, options[:2], managed=False)
+    assert (tmp_path / "etc/default/slurmd").read_text() == 'SLURMD_OPTIONS="--conf-server 10.1.0.10:6817"\n'
