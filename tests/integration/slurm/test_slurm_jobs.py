@@ -16,6 +16,9 @@ from llamapod.slurm.jobs import SlurmJobs
 
 pytestmark = pytest.mark.slurm
 
+# Generous: another test session sharing the daemons may hold the node with an exclusive job.
+WAIT_S = 300
+
 
 def _script(tmp_path, body: str, *options: str, name: str = "payload") -> str:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}", f"#SBATCH --output={tmp_path}/slurm-%j.out",
@@ -38,7 +41,7 @@ def test_slurm_job_runs_and_its_log_and_metrics_are_read(jobs, tmp_path, run_cli
         echo done
     """)
     job_id = jobs.submit(script)
-    final = jobs.wait(job_id, timeout=60)
+    final = jobs.wait(job_id, timeout=WAIT_S)
     assert final.state == "COMPLETED" and not final.failed
     assert final.stdout == f"{tmp_path}/slurm-{job_id}.out"
     text = jobs.log_text(job_id)
@@ -69,7 +72,7 @@ def test_slurm_follow_streams_lines_until_the_job_ends(jobs, tmp_path, run_cli):
         for i in 1 2 3 4; do echo "line $i"; sleep 0.3; done
     """)
     job_id = jobs.submit(script)
-    assert list(jobs.follow(job_id, timeout=60)) == ["line 1", "line 2", "line 3", "line 4"]
+    assert list(jobs.follow(job_id, timeout=WAIT_S)) == ["line 1", "line 2", "line 3", "line 4"]
     code, out, _ = run_cli("logs", job_id, "-f")
     assert code == 0 and out.splitlines() == ["line 1", "line 2", "line 3", "line 4"]
 
@@ -82,7 +85,7 @@ def test_slurm_failed_job_shows_reason_and_error_tail(jobs, tmp_path, run_cli):
         exit 3
     """, name="broken")
     job_id = jobs.submit(script)
-    final = jobs.wait(job_id, timeout=60)
+    final = jobs.wait(job_id, timeout=WAIT_S)
     assert final.state == "FAILED" and final.failed and final.exit_code == "3:0"
     assert "RuntimeError: out of patience" in jobs.error_tail(final)
 
@@ -102,12 +105,12 @@ def test_slurm_failed_job_shows_reason_and_error_tail(jobs, tmp_path, run_cli):
 def test_slurm_cancel_running_and_ended_jobs(jobs, tmp_path, run_cli):
     script = _script(tmp_path, "echo up; sleep 60", name="sleeper")
     job_id = jobs.submit(script)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WAIT_S
     while jobs.info(job_id).state != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
     code, _, err = run_cli("cancel", job_id)
     assert code == 0 and f"cancelled job {job_id} (sleeper), which was RUNNING" in err
-    assert jobs.wait(job_id, timeout=30).state == "CANCELLED"
+    assert jobs.wait(job_id, timeout=WAIT_S).state == "CANCELLED"
     code, _, err = run_cli("cancel", job_id)
     assert code == 0 and f"job {job_id} (sleeper) had already ended (CANCELLED); nothing to cancel" in err
 
