@@ -102,7 +102,7 @@ def _write_ssh_config(access: "ClusterAccess", path: Path) -> None:
 @click.command()
 @click.argument("run")
 @click.option("--cluster", "-c", help="cluster name (default: [cluster] name in llamapod.toml)")
-@click.option("--model", is_flag=True, help="also copy the exported Hugging Face model (<run>/hf)")
+@click.option("--model", is_flag=True, help="also copy the Hugging Face model (<run>/hf; exported on the cluster first if missing)")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
               help="local folder (default: ./runs/RUN)")
 @click.option("--file", "-f", "config_path", type=click.Path(dir_okay=False, path_type=Path),

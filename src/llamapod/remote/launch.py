@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llamapod.cli import ui
 from llamapod.errors import ConfigError, SlurmError
 from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
+from llamapod.remote.transfer import ENV_RECORD
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
@@ -91,6 +92,7 @@ class ClusterRun:
                              pip_no_index=settings.pip_no_index, pip_args=tuple(settings.pip_args))
         env = prepare_environment(self.shell, self.layout, local_wheel(prebuilt=settings.wheel), options)
         self._upload_inputs()
+        self.connected_shell.write_text(str(self.run_dir / ENV_RECORD), f"{env.path}\n")
         script = self.render(env)
         script_path = str(self.run_dir / "job.sbatch")
         self.shell.write_text(script_path, script)

@@ -11,6 +11,8 @@ from llamapod.remote.shell import Shell
 
 RUN_FILES = ("metrics.jsonl", "metrics.png")
 HF_EXPORT_DIR = "hf"
+# A run folder records the environment it runs in (written by `llamapod train --cluster`).
+ENV_RECORD = ".llamapod-env"
 
 
 def remote_run_dir(fsx_root: str, run: str) -> PurePosixPath:
@@ -47,10 +49,38 @@ def pull_run(shell: Shell, fsx_root: str, run: str, destination: Path, *, model:
     if model:
         export = source / HF_EXPORT_DIR
         if not shell.exists(str(export)):
-            raise RemoteError(f"run '{run}' has no exported model at {export}",
-                              f"export it on the cluster first: llamapod ssh -- llamapod export "
-                              f"{source / 'checkpoints'} --out {export}")
+            export_on_cluster(shell, source, export)
         ui.step(f"copying the model from {export}")
         shell.get(str(export), destination / HF_EXPORT_DIR)
         copied.append(destination / HF_EXPORT_DIR)
     return copied
+
+
+def export_on_cluster(shell: Shell, run_dir: PurePosixPath, export: PurePosixPath) -> None:
+    """Export the run's newest checkpoint to a Hugging Face folder, on a compute node when Slurm is there.
+
+    It runs with the run's own environment (recorded at launch), so the exporting
+    llamapod is the one that wrote the checkpoint. The head node is often small, so the
+    export goes through ``srun`` onto a node of the default partition.
+    """
+    checkpoints = run_dir / "checkpoints"
+    if not shell.exists(str(checkpoints)):
+        raise RemoteError(f"run {run_dir.name} has no checkpoints yet on {shell.where} (looked in {checkpoints})",
+                          "let the job reach its first --checkpoint_freq step, then pull again")
+    env_file = run_dir / ENV_RECORD
+    if not shell.exists(str(env_file)):
+        raise RemoteError(f"run {run_dir.name} was not started by `llamapod train --cluster`, so its environment "
+                          "is unknown", f"export it on the cluster: llamapod export --checkpoint {checkpoints} "
+                          f"--hf {export}")
+    python = str(PurePosixPath(shell.read_text(str(env_file)).strip()) / "bin" / "python")
+    command = [python, "-m", "llamapod", "export", "--checkpoint", str(checkpoints), "--hf", str(export)]
+    if shell.which("srun"):
+        command = ["srun", "--nodes=1", "--ntasks=1", f"--job-name=export-{run_dir.name}", *command]
+    ui.step(f"exporting the newest checkpoint of {run_dir.name} to {export} on the cluster")
+    result = shell.run(command, timeout=6 * 3600)
+    if not result.ok:
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        detail = (errors or lines or [f"exit code {result.returncode}"])[-1].removeprefix("error: ")
+        raise RemoteError(f"exporting {checkpoints} on {shell.where} failed: {detail}",
+                          f"run it by hand to see everything: llamapod ssh -- {' '.join(command)}")

@@ -114,6 +114,14 @@ def test_remote_train_on_cluster_streams_progress_and_pull_brings_results_home(l
     assert (home / "metrics.jsonl").read_bytes() == (run_dir / "metrics.jsonl").read_bytes()
     assert (home / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # --model: the newest checkpoint is exported on the cluster (through srun, with the run's
+    # own environment), then copied home.
+    code, out, err = _cli(capfd, "pull", "--cluster", "demo", "-f", "llamapod.toml", "exp1", "--model")
+    assert code == 0, err
+    assert "exporting the newest checkpoint of exp1" in err
+    assert json.loads((home / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert list((home / "hf").glob("*.safetensors"))
+
     # A job that fails on the cluster: one line, the tail of its error log, the next step.
     # The environment is reused this time.
     code, out, err = _cli(capfd, "train", "--config", "broken.toml", "--cluster", "demo", *TINY, "--run_dir=broken")
