@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llamapod import paths
 from llamapod.cli import ui
 from llamapod.config.files import default_config_path, format_validation_errors, load_table
-from llamapod.errors import ClusterStateError, ConfigError, RemoteError
+from llamapod.errors import ClusterStateError, ConfigError
 from llamapod.remote.ssh import SshAuthError, SshShell, SshTarget
 
 DEFAULT_CONTROLLER_GROUP = "controller-machine"
