@@ -255,14 +255,17 @@ def host_public_key(settings: Settings) -> str:
 
 
 def ensure_key_pair(settings: Settings, entry: PasswdEntry, ssh_dir: Path, comment: str) -> str:
-    """One ed25519 pair per user for the whole cluster, on /fsx; returns the public key line."""
+    """One ed25519 pair per user for the whole cluster, on /fsx; returns the public key line.
+
+    Called under the cluster SSH lock: exactly one node generates, the others find it.
+    """
     private = ssh_dir / "id_ed25519"
     public = ssh_dir / "id_ed25519.pub"
     if not private.exists():
         staging = ssh_dir / f".keygen-{os.getpid()}"
-        for leftover in (staging, staging.with_name(staging.name + ".pub")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        # Callers hold the cluster SSH lock, so any staged key here is from an interrupted run.
+        for leftover in ssh_dir.glob(".keygen-*"):
+            leftover.unlink()
         run([settings.commands["ssh_keygen"], "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(staging)])
         os.chown(staging, entry.uid, entry.gid)
         os.rename(staging, private)  # the private key is the source of truth; .pub is derived below
