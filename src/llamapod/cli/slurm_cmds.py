@@ -68,6 +68,13 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
                              "submit from the cluster's login or head node, use --cluster NAME from a laptop, "
                              "or add --dry-run to only write the script")
         jobs.preflight(job.nodes, job.partition)
+        # Two jobs in one run folder would write the same checkpoints: a re-run of this
+        # command while its job is queued or running must not submit a second one.
+        running = jobs.active_job_in(paths.run_dir)
+        if running is not None:
+            raise SlurmError(f"job {running.job_id} ({running.name}) is already {running.state} in {paths.run_dir}",
+                             f"follow it with `llamapod logs {running.job_id} -f`, stop it with "
+                             f"`llamapod cancel {running.job_id}`, or set another job_name in [slurm]")
     shell.write_text(paths.script, script, mode=0o755)
     summary = (f"{job.nodes} node{'s' if job.nodes != 1 else ''} x {job.workers_per_node} workers"
                f"{f' ({job.instance_type})' if job.instance_type else ''}")

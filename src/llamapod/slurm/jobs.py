@@ -288,6 +288,14 @@ class SlurmJobs:
             jobs = {k: v for k, v in jobs.items() if v.user == user}
         return sorted(jobs.values(), key=lambda j: [int(p) for p in j.job_id.split("_")])
 
+    def active_job_in(self, run_dir: str) -> Optional[JobInfo]:
+        """A pending or running job of this user that writes its logs into ``run_dir``, if any."""
+        prefix = run_dir.rstrip("/") + "/"
+        for job in self.list():
+            if not job.ended and any(path.startswith(prefix) for path in job.log_paths):
+                return job
+        return None
+
     # ---- logs --------------------------------------------------------------------
 
     def _read(self, path: str, tail: Optional[int]) -> str:

@@ -174,3 +174,24 @@ def test_slurm_controller_down_is_one_line(slurm, tmp_path):
         SlurmJobs(LocalShell(env={"SLURM_CONF": str(conf)})).list()
     assert str(down.value) == "cannot reach the Slurm controller from this machine"
     assert down.value.hint == "check that slurmctld is running: `scontrol ping`"
+
+
+def test_slurm_second_submit_into_a_busy_run_folder_is_refused(slurm, tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    # A job that holds its run folder for a while without training: the setup line sleeps,
+    # and the "interpreter" is /bin/true, so srun returns at once afterwards.
+    (tmp_path / "llamapod.toml").write_text("[train]\npreset = 'tiny'\n\n[slurm]\njob_name = 'busy'\n"
+                                            "exclusive = false\npython = '/bin/true'\nenv_setup = ['sleep 60']\n")
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 0, err
+    job_id = out.strip()
+    jobs = SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+    try:
+        code, out, err = run_cli("train", "--slurm")
+        assert code == 1 and out == ""
+        state = jobs.info(job_id).state
+        assert err.startswith(f"error: job {job_id} (busy) is already {state} in {tmp_path}/runs/busy\n")
+        assert f"hint: follow it with `llamapod logs {job_id} -f`, stop it with `llamapod cancel {job_id}`" in err
+    finally:
+        jobs.cancel(job_id)
+    assert jobs.wait(job_id, timeout=WAIT_S).state == "CANCELLED"
