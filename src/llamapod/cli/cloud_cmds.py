@@ -227,7 +227,8 @@ def _look_up(session, spec) -> tuple[str | None, str | None]:
     """(account, AZ ID) from AWS, each None when it cannot be looked up."""
     from llamapod.cloud import preflight
 
-    credentials = preflight.check_credentials(session)
+    # One attempt: the plan is complete without the look-ups, so a slow answer is not worth a wait.
+    credentials = preflight.check_credentials(session, attempts=1)
     account = credentials.data.get("account")
     if credentials.status != "ok":
         ui.warn(f"account not looked up ({credentials.detail}): names that contain it are placeholders")
@@ -296,7 +297,7 @@ def operator_policy(account: str | None, region: str | None, profile: str | None
     if account is None:
         from llamapod.cloud.preflight import check_credentials
 
-        credentials = check_credentials(_session(region, profile))
+        credentials = check_credentials(_session(region, profile), attempts=1)
         account = credentials.data.get("account", "*")
         if credentials.status != "ok":
             ui.warn(f"account not looked up ({credentials.detail}): the policy names any account ('*')")

@@ -12,6 +12,7 @@ permissions llamapod needs (IAM policy simulation of the caller).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,8 +51,21 @@ def ec2_instance_type(instance_type: str) -> str:
 # ---- clients for look-ups -----------------------------------------------------------
 
 
+_LOOKUP_CLIENTS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, int], Any]]" = weakref.WeakKeyDictionary()
+
+
 def _lookup_client(session: Any, service: str, attempts: int = 3):
-    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait."""
+    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait.
+
+    Made once per session, service and retry budget (creating a client costs more than a call).
+    """
+    clients = _LOOKUP_CLIENTS.setdefault(session, {})
+    if (service, attempts) not in clients:
+        clients[(service, attempts)] = _new_lookup_client(session, service, attempts)
+    return clients[(service, attempts)]
+
+
+def _new_lookup_client(session: Any, service: str, attempts: int):
     from botocore.config import Config
 
     config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=5, read_timeout=20,
@@ -121,9 +135,9 @@ _CREDENTIAL_CODES = {"InvalidClientTokenId", "ExpiredToken", "ExpiredTokenExcept
                      "UnrecognizedClientException", "InvalidAccessKeyId", "AccessDenied"}
 
 
-def check_credentials(session: Any) -> Check:
+def check_credentials(session: Any, attempts: int = 3) -> Check:
     try:
-        identity = _lookup(_lookup_client(session, "sts"), "get_caller_identity", "sts:GetCallerIdentity")
+        identity = _lookup(_lookup_client(session, "sts", attempts), "get_caller_identity", "sts:GetCallerIdentity")
     except _Unanswered as exc:
         if exc.code == "NoCredentials":
             return Check("credentials", "fail", "no AWS credentials were found",
@@ -154,11 +168,17 @@ def check_region(session: Any, spec: ClusterSpec) -> tuple[Check, list[dict]]:
     return Check("region", "ok", f"{spec.region}: {len(zones)} availability zones: {names}"), zones
 
 
-def _offering_zone_ids(session: Any, instance_type: str) -> set[str]:
+def _offering_zone_ids(session: Any, instance_types: list[str]) -> dict[str, set[str]]:
+    """AZ IDs offering each of ``instance_types`` (HyperPod names), in one paginated look-up."""
+    by_ec2_name = {ec2_instance_type(t): t for t in instance_types}
     offers = _paginate(_lookup_client(session, "ec2"), "describe_instance_type_offerings", "InstanceTypeOfferings",
                        "ec2:DescribeInstanceTypeOfferings", LocationType="availability-zone-id",
-                       Filters=[{"Name": "instance-type", "Values": [ec2_instance_type(instance_type)]}])
-    return {offer["Location"] for offer in offers}
+                       Filters=[{"Name": "instance-type", "Values": sorted(by_ec2_name)}])
+    zones: dict[str, set[str]] = {t: set() for t in instance_types}
+    for offer in offers:
+        if offer["InstanceType"] in by_ec2_name:
+            zones[by_ec2_name[offer["InstanceType"]]].add(offer["Location"])
+    return zones
 
 
 def check_availability_zone(session: Any, spec: ClusterSpec, zones: list[dict]) -> Check:
@@ -177,7 +197,7 @@ def check_availability_zone(session: Any, spec: ClusterSpec, zones: list[dict]) 
                          f"set cluster.availability_zone to one of: {known}")
     types = sorted({g.instance_type for g in spec.instance_groups})
     try:
-        offered = {t: _offering_zone_ids(session, t) for t in types}
+        offered = _offering_zone_ids(session, types)
     except _Unanswered as exc:
         if chosen is not None:
             return Check("availability zone", "unknown",
