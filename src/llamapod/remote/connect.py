@@ -102,6 +102,9 @@ class ClusterAccess:
     region: str | None = None
     profile: str | None = None
     nodes: list[Node] = field(default_factory=list)
+    # Instance groups as describe_cluster reports them (name, type, current count).
+    groups: list[dict] = field(default_factory=list)
+    login_group: str | None = None
 
     @property
     def via_ssm(self) -> bool:
@@ -133,6 +136,10 @@ class ClusterAccess:
         choices = sorted({n.group for n in self.nodes}) + [n.instance_id for n in self.nodes]
         raise ConfigError(f"cluster {self.name} has no node '{node}'",
                           f"name an instance group, instance id or hostname: {', '.join(choices) or '(no nodes)'}")
+
+    def worker_groups(self) -> list[dict]:
+        """The instance groups Slurm jobs run on: all but the controller and login groups."""
+        return [g for g in self.groups if g["name"] not in (self.controller_group, self.login_group)]
 
     def target_for(self, node: Node, *, label: str | None = None) -> SshTarget:
         known_hosts = cluster_state_dir(self.name) / "known_hosts"
@@ -184,7 +191,8 @@ def resolve_cluster(name: str, config_path: Path | None = None, *, with_ips: boo
     controller = settings.controller_group or (cluster.get("controller") or {}).get("name") or DEFAULT_CONTROLLER_GROUP
     user = settings.user or cluster.get("cluster_user") or "ubuntu"
     access = ClusterAccess(name=name, settings=settings, user=user, controller_group=controller,
-                           region=settings.region or cluster.get("region"), profile=settings.profile)
+                           region=settings.region or cluster.get("region"), profile=settings.profile,
+                           login_group=(cluster.get("login") or {}).get("name"))
     if access.via_ssm:
         _describe_from_aws(access, with_ips=with_ips)
     return access
@@ -202,6 +210,9 @@ def _describe_from_aws(access: ClusterAccess, *, with_ips: bool) -> None:
                                 _not_in_service_hint(access.name, status))
     access.cluster_arn = description["ClusterArn"]
     access.region = session.region
+    access.groups = [{"name": g.get("InstanceGroupName"), "instance_type": g.get("InstanceType"),
+                      "count": g.get("CurrentCount", g.get("TargetCount", 0))}
+                     for g in description.get("InstanceGroups", [])]
     access.nodes = [_node_from(entry) for entry in list_nodes(session, access.name, with_ips=with_ips)]
 
 

@@ -50,6 +50,7 @@ class ClusterRun:
         access = resolve_cluster(cluster, config_path)
         layout = RemoteLayout(access.fsx_root)
         job = load_slurm_job(config_path, slurm_overrides)
+        job = _hardware_from_cluster(access, job, explicit=_explicit_slurm_keys(config_path, slurm_overrides))
         name = run_name(spec, job)
         run_dir = layout.run_dir(name)
         # Caches (tokenizers, tokenized shards) go on the shared file system: every node
@@ -115,6 +116,37 @@ class ClusterRun:
         for local, remote in self.uploads:
             ui.info(f"uploading {local} to {remote}")
             shell.put(local, remote)
+
+
+def _explicit_slurm_keys(config_path: Path | None, overrides: dict[str, Any]) -> set[str]:
+    from llamapod.config.files import load_table
+
+    return set(load_table(config_path, "slurm")) | set(overrides)
+
+
+def _hardware_from_cluster(access: "ClusterAccess", job: "SlurmJob", *, explicit: set[str]) -> "SlurmJob":
+    """Instance type and node count from the cluster's worker group, unless the user chose them.
+
+    Without this a GPU cluster would get the CPU default of 2 workers per node.
+    """
+    groups = access.worker_groups()
+    if not groups or {"instance_type", "gpus_per_node"} & explicit and "nodes" in explicit:
+        return job
+    group = next((g for g in groups if job.partition and g["name"] == job.partition), groups[0])
+    if len(groups) > 1 and not job.partition:
+        ui.info(f"using worker group {group['name']} ({group['instance_type']}); "
+                "set --partition or --instance-type to choose another")
+    updates: dict[str, Any] = {}
+    if not {"instance_type", "gpus_per_node"} & explicit and group.get("instance_type"):
+        updates["instance_type"] = group["instance_type"]
+    if "nodes" not in explicit and group.get("count"):
+        updates["nodes"] = int(group["count"])
+    if not updates:
+        return job
+    from llamapod.slurm.spec import build_slurm_job
+
+    return build_slurm_job({**job.model_dump(), **updates},
+                           {key: f"cluster {access.name} worker group {group['name']}" for key in updates})
 
 
 def run_name(spec: "TrainSpec", job: "SlurmJob") -> str:

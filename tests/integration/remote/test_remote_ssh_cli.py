@@ -189,3 +189,20 @@ def test_remote_ssh_cluster_not_in_service_and_no_credentials(aws, home, capfd, 
     assert code == 1
     assert err.splitlines() == ["error: describe_cluster failed: NoCredentials: no AWS credentials were found",
                                 "  hint: run `aws configure` or `aws sso login`, or set AWS_PROFILE"]
+
+
+def test_remote_train_dry_run_on_hyperpod_uses_the_worker_group(aws, home, capfd, monkeypatch):
+    _create_cluster()
+    config = _toml(home / "llamapod.toml", {"ssh_config_file": "none"})
+    monkeypatch.chdir(home)
+    (home / "notes.txt").write_text("some text to train on\n")
+    code, out, err = _cli(capfd, "train", "--config", config, "--cluster", "demo", "--dry-run", "--max_steps=50",
+                          "--dataset=notes.txt", "--run_dir=exp7")
+    assert code == 0, err
+    assert out.startswith("# would run on cluster demo in /fsx/llamapod/runs/exp7\n"
+                          "# would upload notes.txt -> /fsx/llamapod/runs/exp7/inputs/dataset/notes.txt\n")
+    assert "#SBATCH --nodes=2\n" in out and "--nproc_per_node 8 " in out
+    assert "srun --auto-resume=1 torchrun " in out
+    assert "export FI_PROVIDER=efa\n" in out and "export LLAMAPOD_HOME=/fsx/llamapod/home\n" in out
+    assert "--dataset=/fsx/llamapod/runs/exp7/inputs/dataset/notes.txt" in out
+    assert err.endswith("dry run: nothing was uploaded or submitted to demo\n")

@@ -125,3 +125,19 @@ def test_remote_local_inputs_are_uploaded_and_rewritten(tmp_path, monkeypatch):
     assert rewritten.tokenizer == f"{run_dir}/inputs/tokenizer/tok.json"
     assert rewritten.init_from == "meta-llama/Llama-3.2-1B", "not a local path: passed through"
     assert rewritten.checkpoint_dir == f"{run_dir}/ckpt" and rewritten.run_dir is None
+
+
+def test_remote_job_hardware_comes_from_the_worker_group_unless_chosen():
+    from llamapod.remote.launch import _hardware_from_cluster
+    from llamapod.slurm.spec import SlurmJob
+
+    access = _access()
+    access.groups = [{"name": "controller-machine", "instance_type": "ml.c5.xlarge", "count": 1},
+                     {"name": "worker-group-1", "instance_type": "ml.g5.48xlarge", "count": 4}]
+    job = _hardware_from_cluster(access, SlurmJob(), explicit=set())
+    assert (job.instance_type, job.nodes, job.workers_per_node) == ("ml.g5.48xlarge", 4, 8)
+    chosen = _hardware_from_cluster(access, SlurmJob(nodes=2), explicit={"nodes"})
+    assert (chosen.instance_type, chosen.nodes) == ("ml.g5.48xlarge", 2)
+    cpu = _hardware_from_cluster(access, SlurmJob(gpus_per_node=1, nodes=1), explicit={"gpus_per_node", "nodes"})
+    assert (cpu.instance_type, cpu.nodes) == (None, 1)
+    assert _hardware_from_cluster(_access(), SlurmJob(), explicit=set()) == SlurmJob(), "no groups known: unchanged"
