@@ -59,7 +59,7 @@ def setup_logging(log_file: Path) -> None:
 
 
 def plan_steps(settings: Settings, cluster: Cluster, node: Node, mount_table: Path):
-    services = ServiceManager(settings.service_mode, settings.commands["systemctl"])
+    services = ServiceManager(settings.service_mode, settings.commands["systemctl"], settings.etc_dir)
     return [
         ("fsx", lambda: ensure_fsx(settings, cluster, mount_table)),
         ("users", lambda: ensure_users(settings)),

@@ -189,8 +189,9 @@ def ensure_accounting(settings: Settings, cluster: Cluster, node: Node, services
     # slurmdbd refuses a config other users can read: it holds the database password.
     changed = write_file(conf, render_slurmdbd_conf(settings, cluster, settings.hostname), mode=0o600)
     (settings.log_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    service = Service("slurmdbd", settings.commands["slurmdbd"], (settings.commands["slurmdbd"],),
-                      (("SLURM_CONF", str(settings.slurm_conf)),))
+    slurmdbd = settings.commands["slurmdbd"]
+    service = Service("slurmdbd", slurmdbd, (slurmdbd,), (("SLURM_CONF", str(settings.slurm_conf)),),
+                      foreground=(slurmdbd, "-D", "-s"))
     running = services.is_running(service)
     if running and not changed:
         log.info("slurmdbd already running")
@@ -215,6 +216,13 @@ def ensure_slurm(settings: Settings, cluster: Cluster, node: Node, services: Ser
         _start_node_daemon(settings, cluster, node, services, managed)
 
 
+def slurmctld_service(settings: Settings, managed: bool) -> Service:
+    slurmctld, conf = settings.commands["slurmctld"], str(settings.slurm_conf)
+    # Managed: the packaged unit may look elsewhere (Debian's reads /etc/slurm), so point it here.
+    return Service("slurmctld", slurmctld, (slurmctld, "-f", conf), (("SLURM_CONF", conf),),
+                   foreground=(slurmctld, "-D", "-s", "-f", conf) if managed else None)
+
+
 def _start_controller(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                       managed: bool) -> None:
     changed = False
@@ -225,9 +233,7 @@ def _start_controller(settings: Settings, cluster: Cluster, node: Node, services
         changed = write_file(settings.slurm_conf, render_slurm_conf(settings, cluster, node, settings.hostname))
         if changed:
             log.info("wrote %s", settings.slurm_conf)
-    service = Service("slurmctld", settings.commands["slurmctld"],
-                      (settings.commands["slurmctld"], "-f", str(settings.slurm_conf)),
-                      (("SLURM_CONF", str(settings.slurm_conf)),))
+    service = slurmctld_service(settings, managed)
     running = services.is_running(service)
     if not running or changed:
         result = services.start(service, restart=running)
@@ -258,20 +264,21 @@ def slurmd_options(cluster: Cluster, node: Node, managed: bool) -> list[str]:
     return options
 
 
-def write_slurmd_unit_options(settings: Settings, options: list[str], managed: bool) -> bool:
-    """Where systemd's slurmd unit picks the options up.
+def write_slurmd_defaults(settings: Settings, options: list[str], managed: bool) -> bool:
+    """HyperPod's (and Debian's) slurmd unit expands $SLURMD_OPTIONS from /etc/default/slurmd.
 
-    HyperPod's (and Debian's) unit expands $SLURMD_OPTIONS from /etc/default/slurmd, which
-    splits on spaces; the managed options carry a quoted argument, so they go into a drop-in
-    that replaces ExecStart instead.
+    That expansion splits on spaces, so the managed options (with a quoted --conf argument)
+    go into the unit's drop-in instead and this file only points there.
     """
-    changed = write_file(settings.etc_dir / "default" / "slurmd", f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n"
-                         if not managed else "# llamapod: slurmd options live in the systemd drop-in\n")
-    if managed:
-        exec_start = shlex.join([settings.commands["slurmd"], "-D", "-s", *options])
-        drop_in = settings.etc_dir / "systemd" / "system" / "slurmd.service.d" / "llamapod.conf"
-        changed |= write_file(drop_in, f"[Service]\nExecStart=\nExecStart={exec_start}\n")
-    return changed
+    text = ("# llamapod: slurmd's options are in /etc/systemd/system/slurmd.service.d/llamapod.conf\n"
+            if managed else f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
+    return write_file(settings.etc_dir / "default" / "slurmd", text)
+
+
+def slurmd_service(settings: Settings, options: list[str], managed: bool) -> Service:
+    slurmd = settings.commands["slurmd"]
+    return Service("slurmd", slurmd, (slurmd, *options),
+                   foreground=(slurmd, "-D", "-s", *options) if managed else None)
 
 
 def controller_answers(address: str, port: int, timeout: float) -> None:
@@ -286,9 +293,8 @@ def controller_answers(address: str, port: int, timeout: float) -> None:
 def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                        managed: bool) -> None:
     options = slurmd_options(cluster, node, managed)
-    if write_slurmd_unit_options(settings, options, managed) and settings.service_mode == "systemd":
-        run([settings.commands["systemctl"], "daemon-reload"], check=False)
-    service = Service("slurmd", settings.commands["slurmd"], (settings.commands["slurmd"], *options))
+    write_slurmd_defaults(settings, options, managed)
+    service = slurmd_service(settings, options, managed)
     env = slurm_env(settings, node)
     deadline = time.monotonic() + settings.slurm_timeout
     controller = cluster.controller.address

@@ -256,12 +256,18 @@ def stop_daemon(executable: str, *, timeout: float = 30.0) -> None:
 
 @dataclass(frozen=True)
 class Service:
-    """A daemon llamapod starts: its systemd unit and the command that starts it without systemd."""
+    """A daemon llamapod starts: its systemd unit and the command that starts it without systemd.
+
+    ``foreground`` (the daemon's command line without forking) replaces the unit's ExecStart
+    through a drop-in, for daemons whose options the packaged unit cannot express; None keeps
+    the unit exactly as installed (HyperPod's own units).
+    """
 
     unit: str
     executable: str
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    foreground: tuple[str, ...] | None = None
 
 
 class ServiceManager:
@@ -271,9 +277,22 @@ class ServiceManager:
     fork-to-background does the job of the unit, and /proc tells whether it runs.
     """
 
-    def __init__(self, mode: str, systemctl: str):
+    def __init__(self, mode: str, systemctl: str, etc_dir: Path):
         self.mode = mode
         self.systemctl = systemctl
+        self.etc_dir = etc_dir
+
+    def drop_in_path(self, service: Service) -> Path:
+        return self.etc_dir / "systemd" / "system" / f"{service.unit}.service.d" / "llamapod.conf"
+
+    def write_unit_override(self, service: Service) -> bool:
+        """The drop-in that runs ``service.foreground`` under systemd; True when it changed."""
+        if service.foreground is None:
+            return False
+        lines = ["[Service]"]
+        lines += [f"Environment={shlex.quote(f'{key}={value}')}" for key, value in service.env]
+        lines += ["ExecStart=", f"ExecStart={shlex.join(service.foreground)}"]
+        return write_file(self.drop_in_path(service), "\n".join(lines) + "\n")
 
     def is_running(self, service: Service) -> bool:
         if self.mode == "systemd":
@@ -283,6 +302,9 @@ class ServiceManager:
     def start(self, service: Service, *, restart: bool = False, timeout: float = 120.0) -> CommandResult:
         """Start (or restart) ``service``; the result tells whether the start command succeeded."""
         if self.mode == "systemd":
+            if self.write_unit_override(service):
+                run([self.systemctl, "daemon-reload"], check=False)
+                restart = restart or self.is_running(service)
             run([self.systemctl, "enable", service.unit], check=False)
             verb = "restart" if restart else "start"
             return run([self.systemctl, verb, service.unit], check=False, timeout=timeout)

@@ -321,10 +321,23 @@ def test_containers_refuse_the_root_volume_and_keep_data_on_nvme(tmp_path):
 def test_systemd_gets_the_quoted_slurmd_options_through_a_drop_in(tmp_path):
     s = settings_for(tmp_path, LLAMAPOD_SLURMD="/opt/slurm/sbin/slurmd")
     options = ["--conf-server", "10.1.0.10:6817", "-Z", "--conf", "NodeAddr=10.1.1.1 Feature=dev"]
-    assert node_slurm.write_slurmd_unit_options(s, options, managed=True)
+    services = node_system.ServiceManager("systemd", "systemctl", s.etc_dir)
+    service = node_slurm.slurmd_service(s, options, managed=True)
+    assert services.write_unit_override(service)
     drop_in = (tmp_path / "etc/systemd/system/slurmd.service.d/llamapod.conf").read_text()
     assert drop_in == ("[Service]\nExecStart=\nExecStart=/opt/slurm/sbin/slurmd -D -s --conf-server 10.1.0.10:6817 "
                        "-Z --conf 'NodeAddr=10.1.1.1 Feature=dev'\n")
-    assert not node_slurm.write_slurmd_unit_options(s, options, managed=True)
-    node_slurm.write_slurmd_unit_options(s, options[:2], managed=False)
+    assert not services.write_unit_override(service)
+    node_slurm.write_slurmd_defaults(s, options[:2], managed=False)
     assert (tmp_path / "etc/default/slurmd").read_text() == 'SLURMD_OPTIONS="--conf-server 10.1.0.10:6817"\n'
+    # On HyperPod its own units stay as installed.
+    assert not services.write_unit_override(node_slurm.slurmd_service(s, options[:2], managed=False))
+
+
+def test_managed_slurmctld_unit_reads_llamapods_slurm_conf(tmp_path):
+    s = settings_for(tmp_path, LLAMAPOD_SLURMCTLD="/usr/sbin/slurmctld")
+    services = node_system.ServiceManager("systemd", "systemctl", s.etc_dir)
+    services.write_unit_override(node_slurm.slurmctld_service(s, managed=True))
+    conf = tmp_path / "opt/slurm/etc/slurm.conf"
+    assert (tmp_path / "etc/systemd/system/slurmctld.service.d/llamapod.conf").read_text() == (
+        f"[Service]\nEnvironment=SLURM_CONF={conf}\nExecStart=\nExecStart=/usr/sbin/slurmctld -D -s -f {conf}\n")
