@@ -23,6 +23,7 @@ BUCKET_POLICY_NAME = "llamapod-lifecycle-read"
 ROLE_PREFIX = "llamapod-"
 BUCKET_PREFIX = "sagemaker-llamapod-"
 STACK_PREFIX = "llamapod-"
+SSM_DOCUMENTS = ("AWS-StartSSHSession", "AWS-StartNonInteractiveCommand")
 
 
 def _doc(*statements: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +242,8 @@ def operator_policy(account: str = "*", partition: str = "aws") -> dict[str, Any
                     "sagemaker:AddTags", "sagemaker:DeleteTags", "sagemaker:ListTags"],
          "Resource": cluster_arn},
         {"Sid": "NodeSessions", "Effect": "Allow", "Action": "ssm:StartSession",
-         "Resource": [cluster_arn, f"arn:{partition}:ssm:*:*:document/AWS-StartSSHSession"]},
+         # `llamapod ssh`: SSH through SSM, and one command per session to install a key.
+         "Resource": [cluster_arn] + [f"arn:{partition}:ssm:*:*:document/{doc}" for doc in SSM_DOCUMENTS]},
         {"Sid": "OwnSessions", "Effect": "Allow", "Action": ["ssm:TerminateSession", "ssm:ResumeSession"],
          "Resource": f"arn:{partition}:ssm:*:{acct}:session/*"},
     )

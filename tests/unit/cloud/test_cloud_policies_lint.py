@@ -196,3 +196,11 @@ def test_create_cluster_needs_pass_role_and_it_is_there():
     allowed = policies.policy_actions(policies.operator_policy(ACCOUNT))
     assert {"iam:PassRole", "sagemaker:CreateCluster", "fsx:CreateFileSystem", "cloudformation:CreateStack",
             "ec2:CreateVpc", "servicequotas:ListServiceQuotas", "iam:SimulatePrincipalPolicy"} <= allowed
+
+
+def test_ssh_sessions_may_use_the_documents_llamapod_ssh_starts():
+    from llamapod.cloud import access
+
+    statement = next(s for s in policies.operator_policy(ACCOUNT)["Statement"] if s["Sid"] == "NodeSessions")
+    for document in (access.SSH_DOCUMENT, access.COMMAND_DOCUMENT):
+        assert f"arn:aws:ssm:*:*:document/{document}" in statement["Resource"]
