@@ -33,9 +33,10 @@ def _preflight(session, spec, strict: bool) -> str | None:
     """Run `doctor`'s checks; returns the AZ ID they resolved (None to let `up` resolve it)."""
     from llamapod.cloud import preflight
 
-    report = preflight.run_checks(session, spec)
-    preflight.enforce(report, strict=strict)
-    return getattr(report, "az_id", None)
+    checks = preflight.run_checks(session, spec)
+    preflight.enforce(checks, strict=strict)
+    resolved = preflight.resolved_availability_zone(checks)
+    return resolved[0] if resolved else None
 
 
 @click.command()

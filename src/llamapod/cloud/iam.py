@@ -60,13 +60,16 @@ def ensure_role(session, spec, bucket: str, tags: list[dict[str, str]], ledger: 
 def find_roles(session, spec) -> list[str]:
     """Names of roles tagged for the cluster (IAM is not in the tagging API: list and check)."""
     cluster_name, own_name = spec.name, role_name(spec)
+    candidate_prefix = own_name.split("-exec-")[0] + "-"
     iam = session.client("iam")
     names: list[str] = []
     marker = None
     while True:
         page = call(iam, "list_roles", **({"Marker": marker} if marker else {}))
         for role in page.get("Roles", []):
-            if not role["RoleName"].startswith(ROLE_PREFIX):
+            # llamapod names every role it makes after the cluster (llamapod-<name...>-exec-<digest>),
+            # so only those are worth asking for tags (one call per role).
+            if not role["RoleName"].startswith(candidate_prefix):
                 continue
             if role["RoleName"] == own_name or _role_tagged(iam, role["RoleName"], cluster_name):
                 names.append(role["RoleName"])
