@@ -234,7 +234,7 @@ def find_daemon(executable: str) -> list[int]:
             exe = os.readlink(entry / "exe")
         except OSError:
             continue
-        if exe.removesuffix(" (deleted)") == target and _net_namespace(entry.name) == own_ns and not _is_zombie(entry.name):
+        if exe.replace(" (deleted)", "") == target and _net_namespace(entry.name) == own_ns and not _is_zombie(entry.name):
             pids.append(int(entry.name))
     return sorted(pids)
 

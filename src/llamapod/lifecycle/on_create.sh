@@ -20,11 +20,11 @@ say() {
 }
 
 if [ ! -x "$python" ]; then
-  say "ERROR: $python not found; llamapod's lifecycle needs Python 3.10 or newer (standard library only)"
+  say "ERROR: $python not found; llamapod's lifecycle needs Python 3.8 or newer (standard library only)"
   exit 1
 fi
-if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; then
-  say "ERROR: $("$python" -V 2>&1) is too old; llamapod's lifecycle needs Python 3.10 or newer"
+if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)'; then
+  say "ERROR: $("$python" -V 2>&1) is too old; llamapod's lifecycle needs Python 3.8 or newer"
   exit 1
 fi
 

@@ -46,6 +46,13 @@ def test_python_imports_only_the_standard_library_and_its_siblings(path):
     assert not foreign, f"{path.name} imports {sorted(foreign)}"
 
 
+@pytest.mark.parametrize("path", NODE_MODULES, ids=lambda p: p.name)
+def test_node_modules_parse_as_python_3_8(path):
+    """Older HyperPod images ship Python 3.8 as /usr/bin/python3; on_create.sh accepts 3.8."""
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+    assert "removesuffix" not in path.read_text() and "removeprefix" not in path.read_text()
+
+
 def test_node_program_starts_under_the_system_python_without_site_packages(tmp_path):
     """-I -S: no site-packages, no PYTHONPATH, no current directory: only the standard library."""
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
