@@ -115,6 +115,11 @@ def write_file(path: Path, content: str, *, mode: int = 0o644, uid: int | None =
     config that a daemon could read.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per file: a node's own files have one lifecycle run at a time, and shared files
+    # on /fsx are written under a cluster lock. So a temporary sibling is from a killed run.
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        if len(leftover.name) == len(path.name) + 10:  # "." + name + "." + mkstemp's 8 characters
+            leftover.unlink()
     changed = not path.exists() or path.read_text() != content
     if changed:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

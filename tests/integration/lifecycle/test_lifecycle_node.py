@@ -122,6 +122,7 @@ def test_run_killed_during_a_step_then_rerun_completes(netns_network, layout, st
     passwd = (root / "etc/passwd").read_text()
     assert f":{fsx}/ubuntu:" in passwd and passwd.count("\nalice:") == 1
     assert not list(fsx.glob(".ubuntu.seed-*")) and not list((fsx / "ubuntu/.ssh").glob(".keygen-*"))
+    assert not list((root / "etc").glob(".passwd.*")) and not (root / "etc/passwd.lock").exists()
     assert len(slurmctld_pids(node)) == 1
 
 

@@ -228,6 +228,9 @@ def test_write_file_reports_changes_only(tmp_path):
     assert not node_system.write_file(path, "x\n", mode=0o600)
     assert node_system.write_file(path, "x\n", mode=0o644)
     assert not list(path.parent.glob(".conf.*"))
+    (path.parent / ".conf.ab12cd34").write_text("half written by a killed run")
+    assert not node_system.write_file(path, "x\n", mode=0o644)
+    assert not list(path.parent.glob(".conf.*"))
 
 
 def test_mount_table_paths_are_unescaped_and_the_last_mount_wins(tmp_path):

@@ -69,3 +69,14 @@ def test_upload_list_has_the_entry_point_at_the_root_and_every_node_module():
     assert len(set(keys)) == len(keys) and all("/" not in key for key in keys)
     assert {p.name for p in NODE_MODULES} | {p.name for p in SHELL_FILES} == set(keys)
     assert all(local.is_file() and local.name == key for local, key in files)
+
+
+def test_on_create_without_a_usable_python_says_so_in_the_log(tmp_path):
+    result = subprocess.run(["bash", str(LIFECYCLE_DIR / ENTRY_POINT)], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "LLAMAPOD_ROOT": str(tmp_path),
+                                 "LLAMAPOD_PYTHON": str(tmp_path / "no-python")})
+    assert result.returncode == 1
+    message = (f"on_create.sh: ERROR: {tmp_path}/no-python not found; llamapod's lifecycle needs Python 3.8 or newer "
+               "(standard library only)")
+    assert message in result.stdout
+    assert message in (tmp_path / "var/log/llamapod/lifecycle.log").read_text()
