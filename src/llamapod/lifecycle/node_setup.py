@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exc.code else 0
     setup_logging(settings.log_file)
     os.umask(0o022)
+    # Which slurm.conf each daemon and client reads is decided per command (slurm_env); an
+    # inherited SLURM_CONF from an operator's shell would point them at another cluster.
+    os.environ.pop("SLURM_CONF", None)
     return run_steps(settings)
 
 
