@@ -26,13 +26,16 @@ def data() -> None:
               help="Hugging Face dataset configuration, e.g. en for allenai/c4")
 @click.option("--dataset-split", "--dataset_split", "dataset_split", default=None, help="Hugging Face dataset split [train]")
 @click.option("--streaming", is_flag=True, default=None, help="stream a Hugging Face dataset instead of downloading it first")
+@click.option("--data-files", "--data_files", "data_files", multiple=True,
+              help="files for a datasets builder SOURCE such as json, parquet or text (repeatable)")
 @click.option("--max-tokens", "--max_tokens", "max_tokens", type=click.IntRange(min=1), default=None,
               help="stop after about this many tokens (whole shards)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="tokenizer processes [all cores]")
 @click.option("--shard-mb", type=click.FloatRange(min=0.001), default=None, help="MB of text per shard [8]")
 @click.option("--overwrite", is_flag=True, help="replace a dataset already prepared in --out from another source")
 def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str | None, txt_document: str | None,
-            dataset_config_name: str | None, dataset_split: str | None, streaming: bool | None, max_tokens: int | None,
+            dataset_config_name: str | None, dataset_split: str | None, streaming: bool | None,
+            data_files: tuple[str, ...], max_tokens: int | None,
             workers: int | None, shard_mb: float | None, overwrite: bool) -> None:
     """Tokenize SOURCE once into memory-mapped token shards in --out.
 
@@ -50,7 +53,8 @@ def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str 
     index = run_prepare(source, out, tokenizer=tokenizer, workers=workers, overwrite=overwrite,
                         shard_chars=int(shard_mb * 1_000_000) if shard_mb else DEFAULT_SHARD_CHARS,
                         text_field=text_field, txt_document=txt_document, dataset_config_name=dataset_config_name,
-                        dataset_split=dataset_split, streaming=streaming, max_tokens=max_tokens)
+                        dataset_split=dataset_split, streaming=streaming, max_tokens=max_tokens,
+                        data_files=list(data_files) or None)
     elapsed = time.monotonic() - started
     ui.success(f"{index['num_tokens']:,} tokens in {index['num_documents']:,} documents, {len(index['shards'])} shard(s) "
                f"({index['num_tokens'] / max(elapsed, 1e-9):,.0f} tokens/s)")

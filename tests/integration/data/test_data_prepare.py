@@ -167,3 +167,16 @@ def test_token_ids_beyond_the_vocabulary_and_wide_vocabularies(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing may be left behind"
     info = write_shard(tmp_path, 0, [[1, 70_000], [65_536]], vocab_size=100_000)
     assert (tmp_path / "shard_00000.tokens").stat().st_size == 4 * info.tokens == 12
+
+
+def test_max_tokens_cuts_at_whole_shards_deterministically(tmp_path, small_tokenizer_file):
+    from llamapod.data.prepare import prepare
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 300)
+    tok = load_tokenizer(str(small_tokenizer_file))
+    full = prepare(str(corpus), tmp_path / "full", tokenizer=tok, workers=1, shard_chars=5_000)
+    counts = np.cumsum([s["tokens"] for s in full["shards"]])
+    limit = int(counts[2]) - 1  # reached inside the third shard: three shards are kept
+    cut = prepare(str(corpus), tmp_path / "cut", tokenizer=tok, workers=1, shard_chars=5_000, max_tokens=limit)
+    assert len(cut["shards"]) == 3 and cut["num_tokens"] == int(counts[2])
+    assert cut["shards"] == full["shards"][:3]
