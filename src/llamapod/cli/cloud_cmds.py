@@ -239,6 +239,8 @@ def _look_up(session, spec) -> tuple[str | None, str | None]:
         ui.warn(f"availability zone: {az.detail} ({az.fix})")
     elif resolved is None and account:
         ui.warn("availability zone not resolved: `up` resolves it")
+    if resolved is None and spec.availability_zone_kind == "id":
+        return account, spec.availability_zone  # an AZ ID needs no look-up to be used
     return account, resolved[0] if resolved else None
 
 

@@ -108,7 +108,11 @@ def test_plan_without_an_endpoint_still_writes_placeholders(run_cli, tmp_path, m
     assert "warning: account not looked up (the endpoint does not answer get_caller_identity" in err
     summary = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert summary["account"] == "<account-id>"
-    assert "account" in summary["placeholders"]
+    assert set(summary["placeholders"]) >= {"account", "AvailabilityZoneId"}
+    # An AZ given as an ID is used as it is; only a name needs the look-up.
+    assert run_cli("plan", "--out", "q", "--az", "use1-az4")[0] == 0
+    summary = json.loads((tmp_path / "q" / "plan.json").read_text())
+    assert summary["availability_zone_id"] == "use1-az4" and "AvailabilityZoneId" not in summary["placeholders"]
 
 
 def test_doctor_cli_reports_each_check(run_cli, emulator, monkeypatch):
