@@ -344,7 +344,8 @@ class SlurmJobs:
         while True:
             job = self.info(job_id)
             for path in job.log_paths:
-                yield from self._new_lines(path, offsets)
+                # Once the job has ended its files are complete: a last line without a newline counts too.
+                yield from self._new_lines(path, offsets, include_partial=job.ended)
             if job.ended:
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -352,7 +353,7 @@ class SlurmJobs:
                                  f"follow it again with `llamapod logs {job_id} -f`")
             time.sleep(self.poll_interval_s)
 
-    def _new_lines(self, path: str, offsets: dict[str, int]) -> Iterator[str]:
+    def _new_lines(self, path: str, offsets: dict[str, int], include_partial: bool = False) -> Iterator[str]:
         """Complete lines appended to ``path`` since the last call (offsets in bytes)."""
         if not self.shell.exists(path):
             return
@@ -361,7 +362,7 @@ class SlurmJobs:
         if not result.ok:
             return
         text = result.stdout
-        complete = text[: text.rfind("\n") + 1]
+        complete = text if include_partial else text[: text.rfind("\n") + 1]
         offsets[path] = start + len(complete.encode())
         yield from complete.splitlines()
 

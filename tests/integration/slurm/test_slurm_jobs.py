@@ -70,11 +70,13 @@ def test_slurm_job_runs_and_its_log_and_metrics_are_read(jobs, tmp_path, run_cli
 def test_slurm_follow_streams_lines_until_the_job_ends(jobs, tmp_path, run_cli):
     script = _script(tmp_path, """
         for i in 1 2 3 4; do echo "line $i"; sleep 0.3; done
+        printf "no newline at the end"
     """)
     job_id = jobs.submit(script)
-    assert list(jobs.follow(job_id, timeout=WAIT_S)) == ["line 1", "line 2", "line 3", "line 4"]
+    expected = ["line 1", "line 2", "line 3", "line 4", "no newline at the end"]
+    assert list(jobs.follow(job_id, timeout=WAIT_S)) == expected
     code, out, _ = run_cli("logs", job_id, "-f")
-    assert code == 0 and out.splitlines() == ["line 1", "line 2", "line 3", "line 4"]
+    assert code == 0 and out.splitlines() == expected
 
 
 def test_slurm_failed_job_shows_reason_and_error_tail(jobs, tmp_path, run_cli):
