@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shlex
 import socket
 import time
 from pathlib import Path
