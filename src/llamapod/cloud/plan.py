@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,10 +133,12 @@ def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[s
     }
 
 
-def _has_accelerators(instance_type: str) -> bool:
-    from llamapod.instances import instance_info
+_ACCELERATED_FAMILY = re.compile(r"^ml\.(p|g|gr|trn)\d")
 
-    return instance_info(instance_type).gpus > 0
+
+def _has_accelerators(instance_type: str) -> bool:
+    # By family, so types newer than llamapod's instance table (p6, g7e, ...) count too.
+    return bool(_ACCELERATED_FAMILY.match(instance_type))
 
 
 def _instance_group(spec: ClusterSpec, group: Any, *, bucket: str, role_arn: str) -> dict[str, Any]:
