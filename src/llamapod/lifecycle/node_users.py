@@ -113,7 +113,9 @@ def cluster_users(settings: Settings) -> list[UserRequest]:
 
 
 def ensure_users(settings: Settings) -> list[PasswdEntry]:
-    return [ensure_user(settings, request, settings.fsx_dir / request.name) for request in cluster_users(settings)]
+    entries = [ensure_user(settings, request, settings.fsx_dir / request.name) for request in cluster_users(settings)]
+    log.info("users in place: %s", ", ".join(f"{e.name} (uid {e.uid})" for e in entries))
+    return entries
 
 
 # --- shared home ------------------------------------------------------------------------------
@@ -331,3 +333,5 @@ def ensure_ssh(settings: Settings, cluster: Cluster, node: Node) -> None:
             if write_file(config, replace_managed_block(text, block, "llamapod cluster"), mode=0o600,
                           uid=entry.uid, gid=entry.gid):
                 log.info("SSH client config for %s written to %s", request.name, config)
+            log.info("SSH for %s: key %s authorized, %d cluster hosts known", request.name,
+                     ssh_dir / "id_ed25519", len(known_hosts.read_text().splitlines()))
