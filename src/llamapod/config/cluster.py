@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -484,6 +485,9 @@ def spec_from_table(table: Any) -> ClusterSpec:
 def load_cluster_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ClusterSpec:
     """The ``[cluster]`` table of ``path`` (the seed's defaults when None) with ``overrides``.
 
+    The region is, in order: ``overrides["region"]`` (--region), the file's ``region``,
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, then us-east-1.
+
     ``overrides`` maps top-level keys (``name``, ``region``, ``availability_zone``, ...) to
     values from flags; ``worker_type`` and ``workers`` set the first worker group's instance
     type and count. None values are ignored.
@@ -491,4 +495,9 @@ def load_cluster_spec(path: str | Path | None, overrides: dict[str, Any] | None 
     from llamapod.config.files import load_table
 
     table = load_table(path, "cluster") if path is not None else {}
+    if "region" not in table:
+        # The standard AWS settings come between the file and the seed's us-east-1.
+        env_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if env_region:
+            table = {**table, "region": env_region}
     return spec_from_table(apply_overrides(table, overrides or {}))

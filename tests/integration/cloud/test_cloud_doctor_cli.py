@@ -15,7 +15,7 @@ import pytest
 from fixtures.aws_answers import inject_seed_answers
 
 from llamapod.cloud import plan as planning
-from llamapod.config.cluster import load_cluster_spec
+from llamapod.config.cluster import load_cluster_spec, spec_from_table
 
 ACCOUNT = "123456789012"
 
@@ -25,6 +25,8 @@ def emulator(aws_endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("LLAMAPOD_AWS_ENDPOINT_URL", aws_endpoint)
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
     monkeypatch.delenv("LLAMAPOD_CONFIG", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.chdir(tmp_path)
     return aws_endpoint
 
@@ -35,7 +37,7 @@ def test_init_writes_the_seed_and_refuses_to_overwrite(run_cli, tmp_path, monkey
     assert (code, out.strip()) == (0, "llamapod.toml")
     assert "wrote llamapod.toml: cluster ml-4-g5-48x-cluster in us-east-1, 1 x ml.c5.xlarge, 4 x ml.g5.48xlarge" in err
     data = tomllib.loads((tmp_path / "llamapod.toml").read_text())
-    assert load_cluster_spec(tmp_path / "llamapod.toml", {}) == load_cluster_spec(None, {})
+    assert load_cluster_spec(tmp_path / "llamapod.toml", {}) == spec_from_table({})
     assert data["train"]["llama_intermediate_size"] == 11008 and data["slurm"]["nodes"] == 4
     before = (tmp_path / "llamapod.toml").read_text()
     code, out, err = run_cli("init", "--workers", "2")
@@ -84,7 +86,7 @@ def test_plan_looks_up_account_and_az_and_writes_artifacts(run_cli, emulator, tm
     code, out, err = run_cli("plan", "--az", "us-east-1d")
     assert code == 0, err
     assert "`llamapod up` would create in us-east-1 (account 123456789012):" in out
-    spec = load_cluster_spec(None, {"availability_zone": "us-east-1d"})
+    spec = spec_from_table({"availability_zone": "us-east-1d"})
     bucket = planning.lifecycle_bucket_name(spec, ACCOUNT)
     for name in ("llamapod-ml-4-g5-48x-cluster-network", bucket, planning.execution_role_name(spec)):
         assert name in out
@@ -101,6 +103,7 @@ def test_plan_looks_up_account_and_az_and_writes_artifacts(run_cli, emulator, tm
 
 def test_plan_without_an_endpoint_still_writes_placeholders(run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLAMAPOD_CONFIG", raising=False)
     # A port nothing listens on: every look-up fails to connect.
     monkeypatch.setenv("LLAMAPOD_AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     code, out, err = run_cli("plan", "--out", "p")

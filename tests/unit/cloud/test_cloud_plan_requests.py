@@ -11,7 +11,7 @@ import pytest
 from botocore.validate import ParamValidator
 
 from llamapod.cloud import plan
-from llamapod.config.cluster import load_cluster_spec, spec_from_table
+from llamapod.config.cluster import spec_from_table
 
 ACCOUNT = "123456789012"
 SUBNET = "subnet-0123456789abcdef0"
@@ -26,7 +26,7 @@ def _validate(service: str, operation: str, params: dict) -> str:
 
 @pytest.fixture(scope="module")
 def seed():
-    return load_cluster_spec(None, {})
+    return spec_from_table({})
 
 
 def _cluster_request(spec):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llamapod.cloud import plan, policies
-from llamapod.config.cluster import load_cluster_spec
+from llamapod.config.cluster import spec_from_table
 
 ACCOUNT = "123456789012"
 CLOUD_SRC = Path(__file__).resolve().parents[3] / "src" / "llamapod" / "cloud"
@@ -39,7 +39,7 @@ def _findings(linter, document: dict) -> list[tuple[str, object]]:
 
 
 def _documents() -> dict[str, dict]:
-    spec = load_cluster_spec(None, {})
+    spec = spec_from_table({})
     bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
     docs = {f"role inline {name}": doc
             for name, doc in policies.execution_role_policies(spec, ACCOUNT, bucket, spec.region).items()}

@@ -8,7 +8,9 @@ from llamapod.config.cluster import load_cluster_spec
 from llamapod.errors import ConfigError
 
 
-def test_defaults_reproduce_the_seed():
+def test_defaults_reproduce_the_seed(monkeypatch):
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     spec = load_cluster_spec(None, {})
     assert (spec.name, spec.region, spec.threads_per_core) == ("ml-4-g5-48x-cluster", "us-east-1", 1)
     assert [(g.name, g.instance_type, g.count) for g in spec.instance_groups] == [
@@ -63,6 +65,18 @@ def test_flags_override_the_file(tmp_path):
     assert (spec.name, spec.region) == ("from-flag", "us-west-2")
     assert (spec.workers[0].instance_type, spec.workers[0].count) == ("ml.p5.48xlarge", 2)
     assert spec.workers[0].partition == "ml.p5.48xlarge"
+
+
+def test_region_comes_from_flag_then_file_then_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert load_cluster_spec(None, {}).region == "eu-west-1"
+    path = tmp_path / "llamapod.toml"
+    path.write_text('[cluster]\nregion = "us-west-2"\n')
+    assert load_cluster_spec(path, {}).region == "us-west-2"
+    assert load_cluster_spec(path, {"region": "ap-northeast-1"}).region == "ap-northeast-1"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert load_cluster_spec(None, {}).region == "us-east-1"
 
 
 def test_bad_file_errors_name_the_file(tmp_path):
