@@ -27,7 +27,7 @@ TOTAL_QUOTA = "Total number of instances allowed across SageMaker HyperPod clust
 # Error codes that mean "this endpoint does not offer the API", not "the answer is no".
 _UNANSWERABLE_CODES = {"NotImplemented", "NotImplementedException", "UnknownOperationException",
                        "InvalidAction", "UnsupportedOperation", "404", "500", "501"}
-_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "NoSuchEntity"}
+_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
 
 
 @dataclass
@@ -94,6 +94,10 @@ def _unanswered(exc: Exception, op: str, action: str) -> _Unanswered:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "Unknown")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code == "NoSuchEntity":
+            # An assumed role's session ARN does not show the role's path, so the guess can miss.
+            return _Unanswered(f"{op}: IAM does not know the principal ({code}); is it a role with a path?",
+                               code=code)
         if code in _DENIED_CODES:
             return _Unanswered(f"{op} was denied ({code})", f"allow {action} (see `llamapod operator-policy`)", code)
         if code in _UNANSWERABLE_CODES or status >= 500 or status == 404:
