@@ -163,3 +163,21 @@ def test_principal_of_an_assumed_role_is_the_role():
         "arn:aws:iam::123456789012:role/Admin"
     assert preflight._principal_arn("arn:aws:iam::123456789012:user/bob") == "arn:aws:iam::123456789012:user/bob"
     assert preflight._principal_arn("arn:aws:iam::123456789012:root") is None
+
+
+def test_a_role_iam_cannot_find_leaves_permissions_unknown(session):
+    # IAM's documented error for an unknown PolicySourceArn: HTTP 404, code NoSuchEntity.
+    from botocore.awsrequest import AWSResponse
+
+    def not_found(**_):
+        error = {"Error": {"Code": "NoSuchEntity", "Message": "Role Admin not found"},
+                 "ResponseMetadata": {"HTTPStatusCode": 404}}
+        return AWSResponse("https://injected.invalid/", 404, {}, None), error
+
+    session.boto.events.register("before-call.iam.SimulatePrincipalPolicy", not_found)
+    check = preflight.check_permissions(session, seed(), "arn:aws:sts::123456789012:assumed-role/Admin/alice",
+                                        ACCOUNT)
+    assert (check.status, check.detail) == (
+        "unknown", "permissions of arn:aws:iam::123456789012:role/Admin could not be simulated: "
+                   "simulate_principal_policy: IAM does not know the principal (NoSuchEntity); "
+                   "is it a role with a path?")
