@@ -42,14 +42,19 @@ def _preflight(session, spec, strict: bool) -> str | None:
 @click.command()
 @_config_option
 @click.option("--name", help="cluster name (overrides cluster.name)")
+@click.option("--worker-type", help="instance type of the first worker group, e.g. ml.g5.48xlarge")
+@click.option("--workers", type=int, help="number of instances in the first worker group")
+@click.option("--az", help="availability zone, as a name (us-east-1a) or an ID (use1-az4)")
 @_region_option
 @_profile_option
 @click.option("--strict", is_flag=True, help="treat checks the endpoint cannot answer as failures")
-def up(config_path: Path | None, name: str | None, region: str | None, profile: str | None, strict: bool) -> None:
+def up(config_path: Path | None, name: str | None, worker_type: str | None, workers: int | None, az: str | None,
+       region: str | None, profile: str | None, strict: bool) -> None:
     """Create the network, FSx, role, bucket and HyperPod cluster (re-run it to continue)."""
     from llamapod.cloud.up import bring_up, summary_lines
 
-    spec = _load_spec(config_path, {"name": name, "region": region})
+    spec = _load_spec(config_path, {"name": name, "region": region, "worker_type": worker_type,
+                                    "workers": workers, "availability_zone": az})
     session = _session(spec.region, profile)
     ui.step(f"checking account, quotas and permissions for {spec.name} in {spec.region}")
     az_id = _preflight(session, spec, strict)
