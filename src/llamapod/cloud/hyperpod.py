@@ -107,9 +107,10 @@ def ensure_cluster(session, request: dict[str, Any], ledger: Ledger, waiter: Wai
         if not has_cluster_tag(_tags(session, cluster["ClusterArn"]), name) and ledger.get("cluster") is None:
             raise ClusterStateError(f"a HyperPod cluster named {name} already exists and was not made by llamapod",
                                     "choose another cluster.name in llamapod.toml")
-        _raise_if_failed(name, cluster)
         arn = cluster["ClusterArn"]
     ledger.record("cluster", name=name, arn=arn)
+    if cluster is not None:
+        _raise_if_failed(name, cluster)
     return arn
 
 

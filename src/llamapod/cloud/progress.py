@@ -106,7 +106,7 @@ class Reporter:
     """
 
     clock: Clock
-    emit: Callable[[str], None] | None = None
+    emit: Callable[[str], None] | None = None  # ui.info unless given
     t0: float = 0.0
     waits: list[WaitRecord] = field(default_factory=list)
     _states: dict[str, str] = field(default_factory=dict)
@@ -123,8 +123,8 @@ class Reporter:
         return self.clock.now() - self.t0
 
     def line(self, message: str) -> None:
-        assert self.emit is not None
-        self.emit(f"  [{format_elapsed(self.elapsed())}] {message}")
+        if self.emit is not None:  # always set by __post_init__
+            self.emit(f"  [{format_elapsed(self.elapsed())}] {message}")
 
     def state(self, resource: str, state: str) -> None:
         with self._lock:

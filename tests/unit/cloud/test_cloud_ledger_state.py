@@ -138,3 +138,31 @@ def test_format_elapsed():
     assert format_elapsed(0) == "0m00s"
     assert format_elapsed(1260) == "21m00s"
     assert format_elapsed(3725) == "1h02m05s"
+
+
+def test_failure_hints_name_the_usual_causes():
+    from llamapod.cloud.hyperpod import failure_hint
+
+    assert failure_hint("ResourceLimitExceeded: quota for ml.g5.48xlarge for cluster usage is 0").startswith(
+        "`llamapod doctor` shows which quota is short")
+    assert failure_hint("InsufficientInstanceCapacity in use1-az4").startswith(
+        "AWS has no capacity for this instance type in the chosen availability zone")
+    assert failure_hint("something else") == (
+        "fix the cause named above, then run `llamapod down` and `llamapod up` again")
+
+
+def test_cost_so_far_is_list_price_times_age():
+    from llamapod.cloud.status import _cost_so_far, _hourly, status_lines
+
+    groups = [{"name": "controller-machine", "instance_type": "ml.c5.xlarge", "current": 1, "target": 1},
+              {"name": "worker-group-1", "instance_type": "ml.g5.48xlarge", "current": 2, "target": 4}]
+    assert _hourly(groups) == round(0.238 + 2 * 20.36, 2)
+    assert _cost_so_far(groups, 1800) == round((0.238 + 4 * 20.36) / 2, 2)
+    assert _hourly([{"name": "x", "instance_type": "ml.unknown", "current": 1, "target": 1}]) is None
+    lines = status_lines({"name": "demo", "region": "us-east-1", "status": "InService", "age_s": 1800,
+                          "failure_message": None, "node_counts": {"Running": 5},
+                          "fsx": {"id": "fs-1", "state": "AVAILABLE", "dns_name": "fs-1.fsx"},
+                          "hourly_usd": 81.68, "cost_so_far_usd": 40.84})
+    assert lines == ["cluster demo (us-east-1): InService, age 30m00s", "  nodes: 5 Running",
+                     "  FSx: fs-1 AVAILABLE (fs-1.fsx)",
+                     "  cost: $81.68/h for instances now; about $40.84 so far (list prices, estimate)"]
