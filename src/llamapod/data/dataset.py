@@ -233,6 +233,10 @@ def dataset_from_shards(shards: ShardSet, tokenizer, *, seq_len: int, split: str
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", "use 'train' or 'val'")
     shards.check_tokenizer(tokenizer)
+    if split == "val" and val_fraction > 0 and shards.num_documents < 2:
+        raise DataError(f"{shards.directory} holds a single document: no whole document is left to hold out for validation",
+                        "cut it into documents (`llamapod data prepare ... --txt-document paragraph`), "
+                        "or pass --validation_batches 0")
     runs = split_runs(shards, split, val_fraction)
     stream = TokenStream([shards.tokens(i) for i in range(len(shards.shards))], runs)
     return PackedDataset(stream, seq_len=seq_len, split=split, rank=rank, world_size=world_size,

@@ -180,3 +180,17 @@ def test_max_tokens_cuts_at_whole_shards_deterministically(tmp_path, small_token
     cut = prepare(str(corpus), tmp_path / "cut", tokenizer=tok, workers=1, shard_chars=5_000, max_tokens=limit)
     assert len(cut["shards"]) == 3 and cut["num_tokens"] == int(counts[2])
     assert cut["shards"] == full["shards"][:3]
+
+
+def test_a_single_document_cannot_feed_validation(tmp_path, run_cli, small_tokenizer_file):
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(make_documents(40, seed=2)))
+    tok = load_tokenizer(str(small_tokenizer_file))
+    train = build_dataset(str(book), tok, seq_len=16, split="train", rank=0, world_size=1, seed=0)
+    assert train.num_sequences > 100
+    with pytest.raises(DataError) as err:
+        build_dataset(str(book), tok, seq_len=16, split="val", rank=0, world_size=1, seed=0)
+    assert err.value.message.endswith(" holds a single document: no whole document is left to hold out for validation")
+    by_paragraph = build_dataset(str(book), tok, seq_len=16, split="val", rank=0, world_size=1, seed=0,
+                                 txt_document="paragraph")
+    assert by_paragraph.num_sequences >= 1
