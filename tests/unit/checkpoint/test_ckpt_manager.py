@@ -209,3 +209,17 @@ def test_ckpt_unreadable_folder(saved):
             find_latest(saved.parent)
     finally:
         saved.parent.chmod(0o755)
+
+
+def test_ckpt_path_that_is_a_file(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"x")
+    with pytest.raises(CheckpointError) as info:
+        find_latest(target)
+    assert str(info.value) == f"checkpoint path {target} is a file, not a folder"
+
+
+def test_ckpt_folder_of_only_interrupted_saves_starts_fresh_with_a_warning(tmp_path, capsys):
+    (tmp_path / "step_00000005.tmp").mkdir()
+    assert find_latest(tmp_path) is None
+    assert "ignoring 1 incomplete checkpoint(s)" in capsys.readouterr().err
