@@ -68,7 +68,7 @@ def _lookup_client(session: Any, service: str, attempts: int = 3):
 def _new_lookup_client(session: Any, service: str, attempts: int):
     from botocore.config import Config
 
-    config = Config(retries={"mode": "standard", "max_attempts": attempts}, connect_timeout=5, read_timeout=20,
+    config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=5, read_timeout=20,
                     user_agent_extra="llamapod")
     kwargs: dict[str, Any] = {"region_name": session.region, "config": config}
     if session.endpoint_url:

@@ -134,34 +134,61 @@ class ClusterSpec(BaseModel):
 # ---- facts read from botocore ----------------------------------------------------
 
 
-@lru_cache(maxsize=None)
-def _sagemaker_model():
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("sagemaker")
-
-
-@lru_cache(maxsize=None)
-def hyperpod_instance_types() -> tuple[str, ...]:
-    """Instance types HyperPod accepts: the ClusterInstanceType enum of the service model."""
-    return tuple(_sagemaker_model().shape_for("ClusterInstanceType").enum)
-
-
-@lru_cache(maxsize=None)
-def deep_health_check_types() -> tuple[str, ...]:
-    return tuple(_sagemaker_model().shape_for("DeepHealthCheckType").enum)
-
-
-@lru_cache(maxsize=None)
-def known_regions() -> frozenset[str]:
-    """Regions where botocore's endpoint data lists SageMaker, across public partitions."""
+def _read_botocore_facts() -> dict[str, list[str]]:
     import botocore.session
 
     session = botocore.session.get_session()
+    model = session.get_service_model("sagemaker")
     regions: set[str] = set()
     for partition in ("aws", "aws-cn", "aws-us-gov"):
         regions.update(session.get_available_regions("sagemaker", partition_name=partition))
-    return frozenset(regions)
+    return {
+        "instance_types": list(model.shape_for("ClusterInstanceType").enum),
+        "deep_health_checks": list(model.shape_for("DeepHealthCheckType").enum),
+        "regions": sorted(regions),
+    }
+
+
+@lru_cache(maxsize=None)
+def botocore_facts() -> dict[str, list[str]]:
+    """What botocore's data says about HyperPod, cached per botocore version.
+
+    Reading it means parsing the SageMaker service model and the endpoint data (megabytes
+    of JSON, most of a second); the installed botocore only changes with its version, so
+    the few hundred bytes llamapod needs are kept under the cache folder.
+    """
+    import json
+    from importlib.metadata import version
+
+    from llamapod.paths import cache_dir
+
+    path = cache_dir() / f"botocore-facts-{version('botocore')}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    facts = _read_botocore_facts()
+    try:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(facts), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home only costs the next run the same parse
+    return facts
+
+
+def hyperpod_instance_types() -> tuple[str, ...]:
+    """Instance types HyperPod accepts: the ClusterInstanceType enum of the service model."""
+    return tuple(botocore_facts()["instance_types"])
+
+
+def deep_health_check_types() -> tuple[str, ...]:
+    return tuple(botocore_facts()["deep_health_checks"])
+
+
+def known_regions() -> frozenset[str]:
+    """Regions where botocore's endpoint data lists SageMaker, across public partitions."""
+    return frozenset(botocore_facts()["regions"])
 
 
 def partition_of(region: str) -> str:
