@@ -146,10 +146,10 @@ def prepare(source: str, out: Path, *, tokenizer: Tokenizer | None = None, token
     tokenizer = tokenizer or load_tokenizer(tokenizer_spec)
     opened = open_source(source, **source_options)
     return prepare_opened(opened, Path(out), tokenizer, workers=workers, shard_chars=shard_chars, overwrite=overwrite,
-                          max_tokens=opened_max_tokens(source_options))
+                          max_tokens=max_tokens_option(source_options))
 
 
-def opened_max_tokens(options: dict) -> int | None:
+def max_tokens_option(options: dict) -> int | None:
     value = options.get("max_tokens")
     return int(value) if value is not None else None
 
@@ -264,5 +264,5 @@ def cached_shards_for_raw_source(source: str, tokenizer: Tokenizer, **options: A
         with file_lock(root / f".prepared-{key}.lock"):
             if not (directory / INDEX).is_file():
                 prepare_opened(opened, directory, tokenizer, workers=None, shard_chars=DEFAULT_SHARD_CHARS,
-                               overwrite=False, max_tokens=opened_max_tokens(options))
+                               overwrite=False, max_tokens=max_tokens_option(options))
     return ShardSet(directory)
