@@ -86,6 +86,8 @@ def status(name: str | None, config_path: Path | None, region: str | None, profi
         ui.out(line)
     ui.table(["group", "instance type", "running", "target"],
              [(g["name"], g["instance_type"], g["current"], g["target"]) for g in result["instance_groups"]])
+    if result["nodes"]:
+        ui.table(["node", "group", "status"], [(n["id"], n["group"], n["status"]) for n in result["nodes"]])
 
 
 @click.command()

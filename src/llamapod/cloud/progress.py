@@ -16,7 +16,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeVar
 
-from llamapod.errors import ClusterStateError, LlamapodError
+from llamapod.cloud.session import TRANSIENT_CODES
+from llamapod.errors import CloudError, ClusterStateError, LlamapodError
 
 T = TypeVar("T")
 
@@ -159,7 +160,16 @@ class Waiter:
         deadline = self.clock.now() + timeout
         try:
             while True:
-                value = probe()
+                try:
+                    value = probe()
+                except CloudError as exc:
+                    # botocore already retried this call; one more failure must not end a
+                    # 20-minute wait when the next poll would answer.
+                    if exc.code not in TRANSIENT_CODES or self.clock.now() >= deadline:
+                        raise
+                    self.reporter.state(what, f"{exc.code} from AWS, polling again")
+                    self.clock.sleep(interval, self.cancel)
+                    continue
                 if describe is not None:
                     self.reporter.state(what, describe(value))
                 if failed is not None:

@@ -166,3 +166,28 @@ def test_cost_so_far_is_list_price_times_age():
     assert lines == ["cluster demo (us-east-1): InService, age 30m00s", "  nodes: 5 Running",
                      "  FSx: fs-1 AVAILABLE (fs-1.fsx)",
                      "  cost: $81.68/h for instances now; about $40.84 so far (list prices, estimate)"]
+
+
+def test_a_poll_that_fails_transiently_keeps_waiting_but_other_errors_stop_it():
+    from llamapod.errors import CloudError
+
+    clock = VirtualClock()
+    waiter, lines = _waiter(clock)
+    answers = iter([CloudError("describe_cluster", "ThrottlingException", "Rate exceeded"), "Creating", "InService"])
+
+    def probe():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert waiter.until("cluster demo", probe, lambda s: s == "InService", timeout=600, interval=20,
+                        describe=lambda s: s) == "InService"
+    assert lines == ["  [0m00s] cluster demo: ThrottlingException from AWS, polling again",
+                     "  [0m20s] cluster demo: Creating", "  [0m40s] cluster demo: InService"]
+
+    def denied():
+        raise CloudError("describe_cluster", "AccessDeniedException", "not allowed")
+
+    with pytest.raises(CloudError, match="AccessDeniedException"):
+        waiter.until("cluster demo", denied, lambda s: True, timeout=600, interval=20)
