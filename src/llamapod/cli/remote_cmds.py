@@ -59,9 +59,10 @@ class _SshCommand(click.Command):
               help="ssh config file to write with --config (default: ~/.ssh/config)")
 @click.option("--file", "-f", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="llamapod.toml to read (default: ./llamapod.toml)")
+@click.option("--tty", "-t", "force_tty", is_flag=True, help="give the command a terminal (for htop, nvtop, vim)")
 @click.pass_context
 def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config: bool, ssh_config: Path | None,
-        config_path: Path | None) -> None:
+        config_path: Path | None, force_tty: bool) -> None:
     """Open a shell (or run `-- COMMAND`) on a cluster node as the cluster user.
 
     NODE is an instance group (its first running node), an instance id, or a node's
@@ -79,7 +80,7 @@ def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config:
     shell = connect(access, node)
     command = ctx.meta.get("remote_command") or []
     remote = shell.login_command(command)
-    argv = shell.ssh_argv(remote, tty=remote is None and sys.stdin.isatty())
+    argv = shell.ssh_argv(remote, tty=force_tty or (remote is None and sys.stdin.isatty()))
     ui.debug(" ".join(argv))
     code = subprocess.call(argv)
     if code:

@@ -259,9 +259,8 @@ def connect(access: ClusterAccess, node: str | None = None, *, install_key: bool
 def _install_key(access: ClusterAccess, node: Node, target: SshTarget) -> None:
     from llamapod.cloud.access import public_key_of, push_key_via_ssm
 
-    assert target.identity_file is not None  # identity_file() always yields one
     ui.step(f"installing your SSH key for {access.user} on {access.name} ({node.group}) through SSM")
-    outcome = push_key_via_ssm(target.host, access.user, public_key_of(target.identity_file),
+    outcome = push_key_via_ssm(target.host, access.user, public_key_of(identity_file(access.settings)),
                                region=access.region, profile=access.profile)
     ui.debug(f"key on {node.instance_id}: {outcome}")
 

@@ -170,22 +170,25 @@ class SshShell:
     def stream(self, argv, *, cwd=None) -> Iterator[str]:
         self._prepare_local_files()
         command = self._remote_command(argv, cwd, None)
-        proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                yield line.rstrip("\n")
-            proc.wait()
-            if proc.returncode == SSH_FAILURE:
-                raise_for_ssh_failure(proc.stderr.read() if proc.stderr else "", self.target)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
+        # stderr goes to a file, not a pipe nobody reads while stdout is streamed (a full
+        # pipe would stall the remote command); it is read back for ssh's own failures.
+        with tempfile.TemporaryFile(mode="w+") as errors:
+            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)
+            try:
+                if proc.stdout is None:
+                    raise RemoteError(f"no output stream from ssh to {self.where}")
+                for line in proc.stdout:
+                    yield line.rstrip("\n")
                 proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe:
-                    pipe.close()
+                if proc.returncode == SSH_FAILURE:
+                    errors.seek(0)
+                    raise_for_ssh_failure(errors.read(), self.target)
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                if proc.stdout:
+                    proc.stdout.close()
 
     def which(self, program: str) -> str | None:
         result = self.run(["sh", "-c", 'command -v "$1"', "which", program])
@@ -297,10 +300,12 @@ class SshShell:
         local.mkdir(parents=True, exist_ok=True)
         self._prepare_local_files()
         script = f"tar -cf - -C {shlex.quote(remote)} ."
-        with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as ssh:
-            untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,
-                                   text=True)
-            stderr = ssh.stderr.read().decode(errors="replace") if ssh.stderr else ""
+        with tempfile.TemporaryFile() as errors:
+            with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=errors) as ssh:
+                untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,
+                                       text=True)
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
         if ssh.returncode == SSH_FAILURE:
             raise_for_ssh_failure(stderr, self.target)
         if ssh.returncode != 0 or untar.returncode != 0:
