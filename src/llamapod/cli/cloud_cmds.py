@@ -25,6 +25,32 @@ def _overrides(**flags: Any) -> dict[str, Any]:
             "worker_type": flags.get("worker_type"), "workers": flags.get("workers")}
 
 
+# Settings a flag sets, so a problem with a flag's value names the flag the user typed.
+_FLAG_OF_SETTING = {"name": ("cluster.name", "--name"), "region": ("cluster.region", "--region"),
+                    "availability_zone": ("cluster.availability_zone", "--az"),
+                    "worker_type": ("cluster.workers[0].instance_type", "--worker-type"),
+                    "workers": ("cluster.workers[0].count", "--workers")}
+
+
+def _blame_flags(exc, overrides: dict[str, Any]):
+    """Rewrite problems about values that came from flags to name the flag."""
+    for key, (setting, flag) in _FLAG_OF_SETTING.items():
+        if overrides.get(key) is None:
+            continue
+        exc.problems = [f"{flag}{p[len(setting):]}" if p.startswith(setting + " ") else p for p in exc.problems]
+        exc.message = exc.message.replace(f": {setting} ", f": {flag} ")
+    return exc
+
+
+def _spec_or_error(build, overrides: dict[str, Any]):
+    from llamapod.errors import ConfigError
+
+    try:
+        return build()
+    except ConfigError as exc:
+        raise _blame_flags(exc, overrides) from None
+
+
 def _load_spec(config_path: Path | None, overrides: dict[str, Any]):
     from llamapod.config.cluster import load_cluster_spec
     from llamapod.config.files import default_config_path
@@ -32,7 +58,7 @@ def _load_spec(config_path: Path | None, overrides: dict[str, Any]):
     path = config_path or default_config_path()
     if path is None:
         ui.info("no llamapod.toml here: using the seed's cluster (run `llamapod init` to write one)")
-    return load_cluster_spec(path, overrides)
+    return _spec_or_error(lambda: load_cluster_spec(path, overrides), overrides)
 
 
 def _session(region: str, profile: str | None):
@@ -58,7 +84,9 @@ def init(path: Path, force: bool, **flags: Any) -> None:
     from llamapod.config.cluster import apply_overrides, spec_from_table
     from llamapod.errors import ConfigError
 
-    spec = spec_from_table(apply_overrides({}, _overrides(**flags)))  # flags are checked before anything is written
+    overrides = _overrides(**flags)
+    # Every flag is checked before anything is written.
+    spec = _spec_or_error(lambda: spec_from_table(apply_overrides({}, overrides)), overrides)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists", "pass --force to overwrite it, or --path to write elsewhere")
     text = render_config(spec)

@@ -74,12 +74,27 @@ def test_init_reports_every_bad_flag_and_writes_nothing(run_cli, tmp_path, monke
     assert err.splitlines() == [
         "error: the [cluster] settings have 3 problems",
         "  hint: fix them in llamapod.toml (or the flags), then re-run",
-        "  - cluster.name must be 1-63 letters, digits or hyphens, starting and ending with a letter or digit "
+        "  - --name must be 1-63 letters, digits or hyphens, starting and ending with a letter or digit "
         "(got 'my_cluster')",
-        "  - cluster.region must be an AWS region code such as us-east-1 (got 'mars-1')",
-        "  - cluster.workers[0].count must be a whole number from 1 to 6758 (got 0)",
+        "  - --region must be an AWS region code such as us-east-1 (got 'mars-1')",
+        "  - --workers must be a whole number from 1 to 6758 (got 0)",
     ]
     assert not (tmp_path / "llamapod.toml").exists()
+
+
+def test_a_bad_flag_on_top_of_a_file_is_named_as_the_flag(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llamapod.toml").write_text('[cluster]\nthreads_per_core = 4\n')
+    code, out, err = run_cli("plan", "--worker-type", "ml.g5.48xl")
+    assert code == 2
+    assert err.splitlines()[2:] == [
+        "  - --worker-type must be an instance type HyperPod offers, e.g. ml.g5.48xlarge (got 'ml.g5.48xl'; "
+        "did you mean ml.g5.48xlarge?)",
+        "  - cluster.threads_per_core must be 1 or 2 (1 turns hyperthreading off) (got 4)"]
+    code, out, err = run_cli("doctor", "--workers", "0")
+    assert err.splitlines()[0] == ("error: the [cluster] settings have 2 problems")
+    code, out, err = run_cli("doctor", "--config", "none.toml")
+    assert (code, err.splitlines()[0]) == (2, "error: config file none.toml does not exist")
 
 
 def test_plan_looks_up_account_and_az_and_writes_artifacts(run_cli, emulator, tmp_path):
