@@ -49,6 +49,9 @@ class _SshCommand(click.Command):
             args = args[:split]
         return super().parse_args(ctx, args)
 
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- COMMAND...]"]
+
 
 @click.command(cls=_SshCommand)
 @click.argument("node", required=False)

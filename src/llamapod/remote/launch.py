@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from llamapod.cli import ui
 from llamapod.errors import ConfigError, SlurmError
 from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
-from llamapod.remote.transfer import ENV_RECORD
+from llamapod.remote.transfer import ENV_RECORD, sync_path
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
@@ -114,8 +114,9 @@ class ClusterRun:
         if self.config_path is not None and Path(self.config_path).is_file():
             shell.put(Path(self.config_path), str(self.run_dir / "llamapod.toml"))
         for local, remote in self.uploads:
-            ui.info(f"uploading {local} to {remote}")
-            shell.put(local, remote)
+            ui.info(f"syncing {local} to {remote}")
+            if not sync_path(shell, local, remote):
+                ui.info(f"  unchanged since the last upload: kept {remote}")
 
 
 def _explicit_slurm_keys(config_path: Path | None, overrides: dict[str, Any]) -> set[str]:

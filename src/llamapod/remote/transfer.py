@@ -84,3 +84,36 @@ def export_on_cluster(shell: Shell, run_dir: PurePosixPath, export: PurePosixPat
         detail = (errors or lines or [f"exit code {result.returncode}"])[-1].removeprefix("error: ")
         raise RemoteError(f"exporting {checkpoints} on {shell.where} failed: {detail}",
                           f"run it by hand to see everything: llamapod ssh -- {' '.join(command)}")
+
+
+MANIFEST_SUFFIX = ".llamapod-manifest"
+
+
+def local_manifest(local: Path) -> str:
+    """A fingerprint of a file or folder: every file's relative path, size and modification time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for path in files:
+        stat = path.stat()
+        name = path.name if path == local else path.relative_to(local).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def sync_path(shell: Shell, local: Path, remote: str) -> bool:
+    """Upload ``local`` to ``remote`` unless the same content was uploaded there before.
+
+    The fingerprint is written beside the copy only after the copy finished, so an
+    interrupted upload is redone, and an unchanged dataset is not sent again on every run.
+    Returns whether anything was copied.
+    """
+    manifest = f"{remote}{MANIFEST_SUFFIX}"
+    fingerprint = local_manifest(local)
+    if shell.exists(manifest) and shell.read_text(manifest).strip() == fingerprint and shell.exists(remote):
+        return False
+    shell.run(["rm", "-rf", remote], check=True)
+    shell.put(local, remote)
+    shell.write_text(manifest, fingerprint + "\n")
+    return True

@@ -141,3 +141,26 @@ def test_remote_job_hardware_comes_from_the_worker_group_unless_chosen():
     cpu = _hardware_from_cluster(access, SlurmJob(gpus_per_node=1, nodes=1), explicit={"gpus_per_node", "nodes"})
     assert (cpu.instance_type, cpu.nodes) == (None, 1)
     assert _hardware_from_cluster(_access(), SlurmJob(), explicit=set()) == SlurmJob(), "no groups known: unchanged"
+
+
+def test_remote_inputs_are_sent_once_until_they_change(tmp_path):
+    import os
+
+    from llamapod.remote.transfer import sync_path
+
+    shell = LocalShell()
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.txt").write_text("one")
+    remote = str(tmp_path / "fsx" / "inputs" / "data")
+    assert sync_path(shell, data, remote) is True
+    assert sync_path(shell, data, remote) is False
+    (data / "b.txt").write_text("two")
+    assert sync_path(shell, data, remote) is True
+    assert sorted(os.listdir(remote)) == ["b.txt", "sub"]
+    (data / "b.txt").unlink()
+    assert sync_path(shell, data, remote) is True
+    assert sorted(os.listdir(remote)) == ["sub"], "a removed file does not linger on the cluster"
+    # An upload that never finished (no fingerprint beside it) is redone.
+    Path(remote + ".llamapod-manifest").unlink()
+    assert sync_path(shell, data, remote) is True
