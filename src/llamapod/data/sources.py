@@ -170,7 +170,7 @@ class FileSource(DocumentSource):
                     yield record[field_name]
         if compressed:
             self.consumed += path.stat().st_size
-        bad.raise_if_any(f"fix those lines, or pass --text_field if the text is under another key")
+        bad.raise_if_any("fix those lines, or pass --text_field if the text is under another key")
 
     def _parquet(self, path: Path) -> Iterator[str]:
         import pyarrow as pa
