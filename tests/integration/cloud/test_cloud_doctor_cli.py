@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 from fixtures.aws_answers import inject_seed_answers
