@@ -240,6 +240,9 @@ def _node_from(entry: dict) -> Node:
 def connect(access: ClusterAccess, node: str | None = None, *, install_key: bool = True) -> SshShell:
     """An SshShell on the node, connection checked; the user's key is installed via SSM when refused."""
     picked = access.pick(node)
+    if picked.status != "Running":
+        ui.warn(f"node {picked.instance_id} ({picked.group}) is {picked.status}, not Running: "
+                "the connection may fail (`llamapod status` shows the nodes)")
     target = access.target_for(picked)
     if access.via_ssm:
         from llamapod.cloud.access import check_ssm_tools
