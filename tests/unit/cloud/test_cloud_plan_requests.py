@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -18,9 +19,13 @@ SUBNET = "subnet-0123456789abcdef0"
 SG = "sg-0123456789abcdef0"
 
 
+@functools.lru_cache(maxsize=None)
+def _input_shape(service: str, operation: str):
+    return botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
+
+
 def _validate(service: str, operation: str, params: dict) -> str:
-    model = botocore.session.get_session().get_service_model(service)
-    report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
+    report = ParamValidator().validate(params, _input_shape(service, operation))
     return report.generate_report()
 
 
@@ -180,3 +185,47 @@ def test_artifacts_without_account_mark_it(seed, tmp_path):
     role = config["InstanceGroups"][0]["ExecutionRole"]
     assert role == f"arn:aws:iam::<account-id>:role/{plan.execution_role_name(seed)}"
     assert "<digest: needs the account id>" in config["InstanceGroups"][0]["LifeCycleConfig"]["SourceS3Uri"]
+
+
+# ---- property: every valid spec gives requests the service model accepts -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from llamapod.config.cluster import hyperpod_instance_types  # noqa: E402
+
+_names = st.from_regex(r"[a-zA-Z0-9](-{0,2}[a-zA-Z0-9]){0,20}", fullmatch=True)
+_fsx = st.sampled_from([
+    {"deployment_type": "PERSISTENT_2", "capacity_gib": 1200, "throughput_per_tib": 125},
+    {"deployment_type": "PERSISTENT_2", "capacity_gib": 4800, "throughput_per_tib": 1000},
+    {"deployment_type": "PERSISTENT_1", "capacity_gib": 2400, "throughput_per_tib": 50},
+    {"deployment_type": "SCRATCH_2", "capacity_gib": 1200},
+    {"deployment_type": "SCRATCH_1", "capacity_gib": 3600, "compression": "NONE"},
+])
+
+
+@st.composite
+def valid_tables(draw):
+    types = list(hyperpod_instance_types())
+    workers = [{"name": f"w{i}", "instance_type": draw(st.sampled_from(types)), "count": draw(st.integers(1, 64))}
+               for i in range(draw(st.integers(1, 3)))]
+    table = {"name": draw(_names), "workers": workers, "fsx": draw(_fsx),
+             "threads_per_core": draw(st.sampled_from([1, 2])),
+             "node_recovery": draw(st.sampled_from(["Automatic", "None"])),
+             "deep_health_checks": draw(st.sampled_from([[], ["InstanceStress"],
+                                                         ["InstanceStress", "InstanceConnectivity"]]))}
+    if draw(st.booleans()):
+        table["login"] = {"name": "login", "instance_type": draw(st.sampled_from(types))}
+    if draw(st.booleans()):
+        table["ebs_volume_gb"] = draw(st.integers(1, 16384))
+    return table
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table=valid_tables())
+def test_valid_specs_give_requests_the_service_model_accepts(table):
+    spec = spec_from_table(table)
+    assert _validate("sagemaker", "CreateCluster", _cluster_request(spec)) == ""
+    assert _validate("fsx", "CreateFileSystem", plan.fsx_request(spec, SUBNET, SG, plan.resource_tags(spec))) == ""
+    bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
+    assert len(bucket) <= 63 and bucket == bucket.lower()
