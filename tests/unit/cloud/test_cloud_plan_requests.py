@@ -10,9 +10,11 @@ import re
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llamapod.cloud import plan
-from llamapod.config.cluster import spec_from_table
+from llamapod.config.cluster import hyperpod_instance_types, spec_from_table
 
 ACCOUNT = "123456789012"
 SUBNET = "subnet-0123456789abcdef0"
@@ -188,11 +190,6 @@ def test_artifacts_without_account_mark_it(seed, tmp_path):
 
 
 # ---- property: every valid spec gives requests the service model accepts -------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from llamapod.config.cluster import hyperpod_instance_types  # noqa: E402
 
 _names = st.from_regex(r"[a-zA-Z0-9](-{0,2}[a-zA-Z0-9]){0,20}", fullmatch=True)
 _fsx = st.sampled_from([
