@@ -14,9 +14,8 @@ import threading
 from dataclasses import dataclass, field
 
 from llamapod.cloud import bucket as buckets
-from llamapod.cloud import hyperpod, iam, network, storage
+from llamapod.cloud import hyperpod, iam, network, progress, storage
 from llamapod.cloud.ledger import Ledger, console_link, tagged_resources
-from llamapod.cloud import progress
 from llamapod.cloud.progress import Clock, Reporter, Waiter
 from llamapod.cloud.session import call
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
 from llamapod.cloud import bucket as buckets
-from llamapod.cloud import hyperpod, iam, network, storage
+from llamapod.cloud import hyperpod, iam, network, progress, storage
 from llamapod.cloud.ledger import Ledger
-from llamapod.cloud import progress
 from llamapod.cloud.progress import Clock, Reporter, Waiter
 
 PROVISIONING_KEY = "provisioning_parameters.json"
