@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 # TrainSpec fields that may name files on the laptop; each one that exists locally is
 # uploaded into the run's inputs/ folder and the field rewritten to the cluster path.
 INPUT_FIELDS = ("dataset", "tokenizer", "init_from", "resume_from_checkpoint")
-PREVIEW_ENV = PurePosixPath("<environment>")
 
 
 @dataclass
@@ -69,11 +68,9 @@ class ClusterRun:
     def render(self, env: RemoteEnv | None) -> str:
         from llamapod.slurm.render import render_sbatch
 
-        env_path = env.path if env else PREVIEW_ENV
-        job = self.job.model_copy(update={
-            "python": str(env_path / "bin" / "python"),
-            "env_setup": [f"source {env_path / 'bin' / 'activate'}", *self.job.env_setup],
-        }) if env else self.job
+        job = self.job
+        if env is not None:
+            job = job.model_copy(update={"python": env.python, "env_setup": [env.activate, *job.env_setup]})
         return render_sbatch(self.spec, job)
 
     def render_preview(self) -> str:
