@@ -251,8 +251,13 @@ def connect(access: ClusterAccess, node: str | None = None, *, install_key: bool
     shell = SshShell(target, control_dir=_control_dir())
     try:
         shell.run(["true"], timeout=120)
-    except SshAuthError:
-        if not (access.via_ssm and install_key):
+    except SshAuthError as refused:
+        if not access.via_ssm:
+            pub = f"{target.identity_file}.pub"
+            raise SshAuthError(refused.message, f"add {pub} to ~{access.user}/.ssh/authorized_keys on "
+                               f"{access.settings.host} (e.g. `ssh-copy-id -i {pub} -p {access.settings.port} "
+                               f"{access.user}@{access.settings.host}`), or set remote.identity_file") from None
+        if not install_key:
             raise
         _install_key(access, picked, target)
         shell.run(["true"], timeout=120)

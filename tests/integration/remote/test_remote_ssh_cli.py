@@ -206,3 +206,14 @@ def test_remote_train_dry_run_on_hyperpod_uses_the_worker_group(aws, home, capfd
     assert "export FI_PROVIDER=efa\n" in out and "export LLAMAPOD_HOME=/fsx/llamapod/home\n" in out
     assert "--dataset=/fsx/llamapod/runs/exp7/inputs/dataset/notes.txt" in out
     assert err.endswith("dry run: nothing was uploaded or submitted to demo\n")
+
+
+def test_remote_ssh_refused_key_on_a_plain_head_node_says_how_to_add_it(sshd_server, home, capfd):
+    key = _fresh_key(home)
+    config = _toml(home / "llamapod.toml", {**sshd_server.remote_table(home / "fsx"), "identity_file": str(key)})
+    code, _, err = _cli(capfd, "ssh", "--cluster", "demo", "-f", config, "--", "true")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: root@127.0.0.1 refused the SSH key (") and "Permission denied" in lines[0]
+    assert lines[1] == (f"  hint: add {key}.pub to ~root/.ssh/authorized_keys on 127.0.0.1 (e.g. `ssh-copy-id -i "
+                        f"{key}.pub -p {sshd_server.port} root@127.0.0.1`), or set remote.identity_file")
