@@ -230,6 +230,7 @@ class Plan:
 
 def build_plan(spec: ClusterSpec, account: str | None, az_id: str | None) -> Plan:
     acct = account or PLACEHOLDER_ACCOUNT
+    partition = partition_of(spec.region)
     bucket = _bucket_or_placeholder(spec, account)
     fsx = spec.fsx
     throughput = f", {fsx.throughput_per_tib} MB/s/TiB" if fsx.throughput_per_tib else ""
@@ -244,8 +245,8 @@ def build_plan(spec: ClusterSpec, account: str | None, az_id: str | None) -> Pla
                  f"{fsx.capacity_gib} GiB {fsx.deployment_type}{throughput}, {fsx.compression} compression, "
                  f"mounted at /fsx"),
         Resource("IAM role", execution_role_name(spec),
-                 f"trusted by sagemaker.amazonaws.com for account {acct}; {', '.join(managed_policy_arns())}; "
-                 f"inline {', '.join(execution_role_policies(spec, acct, bucket, spec.region))}"),
+                 f"trusted by sagemaker.amazonaws.com for account {acct}; {', '.join(managed_policy_arns(partition))}; "
+                 f"inline {', '.join(execution_role_policies(spec, acct, bucket, spec.region, partition))}"),
         Resource("S3 bucket", bucket,
                  f"public access blocked, encrypted, TLS only; lifecycle scripts and provisioning_parameters.json "
                  f"under {lifecycle_s3_uri(bucket)}/"),
