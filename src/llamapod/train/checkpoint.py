@@ -440,6 +440,9 @@ class CheckpointManager:
         self._pending: threading.Thread | None = None
         self._pending_error: BaseException | None = None
         self._async_group = None
+        self._stager = None
+        self._staging = None  # the future of an async save's CPU copy still in progress
+        self._guarded_optimizers: set[int] = set()
 
     # -- queries --
 
@@ -450,7 +453,12 @@ class CheckpointManager:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
              meta: dict[str, Any]) -> None:
-        """Write step ``step``; all ranks call it. Returns once it is committed (sync) or staged (async)."""
+        """Write step ``step``; all ranks call it.
+
+        Synchronous: returns once the step is committed. Async: returns at once; a background
+        thread copies the state to CPU memory and writes it, ``optimizer.step()`` waits for
+        the copy only, and the step is committed when the write ends (``wait()`` joins it).
+        """
         self.wait()
         final = self.directory / step_dir_name(step)
         tmp = final.with_name(final.name + TMP_SUFFIX)
@@ -459,9 +467,11 @@ class CheckpointManager:
         state = self._state(model, optimizer)
         writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
         if self.async_save:
+            self._guard_optimizer(optimizer)
             with _quiet_single_process():
                 future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
-                                        no_dist=not _distributed())
+                                        no_dist=not _distributed(), async_stager=self._async_stager())
+            self._staging = getattr(future, "staging_completion", None)
             self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final),
                                              name=f"checkpoint-commit-{step}", daemon=False)
             self._pending.start()
@@ -472,6 +482,7 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Block until a pending async save is written and committed; re-raise its failure."""
+        self._wait_for_staging()
         if self._pending is not None:
             self._pending.join()
             self._pending = None
@@ -481,6 +492,35 @@ class CheckpointManager:
                 raise error
             raise CheckpointError(f"saving a checkpoint in the background failed: {error}",
                                   hint=f"check free space and permissions of {self.directory}") from error
+
+    def _async_stager(self):
+        # One stager for the whole run: it keeps its CPU buffers between saves, so only the
+        # first save pays for allocating (and, on GPU, pinning) them. The copy runs in a
+        # background thread; the optimizer guard below keeps it consistent.
+        if self._stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            cuda = torch.cuda.is_available()
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                        use_async_staging=True, use_non_blocking_copy=cuda))
+        return self._stager
+
+    def _guard_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Make ``optimizer.step()`` wait until the state being saved has been copied.
+
+        Forward and backward only read the parameters, so training overlaps the copy; the
+        first in-place update would change tensors the copy has not read yet.
+        """
+        if optimizer is None or id(optimizer) in self._guarded_optimizers:
+            return
+        optimizer.register_step_pre_hook(lambda *_: self._wait_for_staging())
+        self._guarded_optimizers.add(id(optimizer))
+
+    def _wait_for_staging(self) -> None:
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            # A failed copy also fails the upload; wait() reports it on the training thread.
+            staging.exception()
 
     def _finish_async(self, future, tmp: Path, final: Path) -> None:
         try:
@@ -588,7 +628,7 @@ class CheckpointManager:
                                   hint="resume from a training checkpoint, or use it with --init_from")
         try:
             with _quiet_single_process():
-                dcp.load(state, checkpoint_id=str(step_dir), no_dist=not _distributed())
+                dcp.load(state, storage_reader=dcp.FileSystemReader(str(step_dir)), no_dist=not _distributed())
         except CheckpointError:
             raise
         except Exception as exc:
