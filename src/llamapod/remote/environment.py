@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +36,9 @@ MIN_PYTHON = (3, 10)
 # with the base interpreter's packages reused, only llamapod itself is installed.
 FULL_ENV_MIB = 8 * 1024
 REUSED_ENV_MIB = 64
+# Waiting for another llamapod that is preparing the same environment.
+LOCK_POLL_S = 5.0
+LOCK_DEADLINE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -185,16 +191,79 @@ def prepare_environment(shell: Shell, layout: RemoteLayout, wheel: Path, options
         return RemoteEnv(env_dir, key, reused=True)
     ui.step(f"preparing the Python environment {env_dir} (once per llamapod version)")
     ensure_free_space(shell, layout.fsx_root, REUSED_ENV_MIB if options.system_site_packages else FULL_ENV_MIB)
-    remote_wheel = upload_wheel(shell, layout, wheel, wheel_sha)
-    version = check_base_python(shell, options.base_python)
-    _create_venv(shell, env_dir, options)
-    _pip_install(shell, env_dir, remote_wheel, options)
-    installed = _verify(shell, env_dir)
-    marker = {"wheel": wheel.name, "wheel_sha256": wheel_sha, "python": version, **installed}
-    shell.write_text(str(env_dir / READY_MARKER), json.dumps(marker, sort_keys=True) + "\n")
+    if not acquire_build_lock(shell, env_dir):
+        ui.info(f"reusing the Python environment {env_dir}, prepared meanwhile by another llamapod")
+        return RemoteEnv(env_dir, key, reused=True)
+    try:
+        remote_wheel = upload_wheel(shell, layout, wheel, wheel_sha)
+        version = check_base_python(shell, options.base_python)
+        _create_venv(shell, env_dir, options)
+        _pip_install(shell, env_dir, remote_wheel, options)
+        installed = _verify(shell, env_dir)
+        marker = {"wheel": wheel.name, "wheel_sha256": wheel_sha, "python": version, **installed}
+        shell.write_text(str(env_dir / READY_MARKER), json.dumps(marker, sort_keys=True) + "\n")
+    finally:
+        shell.run(["rm", "-rf", build_lock(env_dir)])
     ui.success(f"environment ready: llamapod {installed['llamapod']}, torch {installed['torch']} "
                f"(CUDA {'available' if installed['cuda'] else 'not available on this node'})")
     return RemoteEnv(env_dir, key, reused=False)
+
+
+def build_lock(env_dir: PurePosixPath) -> str:
+    return f"{env_dir}.building"
+
+
+def _lock_owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_is_stale(shell: Shell, lock: str) -> bool:
+    """A lock left by an interrupted llamapod on this machine (its process is gone)."""
+    owner = shell.run(["cat", f"{lock}/owner"])
+    parts = owner.stdout.split()
+    if not owner.ok or len(parts) != 2 or not parts[1].isdigit():
+        return False
+    host, pid = parts
+    return host == socket.gethostname() and not _pid_alive(int(pid))
+
+
+def acquire_build_lock(shell: Shell, env_dir: PurePosixPath, deadline_s: float = LOCK_DEADLINE_S) -> bool:
+    """Take the right to build ``env_dir`` (True), or wait until someone else built it (False).
+
+    A directory made with mkdir is the lock (atomic on any POSIX file system, Lustre too):
+    two `llamapod train --cluster` runs never build one environment at the same time.
+    """
+    lock = build_lock(env_dir)
+    shell.run(["mkdir", "-p", str(env_dir.parent)], check=True)
+    deadline = time.monotonic() + deadline_s
+    announced = False
+    while True:
+        if shell.run(["mkdir", lock]).ok:
+            shell.write_text(f"{lock}/owner", _lock_owner() + "\n")
+            return True
+        if shell.exists(str(env_dir / READY_MARKER)):
+            return False
+        if _lock_is_stale(shell, lock):
+            ui.warn(f"removing {lock}, left by an interrupted llamapod on this machine")
+            shell.run(["rm", "-rf", lock], check=True)
+            continue
+        if time.monotonic() > deadline:
+            raise RemoteError(f"another llamapod has been preparing {env_dir} for over {deadline_s / 60:.0f} minutes",
+                              f"if nothing is preparing it any more, remove {lock} on the cluster and re-run")
+        if not announced:
+            ui.info(f"another llamapod is preparing {env_dir}; waiting for it")
+            announced = True
+        time.sleep(LOCK_POLL_S)
 
 
 def ensure_free_space(shell: Shell, path: str, need_mib: int) -> None:

@@ -164,3 +164,34 @@ def test_remote_inputs_are_sent_once_until_they_change(tmp_path):
     # An upload that never finished (no fingerprint beside it) is redone.
     Path(remote + ".llamapod-manifest").unlink()
     assert sync_path(shell, data, remote) is True
+
+
+def test_remote_one_builder_per_environment(tmp_path):
+    import socket
+    import subprocess
+
+    from llamapod.remote.environment import READY_MARKER, acquire_build_lock, build_lock
+
+    shell = LocalShell()
+    env_dir = PurePosixPath(tmp_path / "envs" / "abc")
+    assert acquire_build_lock(shell, env_dir) is True
+    assert (Path(build_lock(env_dir)) / "owner").read_text().split()[0] == socket.gethostname()
+
+    # Held by a live process that finishes the environment: the waiter reuses it.
+    Path(env_dir).mkdir(parents=True)
+    (Path(env_dir) / READY_MARKER).write_text("{}")
+    assert acquire_build_lock(shell, env_dir) is False
+
+    # Left behind by an interrupted run of this machine (its process is gone): taken over.
+    (Path(env_dir) / READY_MARKER).unlink()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (Path(build_lock(env_dir)) / "owner").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    assert acquire_build_lock(shell, env_dir) is True
+
+    # Held by someone else for longer than the deadline: one line, the way out.
+    (Path(build_lock(env_dir)) / "owner").write_text("another-laptop 12345\n")
+    with pytest.raises(RemoteError) as err:
+        acquire_build_lock(shell, env_dir, deadline_s=0)
+    assert err.value.message == f"another llamapod has been preparing {env_dir} for over 0 minutes"
+    assert err.value.hint == f"if nothing is preparing it any more, remove {env_dir}.building on the cluster and re-run"
