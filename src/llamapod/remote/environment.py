@@ -127,7 +127,8 @@ def local_wheel(root: Path | None = None, prebuilt: str | None = None) -> Path:
     root = root or project_root()
     if root is None:
         raise RemoteError("llamapod is not running from a source checkout, so there is no wheel to build",
-                          "install llamapod on the cluster from PyPI, or run from a checkout (`pip install -e .`)")
+                          f"set remote.wheel to a llamapod wheel (`pip download --no-deps llamapod=={llamapod.__version__}`)"
+                          ", or run from a checkout (`pip install -e .`)")
     cache = paths.cache_dir() / "wheels" / source_hash(root)[:16]
     built = sorted(cache.glob("llamapod-*.whl"))
     if built:
