@@ -56,7 +56,7 @@ PRESETS: dict[str, ModelArgs] = {
                       max_seq_len=64),
     # The main job (`llamapod train` with no flags): learns Python source visibly in
     # minutes on 2 CPU cores.
-    "small": ModelArgs(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=32000, ffn_dim=768,
+    "small": ModelArgs(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, vocab_size=32000, ffn_dim=512,
                        max_seq_len=256),
     # ~1B parameters (with a 32k vocabulary) with 128-wide heads: sized for MFU on one GPU.
     "llama-1b": ModelArgs(dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, vocab_size=32000, ffn_dim=8192,
