@@ -106,24 +106,22 @@ def _write_ssh_config(access: "ClusterAccess", path: Path) -> None:
 @click.command()
 @click.argument("run")
 @click.option("--cluster", "-c", help="cluster name (default: [cluster] name in llamapod.toml)")
-@click.option("--model", is_flag=True, help="also copy the Hugging Face model (<run>/hf; exported on the cluster first if missing)")
+@click.option("--model", is_flag=True,
+              help="also copy the Hugging Face model (<run>/hf; exported on the cluster first if missing)")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
               help="local folder (default: ./runs/RUN)")
 @click.option("--file", "-f", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="llamapod.toml to read (default: ./llamapod.toml)")
 def pull(run: str, cluster: str | None, model: bool, dest: Path | None, config_path: Path | None) -> None:
     """Copy a run's metrics.jsonl, metrics.png (and --model) from the cluster."""
-    from llamapod.remote.connect import shell_for_cluster
+    from llamapod.remote.connect import connect, resolve_cluster
     from llamapod.remote.transfer import pull_run
 
     config_path = _config_path(config_path)
-    name = _cluster_name(cluster, config_path)
-    from llamapod.remote.connect import load_remote_settings
-
-    fsx_root = load_remote_settings(config_path).fsx_root
-    shell = shell_for_cluster(name, config_path)
+    access = resolve_cluster(_cluster_name(cluster, config_path), config_path)
+    shell = connect(access)
     destination = dest or Path("runs") / PurePosixPath(run).name
-    copied = pull_run(shell, fsx_root, run, destination, model=model)
+    copied = pull_run(shell, access.fsx_root, run, destination, model=model)
     for path in copied:
         ui.out(str(path))
     ui.success(f"copied {len(copied)} item{'s' if len(copied) != 1 else ''} of run {run} to {destination}")
