@@ -5,7 +5,8 @@ Three launches share the work (each costs seconds of torch start-up):
   T  the seed's command line (small sizes) under `torchrun --nproc_per_node 2`, 2 x 2
      sequences per step, stopping after 10 steps with a checkpoint;
   R  the same command line again through `llamapod train --nproc 2` (torch's elastic agent),
-     now with --max_steps 20: it resumes from ./checkpoints and trains steps 11-20.
+     now with --max_steps 20: it resumes from ./checkpoints and trains steps 11-20, with
+     hybrid sharding and gradient accumulation (2 micro-steps of 1 sequence per rank).
 FSDP2 over gloo on 2 ranks must match one process (fp32, 1e-5 relative), and 10 + resume 10
 must match 20 straight, step by step.
 """
@@ -69,8 +70,10 @@ def runs(tmp_path_factory):
               "--max_steps=20", "--checkpoint_freq=100"], single)
     t = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "llamapod.train", *SEED_FLAGS, *COMMON, "--max_steps=10"], seed_job)
+    # The resume also switches to hybrid sharding (a 2-D mesh) and to 2 micro-steps of 1
+    # sequence per rank: the same global batch, so the same losses.
     r = _run([sys.executable, "-m", "llamapod.cli.main", "train", "--nproc", "2", *SEED_FLAGS, *COMMON,
-              "--max_steps=20"], seed_job)
+              "--max_steps=20", "--sharding_strategy=hybrid", "--train_batch_size=1", "--grad_accum=2"], seed_job)
     return {"single": single, "seed": seed_job, "outputs": (s, t, r)}
 
 
