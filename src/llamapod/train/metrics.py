@@ -27,8 +27,12 @@ PROBE_SECONDS = 1.0
 
 
 def gpu_peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPU from its name ("NVIDIA H100 80GB HBM3" -> H100)."""
-    name = torch.cuda.get_device_name(device).upper()
+    return peak_flops_for_gpu_name(torch.cuda.get_device_name(device))
+
+
+def peak_flops_for_gpu_name(name: str) -> float | None:
+    """Dense bf16 peak of a GPU from its name ("NVIDIA H100 80GB HBM3" -> H100)."""
+    name = name.upper()
     # Longest names first so "L40S" is not taken for "L4", nor "A10G" for "A10".
     for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
         if key.upper() in name:
