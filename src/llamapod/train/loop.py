@@ -271,6 +271,7 @@ class Trainer:
                     if main:
                         log.write(record)
                         progress.log(m.format_step_line(step, spec.max_steps, record))
+                        progress.update(step, f"training | loss {last_loss:.3f}")
                 else:
                     meter.add(global_batch * self.seq_len, time.perf_counter() - started, data_seconds)
                 if self.val_data is not None and ((spec.validation_freq and step % spec.validation_freq == 0)
@@ -373,6 +374,7 @@ class _LiveProgress:
     def __init__(self, total: int, done: int):
         self._bar = ui.Progress("training", total=total)
         self._done = done
+        self._description = "training"
 
     def __enter__(self):
         self._bar.__enter__()
@@ -382,8 +384,10 @@ class _LiveProgress:
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
 
-    def update(self, step: int) -> None:
-        self._bar.update(step)
+    def update(self, step: int, description: str | None = None) -> None:
+        if description:
+            self._description = description
+        self._bar.update(step, self._description)
 
     def log(self, message: str) -> None:
         self._bar.log(message)
