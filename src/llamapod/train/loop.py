@@ -120,10 +120,13 @@ class Trainer:
         with torch.device("meta"):
             model = Transformer(self.args)
         mesh = build_mesh(env, spec.sharding_strategy)
+        offload = spec.cpu_offload and self.device.type == "cuda"
+        if spec.cpu_offload and not offload and env.is_main:
+            ui.warn("--cpu_offload has no effect without a GPU: parameters already live in CPU memory")
         parallelize(model, mesh, param_dtype=self.param_dtype, activation_checkpointing=spec.activation_checkpointing,
-                    compile_blocks=spec.compile, cpu_offload=spec.cpu_offload)
+                    compile_blocks=spec.compile, cpu_offload=offload)
         # Only now, sharded, does each rank allocate memory: its shard of every tensor.
-        model.to_empty(device="cpu" if spec.cpu_offload else self.device)
+        model.to_empty(device="cpu" if offload else self.device)
         model.init_weights(seed=spec.seed, buffer_device=self.device)
         if spec.init_from:
             from llamapod.train.hf import load_hf_weights
