@@ -10,8 +10,8 @@ In one run, on the same folder:
 - what an ``async_save=True`` save adds to the training step after it (the optimizer
   update waits for the background CPU copy of the state), as a share of a synchronous
   save; the first async save also allocates the copy's buffers, later ones reuse them.
-Reads are from the page cache for both the disk probe and the checkpoint (this process
-just wrote both), so the comparison stays like for like.
+Before each read, the files' pages are dropped from the page cache (posix_fadvise
+DONTNEED on those files only), so both the probe and the checkpoint load read the disk.
 Targets: save and load >= 50% of the disk's speed; async stall <= 20% of a sync save.
 """
 
@@ -42,6 +42,16 @@ def model_for(gib: float) -> ModelArgs:
     return ModelArgs(dim=dim, n_layers=layers, n_heads=8, n_kv_heads=8, vocab_size=vocab, ffn_dim=ffn, max_seq_len=64)
 
 
+def evict(path: Path) -> None:
+    """Drop ``path``'s (already fsynced, so clean) pages from the page cache: the next read hits the disk."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def disk_write_read(path: Path, size: int) -> tuple[float, float]:
     block = os.urandom(CHUNK)
     started = time.perf_counter()
@@ -51,6 +61,7 @@ def disk_write_read(path: Path, size: int) -> tuple[float, float]:
         handle.flush()
         os.fsync(handle.fileno())
     write_s = time.perf_counter() - started
+    evict(path)
     started = time.perf_counter()
     buffer = bytearray(CHUNK * 16)
     with open(path, "rb") as handle:
@@ -95,15 +106,19 @@ def main() -> None:
         step()  # materialises the AdamW moments
         meta = {"model_args": args.to_dict(), "tokenizer": "bench"}
 
-        save_s, load_s, plain_step_s = [], [], []
-        size = 0
+        save_s, load_s, plain_step_s, writes, reads = [], [], [], [], []
         for trial in range(options.trials):
             folder = root / f"sync{trial}"
             manager = CheckpointManager(folder)
             save_s.append(timed(lambda: manager.save(1, model, optimizer, meta)))
             size = folder_bytes(folder / "step_00000001")
+            evict(folder)
             load_s.append(timed(lambda: manager.load(folder, model, optimizer)))
             shutil.rmtree(folder)
+            # The disk probe runs between the checkpoint runs, so both see the same conditions.
+            write, read = disk_write_read(root / "probe", size)
+            writes.append(write)
+            reads.append(read)
             plain_step_s.append(timed(step))
 
         # Async: the stall is what a save adds to the training step that follows it (the
@@ -117,7 +132,6 @@ def main() -> None:
         cold_stall = stall_s[0] - plain
         warm_stall = statistics.median(stall_s[1:]) - plain
 
-        writes, reads = zip(*(disk_write_read(root / f"probe{i}", size) for i in range(options.trials)))
         disk_w, disk_r = statistics.median(writes), statistics.median(reads)
         save, load = statistics.median(save_s), statistics.median(load_s)
         gb = 1e9
