@@ -47,8 +47,8 @@ def run_trainer(flags: list[str]) -> None:
         sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
 
 
-def far_checkpoint(near: Path, far_root: Path, preset: str) -> Path:
-    """A copy of the step-10 checkpoint relabelled as step 10,000 with its real data position."""
+def far_checkpoint(near: Path, far_root: Path, preset: str) -> tuple[Path, float, dict]:
+    """The step-10 checkpoint relabelled as step 10,000 with its real data position; the replay time."""
     from llamapod.data import build_dataset, load_tokenizer
     from llamapod.train.presets import get_preset
 
