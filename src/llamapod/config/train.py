@@ -56,7 +56,7 @@ class TrainSpec(BaseModel):
     train_batch_size: int = Field(8, ge=1, description="sequences per device per micro-step")
     val_batch_size: int = Field(8, ge=1, description="sequences per device per validation batch")
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
-    max_steps: int = Field(150, ge=1, description="optimizer steps")
+    max_steps: int = Field(120, ge=1, description="optimizer steps")
     epochs: int = Field(3, ge=1, description="stop after this many passes over the training data")
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     lr_decay_style: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant")
@@ -78,9 +78,9 @@ class TrainSpec(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (GPU when present), cpu or cuda")
     # --- logging, validation, checkpoints --------------------------------------
     logging_freq: int = Field(10, ge=1, description="log a metrics line every N steps")
-    validation_freq: Optional[int] = Field(50, ge=1, description="validate every N steps (and at the end)")
+    validation_freq: Optional[int] = Field(40, ge=1, description="validate every N steps (and at the end)")
     validation_batches: int = Field(10, ge=0, description="batches per validation (0 = no validation)")
-    checkpoint_freq: Optional[int] = Field(50, ge=1, description="checkpoint every N steps (and at the end)")
+    checkpoint_freq: Optional[int] = Field(40, ge=1, description="checkpoint every N steps (and at the end)")
     checkpoint_dir: Optional[str] = Field(None, description="checkpoint folder (default: <run_dir>/checkpoints)")
     resume_from_checkpoint: Optional[str] = Field(
         None, description="resume from the newest complete checkpoint in this folder (empty = start fresh)")
