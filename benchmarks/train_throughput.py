@@ -25,7 +25,7 @@ CONFIG = dict(dim=512, n_layers=4, n_heads=8, n_kv_heads=4, ffn_dim=1536, vocab_
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8, help="sequences per rank per step")
+    p.add_argument("--batch", type=int, default=16, help="sequences per rank per step")
     p.add_argument("--seq", type=int, default=CONFIG["max_seq_len"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="steps per model per round")
