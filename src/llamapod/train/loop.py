@@ -317,11 +317,17 @@ class Trainer:
 
     def _finish_message(self, summary: dict[str, Any]) -> None:
         minutes, seconds = divmod(int(summary["wall_s"]), 60)
-        val = summary["val_loss"]
-        val_text = (f", validation loss {val:.3f} (perplexity {_ppl(val):.1f})" if val is not None else "")
-        ui.success(f"trained {summary['step']} steps in {minutes}m{seconds:02d}s: loss "
-                   f"{summary['first_loss']:.3f} -> {summary['loss']:.3f}{val_text}; "
-                   f"a uniform guess scores ln({self.tokenizer.vocab_size}) = {summary['uniform_loss']:.3f}")
+        if summary["first_loss"] is None:
+            # Resumed from the final checkpoint (a requeue or auto-resume after the run had
+            # finished): nothing was left to train, which is success, not an error.
+            ui.success(f"nothing left to train: the checkpoint is already at step {summary['step']} "
+                       f"of {self.spec.max_steps}")
+        else:
+            val = summary["val_loss"]
+            val_text = (f", validation loss {val:.3f} (perplexity {_ppl(val):.1f})" if val is not None else "")
+            ui.success(f"trained {summary['step']} steps in {minutes}m{seconds:02d}s: loss "
+                       f"{summary['first_loss']:.3f} -> {summary['loss']:.3f}{val_text}; "
+                       f"a uniform guess scores ln({self.tokenizer.vocab_size}) = {summary['uniform_loss']:.3f}")
         newest = self.checkpoints.latest()
         ui.out(f"  run folder   {self.paths.run_dir}")
         ui.out(f"  metrics      {self.paths.metrics}")

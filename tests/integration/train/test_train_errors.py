@@ -136,3 +136,13 @@ def test_sample_reports_a_missing_checkpoint(run_cli, tmp_path):
     assert code == 1 and out == ""
     assert err.splitlines()[-2:] == [f"error: checkpoint {tmp_path / 'none'} does not exist",
                                      "  hint: pass a step_<N> folder or the folder that holds them"]
+
+
+def test_resuming_a_finished_run_is_success_with_nothing_left_to_train(world_of_one, capsys):
+    # A Slurm requeue or HyperPod auto-resume can land after the final checkpoint was written.
+    args = [*TINY, "--max_steps", "2", "--run_dir", "run", "--resume_from_checkpoint", "run/checkpoints"]
+    code, _, err = _worker(capsys, *args)
+    assert code == 0, err
+    code, _, err = _worker(capsys, *args)
+    assert code == 0, err
+    assert "nothing left to train: the checkpoint is already at step 2 of 2" in err
