@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,7 +91,7 @@ class MalformedRecords:
 
 
 @dataclass
-class DocumentSource:
+class DocumentSource(ABC):
     """Base: subclasses implement ``documents()``; ``consumed`` counts bytes read (progress)."""
 
     description: dict
@@ -98,8 +99,9 @@ class DocumentSource:
     total_bytes: int | None = None
     consumed: int = field(default=0, init=False)
 
+    @abstractmethod
     def documents(self) -> Iterator[str]:
-        raise NotImplementedError
+        """The source's documents, in a deterministic order."""
 
 
 def _suffix_of(path: Path) -> str:
