@@ -374,11 +374,22 @@ def _describe_args(args: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{k}={args.get(k)}" for k in keys)
 
 
+def same_tokenizer(saved: str, current: str) -> bool:
+    """Tokenizer names are ``<label>@<vocabulary fingerprint>``: the label says where it was
+    loaded from (a file, its folder, a hub id), the fingerprint what it is, so only the
+    fingerprints must match for the token ids to mean the same thing."""
+    if saved == current:
+        return True
+    if "@" in saved and "@" in current:
+        return saved.rsplit("@", 1)[1] == current.rsplit("@", 1)[1]
+    return False
+
+
 def check_compatible(step_dir: Path, meta: dict[str, Any], model: torch.nn.Module,
                      model_state: dict[str, Any], tokenizer: str | None) -> None:
     """Raise a CheckpointError naming both sides if the checkpoint cannot load into ``model``."""
     saved_tok = meta.get("tokenizer")
-    if tokenizer is not None and saved_tok is not None and saved_tok != tokenizer:
+    if tokenizer is not None and saved_tok is not None and not same_tokenizer(saved_tok, tokenizer):
         raise CheckpointError(
             f"checkpoint {step_dir} was trained with tokenizer {saved_tok!r} but this run uses {tokenizer!r}",
             hint=f"pass --tokenizer {saved_tok} to resume it, or use a new --checkpoint_dir to start fresh",

@@ -223,3 +223,11 @@ def test_ckpt_folder_of_only_interrupted_saves_starts_fresh_with_a_warning(tmp_p
     (tmp_path / "step_00000005.tmp").mkdir()
     assert find_latest(tmp_path) is None
     assert "ignoring 1 incomplete checkpoint(s)" in capsys.readouterr().err
+
+
+def test_ckpt_same_tokenizer_loaded_another_way_is_compatible():
+    from llamapod.train.checkpoint import same_tokenizer
+
+    assert same_tokenizer("tokenizer.json@0123456789ab", "my-llama-folder@0123456789ab")
+    assert not same_tokenizer("tokenizer.json@0123456789ab", "tokenizer.json@ba9876543210")
+    assert not same_tokenizer("gpt2", "llama")
