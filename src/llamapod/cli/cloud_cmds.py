@@ -20,6 +20,14 @@ _workers_option = click.option("--workers", type=int, help="number of instances 
 _az_option = click.option("--az", help="availability zone, as a name (us-east-1a) or an ID (use1-az4)")
 
 
+def _spec_lookup_options(command):
+    """The options of commands that read a cluster spec and look things up in AWS (doctor, plan)."""
+    for option in reversed((_config_option, _name_option, _region_option, _worker_type_option,
+                            _workers_option, _az_option, _profile_option)):
+        command = option(command)
+    return command
+
+
 def _overrides(**flags: Any) -> dict[str, Any]:
     return {"name": flags.get("name"), "region": flags.get("region"), "availability_zone": flags.get("az"),
             "worker_type": flags.get("worker_type"), "workers": flags.get("workers")}
@@ -210,13 +218,7 @@ _SYMBOLS = {"ok": "ok", "fail": "FAIL", "unknown": "??"}
 
 
 @click.command()
-@_config_option
-@_name_option
-@_region_option
-@_worker_type_option
-@_workers_option
-@_az_option
-@_profile_option
+@_spec_lookup_options
 @click.option("--strict", is_flag=True, help="fail when a check cannot be answered")
 @click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
 def doctor(config_path: Path | None, profile: str | None, strict: bool, as_json: bool, **flags: Any) -> None:
@@ -273,13 +275,7 @@ def _look_up(session, spec) -> tuple[str | None, str | None]:
 
 
 @click.command()
-@_config_option
-@_name_option
-@_region_option
-@_worker_type_option
-@_workers_option
-@_az_option
-@_profile_option
+@_spec_lookup_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("llamapod-plan"),
               show_default=True, help="folder for the artifacts")
 def plan(config_path: Path | None, profile: str | None, out_dir: Path, **flags: Any) -> None:
