@@ -1,7 +1,9 @@
 """Training throughput: llamapod's Llama vs Hugging Face transformers' LlamaForCausalLM.
 
 Same configuration, same FSDP2 wrapping (each decoder block, then the root), same fp32
-CPU setting, batch, sequence length, loss and AdamW optimizer, 2 ranks over gloo, one run:
+CPU setting, batch, sequence length and AdamW optimizer, 2 ranks over gloo, one run. Each
+model computes the same next-token cross-entropy the way its trainer does: llamapod's fused
+chunked output projection + loss, transformers' ``labels=`` loss on full logits.
 
     python benchmarks/train_throughput.py            # starts 2 workers with torch.distributed.run
 
@@ -87,12 +89,9 @@ def shard_and_materialise(model, blocks, mesh):
     return model
 
 
-def make_step(model, logits_of, optimizer):
-    import torch.nn.functional as F
-
+def make_step(model, loss_of, optimizer):
     def step(tokens):
-        logits = logits_of(model, tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss = loss_of(model, tokens[:, :-1], tokens[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -120,9 +119,10 @@ def worker(opts) -> None:
     ours = shard_and_materialise(*build_ours(args), mesh)
     hf = shard_and_materialise(*build_hf(args), mesh)
     steps = {
-        "llamapod": make_step(ours, lambda m, t: m(t), build_optimizer(
+        "llamapod": make_step(ours, lambda m, x, y: m(x, targets=y), build_optimizer(
             ours, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")),
-        "transformers": make_step(hf, lambda m, t: m(input_ids=t, use_cache=False).logits, build_optimizer(
+        "transformers": make_step(hf, lambda m, x, y: m(input_ids=x, labels=y, shift_labels=y.contiguous(), use_cache=False).loss,
+                                  build_optimizer(
             hf, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")),
     }
     generator = torch.Generator().manual_seed(rank)

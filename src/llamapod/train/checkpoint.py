@@ -504,6 +504,22 @@ class CheckpointManager:
             raise CheckpointError(f"saving a checkpoint in the background failed: {error}",
                                   hint=f"check free space and permissions of {self.directory}") from error
 
+    def close(self) -> None:
+        """Finish any pending save, then stop the staging thread and the async save's group.
+
+        Call before destroying the process group: a background thread still inside a gloo
+        collective when the interpreter exits aborts the process.
+        """
+        try:
+            self.wait()
+        finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
+            if self._async_group is not None and dist.is_initialized():
+                dist.destroy_process_group(self._async_group)
+            self._async_group = None
+
     def _async_stager(self):
         # One stager for the whole run: it keeps its CPU buffers between saves, so only the
         # first save pays for allocating (and, on GPU, pinning) them. The copy runs in a

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from llamapod.cli import ui
 from llamapod.config.train import TrainSpec, resolve_model_args
@@ -191,8 +190,7 @@ class Trainer:
         return batch, time.perf_counter() - start
 
     def _loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self.model(tokens[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        return self.model(tokens[:, :-1], targets=tokens[:, 1:])
 
     def train_step(self) -> tuple[torch.Tensor, float, float, float]:
         """One optimizer step; returns (local mean loss, grad norm, lr, data seconds)."""
@@ -288,7 +286,7 @@ class Trainer:
                     self.save_checkpoint()
                 if main:
                     progress.update(step)
-        self.checkpoints.wait()
+        self.checkpoints.close()
         summary = {"event": "done", "step": self.step, "loss": last_loss, "val_loss": val_loss,
                    "wall_s": time.perf_counter() - self.started, "first_loss": first_loss,
                    "uniform_loss": math.log(self.tokenizer.vocab_size)}

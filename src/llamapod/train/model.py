@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamapod.train.fused import linear_cross_entropy, rms_norm
 from llamapod.train.presets import ModelArgs, padded_vocab_size
 
 __all__ = ["ModelArgs", "Transformer", "padded_vocab_size", "rotary_tables"]
@@ -41,11 +42,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
-        # On CPU the composite F.rms_norm (and its backward) is slower than these three
-        # vectorised ops (measured: 28 ms vs 18 ms for 2048 x 512 forward+backward).
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).type_as(x)
+        # On CPU torch's rms_norm is composite; the hand-written backward saves a third.
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,13 +160,20 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab_padded]; with ``targets`` [B, T], the mean next-token loss instead.
+
+        The loss path never builds the logits (see ``fused.linear_cross_entropy``).
+        """
         seqlen = tokens.shape[1]
         cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
             h = layer(h, cos, sin)
-        return self.output(self.norm(h))
+        h = self.norm(h)
+        if targets is None:
+            return self.output(h)
+        return linear_cross_entropy(h, self.output.weight, targets)
 
     @torch.no_grad()
     def reset_rotary(self, device: torch.device | str | None = None) -> None:

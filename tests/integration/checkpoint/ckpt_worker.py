@@ -92,7 +92,7 @@ def main() -> None:
         first = meta["step"] + 1
     for step in range(first, first + 2):
         result["losses"].append(train_step(model, optimizer, step, rank, world))
-    manager.wait()
+    manager.close()
     if rank == 0:
         with open(options.out, "w") as handle:
             json.dump(result, handle)
