@@ -493,7 +493,7 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Block until a pending async save is written and committed; re-raise its failure."""
-        self._wait_for_staging()
+        self.wait_for_staging()
         if self._pending is not None:
             self._pending.join()
             self._pending = None
@@ -540,10 +540,11 @@ class CheckpointManager:
         """
         if optimizer is None or id(optimizer) in self._guarded_optimizers:
             return
-        optimizer.register_step_pre_hook(lambda *_: self._wait_for_staging())
+        optimizer.register_step_pre_hook(lambda *_: self.wait_for_staging())
         self._guarded_optimizers.add(id(optimizer))
 
-    def _wait_for_staging(self) -> None:
+    def wait_for_staging(self) -> None:
+        """Block until an async save has copied the state it writes (training may then update it)."""
         staging, self._staging = self._staging, None
         if staging is not None:
             # A failed copy also fails the upload; wait() reports it on the training thread.
