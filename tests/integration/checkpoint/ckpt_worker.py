@@ -18,7 +18,7 @@ import torch.distributed as dist
 from llamapod.train.checkpoint import CheckpointManager
 from llamapod.train.hf import load_hf_weights
 from llamapod.train.model import ModelArgs, Transformer
-from llamapod.train.parallel import parallelize
+from llamapod.train.parallel import exit_without_teardown, parallelize
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=1000, ffn_dim=160, max_seq_len=32)
 GLOBAL_BATCH = 4
@@ -101,3 +101,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_without_teardown(0)
