@@ -45,11 +45,18 @@ def setup_logging(log_file: Path) -> None:
     formatter = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    file_problem = None
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     except OSError as exc:
-        print(f"cannot write the lifecycle log {log_file}: {exc.strerror}; logging to stdout only", file=sys.stderr)
+        file_problem = exc.strerror
+    _use_handlers(handlers, formatter)
+    if file_problem:
+        log.warning("cannot write the lifecycle log %s: %s; logging to stdout only", log_file, file_problem)
+
+
+def _use_handlers(handlers: list[logging.Handler], formatter: logging.Formatter) -> None:
     log.handlers.clear()
     for handler in handlers:
         handler.setFormatter(formatter)
@@ -111,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         if isinstance(exc.code, str):
-            print(f"node_setup.py: {exc.code}", file=sys.stderr)
+            # Bad arguments come before the log exists: one plain line on stderr.
+            _use_handlers([logging.StreamHandler(sys.stderr)], logging.Formatter("node_setup.py: %(message)s"))
+            log.error("%s", exc.code)
             return 2
         return 2 if exc.code else 0
     setup_logging(settings.log_file)
