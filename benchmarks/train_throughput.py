@@ -89,6 +89,15 @@ def shard_and_materialise(model, blocks, mesh):
     return model
 
 
+def llamapod_loss(model, inputs, targets):
+    return model(inputs, targets=targets)
+
+
+def transformers_loss(model, inputs, targets):
+    # shift_labels: the targets are already shifted; labels= only switches the loss on.
+    return model(input_ids=inputs, labels=targets, shift_labels=targets.contiguous(), use_cache=False).loss
+
+
 def make_step(model, loss_of, optimizer):
     def step(tokens):
         loss = loss_of(model, tokens[:, :-1], tokens[:, 1:])
@@ -119,10 +128,9 @@ def worker(opts) -> None:
     ours = shard_and_materialise(*build_ours(args), mesh)
     hf = shard_and_materialise(*build_hf(args), mesh)
     steps = {
-        "llamapod": make_step(ours, lambda m, x, y: m(x, targets=y), build_optimizer(
+        "llamapod": make_step(ours, llamapod_loss, build_optimizer(
             ours, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")),
-        "transformers": make_step(hf, lambda m, x, y: m(input_ids=x, labels=y, shift_labels=y.contiguous(), use_cache=False).loss,
-                                  build_optimizer(
+        "transformers": make_step(hf, transformers_loss, build_optimizer(
             hf, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")),
     }
     generator = torch.Generator().manual_seed(rank)

@@ -30,9 +30,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
-        log_probs = torch.log_softmax((hidden[start:start + chunk] @ weight.t()).float(), dim=-1)
-        total -= log_probs.gather(1, targets[start:start + chunk, None]).sum()
+        total += _chunk_loss(hidden[start:start + chunk], weight, targets[start:start + chunk])[0]
     return total / hidden.shape[0]
+
+
+def _chunk_loss(rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of one chunk, and its fp32 log-probabilities [rows, V]."""
+    log_probs = torch.log_softmax((rows @ weight.t()).float(), dim=-1)
+    return -log_probs.gather(1, targets[:, None]).sum(), log_probs
 
 
 def _chunk_tokens(weight: torch.Tensor) -> int:
@@ -54,13 +59,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         total = hidden.new_zeros((), dtype=torch.float32)
+        row_index = torch.arange(min(chunk, n), device=hidden.device)
         for start in range(0, n, chunk):
             rows = hidden[start:start + chunk]
             chunk_targets = targets[start:start + chunk]
-            probs = torch.log_softmax((rows @ weight.t()).float(), dim=-1)
-            total -= probs.gather(1, chunk_targets[:, None]).sum()
+            loss, probs = _chunk_loss(rows, weight, chunk_targets)
+            total += loss
             probs.exp_()
-            probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= 1.0
+            probs[row_index[:len(chunk_targets)], chunk_targets] -= 1.0
             grad_logits = probs.to(hidden.dtype)
             torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk])
             if grad_weight.dtype == grad_logits.dtype:
