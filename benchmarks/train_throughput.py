@@ -177,8 +177,10 @@ def worker(opts) -> None:
 def main() -> None:
     opts = parse()
     if opts.worker:
+        from llamapod.train.parallel import exit_without_teardown
+
         worker(opts)
-        return
+        exit_without_teardown(0)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     forwarded = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={opts.nproc}",
