@@ -127,8 +127,11 @@ class MemoryEstimate:
 
 def estimate_memory(job: MemoryJob) -> MemoryEstimate:
     """The peak over the phases of a training step (see the module docstring)."""
+    if job.device == "cpu":
+        # Nothing to offload to: CPU memory is where everything already is.
+        job = job.replace(cpu_offload=False, offload_activations=False)
     shapes = _Shapes(job)
-    phases = [_loss_phase(job, shapes), _embedding_backward(job, shapes), *_root_reductions(job, shapes),
+    phases = [*_loss_phases(job, shapes), _embedding_backward(job, shapes), *_root_reductions(job, shapes),
               _optimizer_step(job, shapes)]
     for index in range(job.model.n_layers):
         phases += _block_backward(job, shapes, index)
@@ -201,15 +204,16 @@ class _Block:
         self.norm = FP32 * n * d + FP32 * n + act * n * d      # fp32 input (or normalised), 1/rms, output
         self.attention = (act * n * (d + 2 * kv)               # q, k, v after rotary
                           + FP32 * n * a.n_heads               # softmax log-sum-exp
-                          + act * n * d                        # output (laid out so wo reads it as is)
-                          + 2 * 2 * FP32 * job.seq_len * (hd // 2))  # a complex rotary table per call (q, k)
+                          + act * n * d)                       # output (laid out so wo reads it as is)
         self.feed_forward = 4 * act * n * ff                   # gate, silu(gate), up, their product
         self.ffn_width = act * n * ff
         self.qkv_grads = act * n * (d + 2 * kv)
         # fp32 [tokens, dim] temporaries of RMSNorm's backward: the hand-written CPU one
         # holds three at once (upcast gradient, scaled gradient, a product); F.rms_norm's
         # fused CUDA kernel writes the input gradient in fp32 beside the upcast gradient.
-        self.norm_backward = (2 if job.device == "cuda" else 3) * FP32 * n * d
+        # An fp32 gradient needs no upcast copy.
+        temporaries = 2 if job.device == "cuda" else 3
+        self.norm_backward = (temporaries - (0 if job.bf16 else 1)) * FP32 * n * d
         # CUDA flash attention's backward accumulates dq in fp32, with an fp32 row statistic.
         self.attention_workspace = FP32 * n * d + FP32 * n * a.n_heads if job.device == "cuda" else 0
         self.ffn_weight_grads = act * 3 * d * ff
@@ -231,11 +235,13 @@ class _Block:
         flowing along the residual stream.
         """
         feed_forward = (self.saved - self.ffn_width + self.hidden + 3 * self.ffn_width + self.down_weight_grad)
-        ffn_norm = 2 * self.norm + self.attention + 2 * self.hidden + self.ffn_weight_grads + self.norm_backward
+        # A norm's output was saved by the matmuls after it, which have run their backward by then.
+        ffn_norm = (2 * self.norm - self.hidden + self.attention + 2 * self.hidden + self.ffn_weight_grads
+                    + self.norm_backward)
         attention = (self.norm + self.attention + 2 * self.hidden + self.ffn_weight_grads + self.output_weight_grad
                      + self.qkv_grads + self.attention_workspace)
-        attention_norm = (self.norm + 2 * self.hidden + self.ffn_weight_grads + self.attention_weight_grads
-                          + self.norm_backward)
+        attention_norm = (self.norm - self.hidden + 2 * self.hidden + self.ffn_weight_grads
+                          + self.attention_weight_grads + self.norm_backward)
         return [feed_forward, ffn_norm, attention, attention_norm]
 
 
@@ -263,36 +269,44 @@ def _saved_on_gpu(job: MemoryJob, blocks: int) -> int:
 
 
 def _recomputed_input(job: MemoryJob) -> int:
-    """The checkpointed input a block holds while it recomputes: it aliases the norm's saved
-    fp32 input on the fp32 CUDA path (``x.float()`` returns ``x``), else it is a tensor of its own."""
-    if job.activation_checkpointing == "none" or (not job.bf16 and job.device == "cuda"):
+    """What a block holds besides its recomputed activations while it runs its backward.
+
+    The checkpointed input is a tensor of its own, except on the fp32 CUDA path, where the
+    norm's saved fp32 input is that same tensor (``x.float()`` returns ``x``). Selective
+    checkpointing stops recomputing once every saved tensor is back, so the cached output
+    of the block's last matmul (the down projection) is never claimed and stays as well.
+    """
+    if job.activation_checkpointing == "none":
         return 0
-    return _param_bytes(job) * job.tokens * job.model.dim
+    block_input = 0 if (not job.bf16 and job.device == "cuda") else _param_bytes(job) * job.tokens * job.model.dim
+    unclaimed = _param_bytes(job) * job.tokens * job.model.dim if job.activation_checkpointing == "selective" else 0
+    return block_input + unclaimed
 
 
 # ---- the loss -------------------------------------------------------------------------
 
 
-def _loss_chunks(job: MemoryJob, vocab: int) -> list[int]:
-    """Token counts of the fused loss's chunks (the last one may be short)."""
+def _loss_chunks(job: MemoryJob, padded_vocab: int) -> list[int]:
+    """Token counts of the fused loss's chunks (sized by the padded rows; the last may be short)."""
     budget = GPU_CHUNK_LOGITS if job.device == "cuda" else CPU_CHUNK_LOGITS
-    chunk = max(1, budget // vocab)
+    chunk = max(1, budget // padded_vocab)
     full, rest = divmod(job.tokens, chunk)
     return [chunk] * full + ([rest] if rest else [])
 
 
-def _loss_transient(job: MemoryJob, vocab: int) -> int:
+def _loss_transient(job: MemoryJob, padded_vocab: int) -> int:
     """The largest moment inside the fused loss's forward.
 
-    A chunk's fp32 logits and log_softmax's output coexist for a moment (the matmul's own
-    output is freed as soon as it is cast); from the second chunk on, the previous chunk's
-    probabilities and their cast to the parameter dtype are still referenced then. At the
-    end of a chunk, a bf16 output-weight gradient of the chunk is formed before it is added
-    to the fp32 one (an fp32 gradient is accumulated in place).
+    Logits cover the real vocabulary only (the padding rows are masked out). A chunk's fp32
+    logits and log_softmax's output coexist for a moment (the matmul's own output is freed
+    as soon as it is cast); from the second chunk on, the previous chunk's probabilities
+    and their cast to the parameter dtype are still referenced then. At the end of a chunk,
+    a bf16 output-weight gradient of the chunk is formed before it is added to the fp32 one
+    (an fp32 gradient is accumulated in place).
     """
-    act = _param_bytes(job)
+    act, vocab = _param_bytes(job), job.model.vocab_size
     probabilities = FP32 + (act if act != FP32 else 0)   # per logit: fp32, and the cast
-    chunks = _loss_chunks(job, vocab)
+    chunks = _loss_chunks(job, padded_vocab)
     moments = [2 * FP32 * chunks[0] * vocab]
     moments += [(2 * FP32 * now + probabilities * before) * vocab for before, now in zip(chunks, chunks[1:])]
     weight_grad = act * vocab * job.model.dim if act != FP32 else 0
@@ -300,9 +314,10 @@ def _loss_transient(job: MemoryJob, vocab: int) -> int:
     return max(moments)
 
 
-def _loss_kept(job: MemoryJob, vocab: int) -> int:
-    """What the fused loss keeps from forward to backward: d(loss)/d(hidden) and d(loss)/d(output weight)."""
-    return _param_bytes(job) * job.tokens * job.model.dim + FP32 * vocab * job.model.dim
+def _loss_kept(job: MemoryJob, padded_vocab: int) -> int:
+    """What the fused loss keeps from forward to backward: d(loss)/d(hidden), and d(loss)/d(output
+    weight) in fp32 for every row, padding included."""
+    return _param_bytes(job) * job.tokens * job.model.dim + FP32 * padded_vocab * job.model.dim
 
 
 # ---- phases ------------------------------------------------------------------------
@@ -318,14 +333,35 @@ def _inputs(job: MemoryJob) -> int:
     return INDEX * job.batch_size * (job.seq_len + 1)
 
 
-def _loss_phase(job: MemoryJob, shapes: _Shapes) -> MemoryEstimate:
-    """Inside the fused loss at the end of forward: every block's saved activations are alive."""
+def _around_the_loss(job: MemoryJob, shapes: _Shapes) -> dict[str, int]:
+    """What is alive from the end of forward to the last block's backward: the state, the root
+    and the last block gathered (plus forward's last all-gather buffer), every block's saved
+    activations and the final norm's (its fp32 normalised input and 1/rms)."""
     a, p = job.model, _param_bytes(job)
     gathered = p * (shapes.numel(shapes.root) + shapes.numel(shapes.block) + shapes.all_gather_buffer(shapes.block))
-    final_norm = FP32 * job.tokens * a.dim + FP32 * job.tokens + p * job.tokens * a.dim
+    final_norm = FP32 * job.tokens * a.dim + FP32 * job.tokens
     activations = _saved_on_gpu(job, a.n_layers) + final_norm + _inputs(job) + _rotary_bytes(job)
-    return _phase("loss", **_state(job, shapes, with_grads=job.grad_accum > 1), gathered_params=gathered,
-                  activations=activations, loss=_loss_kept(job, shapes.vocab) + _loss_transient(job, shapes.vocab))
+    return {**_state(job, shapes, with_grads=job.grad_accum > 1), "gathered_params": gathered,
+            "activations": activations}
+
+
+def _loss_phases(job: MemoryJob, shapes: _Shapes) -> list[MemoryEstimate]:
+    """The fused loss's forward (its chunks), its backward, and the final norm's backward.
+
+    The loss computes its gradients during forward and keeps them; its backward casts the
+    output weight's fp32 gradient to the parameter dtype; the final norm's backward then
+    runs beside that gradient with fp32 temporaries of its own.
+    """
+    p, hidden = _param_bytes(job), _param_bytes(job) * job.tokens * job.model.dim
+    around = _around_the_loss(job, shapes)
+    kept = _loss_kept(job, shapes.vocab)
+    output_grad = p * shapes.vocab * job.model.dim if p != FP32 else 0
+    forward = _phase("loss", **{**around, "activations": around["activations"] + hidden},
+                     loss=kept + _loss_transient(job, shapes.vocab))
+    backward = _phase("loss", **around, loss=kept + output_grad)
+    norm = _phase("backward", **{**around, "activations": around["activations"] + _Block(job).norm_backward},
+                  loss=hidden + (output_grad or FP32 * shapes.vocab * job.model.dim))
+    return [forward, backward, norm]
 
 
 def _block_backward(job: MemoryJob, shapes: _Shapes, index: int) -> list[MemoryEstimate]:
@@ -340,7 +376,8 @@ def _block_backward(job: MemoryJob, shapes: _Shapes, index: int) -> list[MemoryE
     """
     a, p = job.model, _param_bytes(job)
     block = shapes.numel(shapes.block)
-    prefetch = (shapes.all_gather_buffer(shapes.block) if shapes.shards > 1 else block) if index > 0 else 0
+    # With one shard there is nothing to gather: the copy happens when the block starts.
+    prefetch = shapes.all_gather_buffer(shapes.block) if index > 0 else 0
     below = 0 if job.offload_activations else index * _block_saved(job)
     around = below + _inputs(job) + _rotary_bytes(job)
     state = _state(job, shapes, with_grads=job.grad_accum > 1)

@@ -27,6 +27,7 @@ adds those), and anything ``torch.compile`` would change.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -131,13 +132,23 @@ def _train_step(model, optimizer, tokens: torch.Tensor, job: MemoryJob, tracker=
             tracker.reset_mod_stats()
         if job.sharding == "hybrid":
             model.set_requires_all_reduce(last)
-        loss = model(tokens[:, :-1], targets=tokens[:, 1:]) / job.grad_accum
+        with _saved_activations(job):
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:]) / job.grad_accum
         loss.backward()
     # The trainer's clip_gradients also reads the norm back as a float, which fake tensors cannot.
     grads = [p for p in model.parameters() if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(grads, _CLIP, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _saved_activations(job: MemoryJob):
+    """Where the trainer keeps tensors saved for backward: CPU memory with --offload_activations."""
+    if not job.offload_activations:
+        return contextlib.nullcontext()
+    from llamapod.train.parallel import offload_activations
+
+    return offload_activations(torch.device(job.device))
 
 
 def _kind_name(kind) -> str:
