@@ -72,6 +72,35 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 }
 
 
+# Memory per accelerator as the driver reports it (nvidia-smi's total, MiB, ECC on), by
+# (accelerator, nominal GiB): a "24 GB" A10G shows 23,028 MiB, an H100 80GB HBM3 81,559 MiB.
+DRIVER_MEMORY_MIB: dict[tuple[str, int], int] = {
+    ("A10G", 24): 23028,
+    ("L4", 24): 23034,
+    ("L40S", 48): 46068,
+    ("A100", 40): 40960,
+    ("A100", 80): 81920,
+    ("H100", 80): 81559,
+    ("H200", 141): 143771,
+}
+# What a training process cannot give to torch's allocator: the CUDA context (kernels and
+# libraries loaded on first use, ~0.3-0.4 GiB with CUDA 12's lazy loading) and NCCL's
+# communication buffers (NCCL_BUFFSIZE, 4 MiB per channel and peer). An estimate, not a
+# measurement: the usable figure is the driver's total less this.
+CONTEXT_AND_NCCL_GIB = 0.5
+
+
+def usable_gpu_memory_gib(info: InstanceInfo) -> float | None:
+    """GiB per accelerator that tensors of one training process can use; None when unknown.
+
+    A10G: 23,028 MiB reported = 22.49 GiB, less 0.5 GiB of CUDA context and NCCL buffers = 22.0 GiB.
+    """
+    reported = DRIVER_MEMORY_MIB.get((info.accelerator, info.gpu_memory_gib))
+    if reported is None:
+        return None
+    return reported / 1024 - CONTEXT_AND_NCCL_GIB
+
+
 def instance_info(instance_type: str) -> InstanceInfo:
     """Facts about ``instance_type``; an unknown type is treated as CPU-only with no price."""
     return _KNOWN.get(instance_type, InstanceInfo())

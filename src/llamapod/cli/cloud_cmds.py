@@ -295,12 +295,60 @@ def plan(config_path: Path | None, profile: str | None, out_dir: Path, **flags: 
     rows.append(("total", "", spec.total_instances, "unknown" if total is None else f"${total:,.2f}"))
     ui.table(["instance group", "type", "count", "USD/hour (estimate)"], rows,
              title="Estimated on-demand instance cost (us-east-1 list prices; FSx, NAT and storage extra):")
+    _report_train_memory(config_path, spec)
     files = planning.write_artifacts(spec, out_dir, account=account, az_id=az_id)
     ui.out()
     ui.out(f"wrote {len(files)} files to {out_dir}/: " + ", ".join(f.name for f in files))
     ui.out("values known only once resources exist are written as <...>:")
     for key, why in result.placeholders.items():
         ui.out(f"  {key}: {why}")
+
+
+def _report_train_memory(config_path: Path | None, spec) -> None:
+    """The [train] job's estimated peak memory per GPU on the cluster's workers, and whether it fits."""
+    from llamapod.config.train import resolve_model_args
+    from llamapod.errors import ConfigError
+    from llamapod.train.memory_fit import assess_memory, describe_fit, describe_parts, fit_hint
+
+    try:
+        train_spec, hardware = _planned_training(config_path, spec)
+        fit = assess_memory(train_spec, resolve_model_args(train_spec), **hardware)
+    except ConfigError as exc:
+        ui.warn(f"the [train] job's memory was not estimated: {exc.message}")
+        return
+    if fit is None:
+        return
+    ui.out()
+    ui.out(f"[train] job on {hardware['nodes']} x {hardware['instance_type']}: {describe_fit(fit)}")
+    ui.out(f"  {describe_parts(fit.estimate)}")
+    if not fit.fits:
+        ui.warn(f"the [train] job would not fit in GPU memory: {fit_hint(fit)}")
+
+
+def _planned_training(config_path: Path | None, spec) -> tuple[Any, dict[str, Any]]:
+    """The [train] job and the hardware it gets: [slurm]'s choices, else the cluster's worker group.
+
+    Without a llamapod.toml the plan is the seed's cluster, and the job is the seed's: the
+    [train] and [slurm] tables `llamapod init` would write.
+    """
+    import tempfile
+
+    from llamapod.config.files import default_config_path, load_table
+    from llamapod.config.train import read_train_args
+    from llamapod.instances import instance_info
+
+    path = config_path or default_config_path()
+    with tempfile.TemporaryDirectory() as folder:
+        if path is None:
+            path = Path(folder) / "llamapod.toml"
+            path.write_text(render_config(spec), encoding="utf-8")
+        train_spec = read_train_args([], config_path=path).spec
+        slurm = load_table(path, "slurm")
+    group = next((g for g in spec.workers if g.partition == slurm.get("partition")), spec.workers[0])
+    instance_type = slurm.get("instance_type") or group.instance_type
+    hardware = {"instance_type": instance_type, "nodes": int(slurm.get("nodes") or group.count),
+                "gpus_per_node": int(slurm.get("gpus_per_node") or instance_info(instance_type).gpus or 1)}
+    return train_spec, hardware
 
 
 # ---- operator-policy --------------------------------------------------------------

@@ -128,11 +128,17 @@ def pull(run: str, cluster: str | None, model: bool, dest: Path | None, config_p
 
 
 def train_on_cluster(spec: "TrainSpec", *, cluster: str, config_path: Path | None, detach: bool,
-                     slurm_overrides: dict[str, Any], dry_run: bool) -> int:
-    """Prepare the environment on /fsx, sync inputs, submit the sbatch on the head node, follow it."""
+                     slurm_overrides: dict[str, Any], dry_run: bool, force: bool = False) -> int:
+    """Prepare the environment on /fsx, sync inputs, submit the sbatch on the head node, follow it.
+
+    The job's memory on the cluster's GPUs is estimated before anything is uploaded: one
+    that would not fit is refused, unless ``force``.
+    """
+    from llamapod.cli.slurm_cmds import report_memory
     from llamapod.remote.launch import ClusterRun, follow_job
 
     run = ClusterRun.create(spec, cluster=cluster, config_path=config_path, slurm_overrides=slurm_overrides)
+    report_memory(spec, run.job, force=force)
     if dry_run:
         ui.out(run.render_preview())
         ui.info(f"dry run: nothing was uploaded or submitted to {cluster}")

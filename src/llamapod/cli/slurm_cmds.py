@@ -48,9 +48,36 @@ def resolve_job(job: "SlurmJob", shell: "Shell") -> "SlurmJob":
     return job.model_copy(update=updates) if updates else job
 
 
+def report_memory(spec: "TrainSpec", job: "SlurmJob", *, force: bool) -> None:
+    """Print the job's estimated peak memory per GPU; refuse a job that would not fit, unless ``force``.
+
+    Called before anything is written or submitted. Jobs on CPU nodes have nothing to check.
+    """
+    from llamapod.config.train import resolve_model_args
+    from llamapod.train.memory_fit import assess_memory, describe_fit, describe_parts, require_fit
+
+    if not job.uses_gpus:
+        return
+    fit = assess_memory(spec, resolve_model_args(spec), instance_type=job.instance_type, nodes=job.nodes,
+                        gpus_per_node=job.workers_per_node)
+    if fit is None:
+        return
+    if not force:
+        require_fit(fit)
+    ui.info(describe_fit(fit))
+    ui.info(f"  {describe_parts(fit.estimate)}")
+    if not fit.fits:
+        ui.warn(f"the job is estimated not to fit ({fit.estimate.total_gib:.1f} > {fit.usable_gib:.1f} GiB per "
+                f"{fit.accelerator}); going ahead because of --force")
+
+
 def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run: bool,
-                     slurm_overrides: dict[str, Any], shell: "Shell | None" = None) -> int:
-    """Write the job's sbatch script (``dry_run``) or write and submit it; prints the path or job id."""
+                     slurm_overrides: dict[str, Any], shell: "Shell | None" = None, force: bool = False) -> int:
+    """Write the job's sbatch script (``dry_run``) or write and submit it; prints the path or job id.
+
+    The job's memory is estimated first: one that would not fit in its GPUs is refused
+    before anything is written, unless ``force``.
+    """
     from llamapod.errors import SlurmError
     from llamapod.remote.shell import LocalShell
     from llamapod.slurm.jobs import SlurmJobs
@@ -59,6 +86,7 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
 
     shell = shell or LocalShell()
     job = resolve_job(load_slurm_job(config_path, slurm_overrides), shell)
+    report_memory(spec, job, force=force)
     script = render_sbatch(spec, job)
     paths = job_paths(spec, job)
     jobs = SlurmJobs(shell)

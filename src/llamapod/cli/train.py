@@ -35,6 +35,8 @@ Launch options:
                        and network settings), e.g. ml.g5.48xlarge
   --cluster NAME       run on the HyperPod cluster NAME (from this laptop)
   --detach             with --cluster: return once the job is submitted
+  --force              with --slurm or --cluster: submit a job even when its estimated
+                       peak GPU memory is more than its GPUs hold
   -h, --help           show this message
 """
 
@@ -56,9 +58,11 @@ SLURM_KEYS = ("nodes", "partition", "time", "account", "instance_type")
 @click.option("--instance-type")
 @click.option("--cluster")
 @click.option("--detach", is_flag=True)
+@click.option("--force", is_flag=True)
 @click.option("-h", "--help", "show_help", is_flag=True)
 @click.pass_context
-def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detach, show_help, **slurm_opts) -> None:
+def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detach, force, show_help,
+          **slurm_opts) -> None:
     """Train a Llama model: locally, with --slurm, or on --cluster NAME."""
     if show_help:
         from llamapod.config.train import flags_help
@@ -80,12 +84,15 @@ def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detac
         from llamapod.cli.remote_cmds import train_on_cluster
 
         code = train_on_cluster(spec, cluster=cluster, config_path=config_path, detach=detach,
-                                slurm_overrides=slurm_overrides, dry_run=dry_run)
+                                slurm_overrides=slurm_overrides, dry_run=dry_run, force=force)
     elif slurm or dry_run:
         from llamapod.cli.slurm_cmds import train_with_slurm
 
-        code = train_with_slurm(spec, config_path=config_path, dry_run=dry_run, slurm_overrides=slurm_overrides)
+        code = train_with_slurm(spec, config_path=config_path, dry_run=dry_run, slurm_overrides=slurm_overrides,
+                                force=force)
     else:
+        if force:
+            raise click.UsageError("--force only applies with --slurm or --cluster")
         if slurm_overrides:
             raise click.UsageError(f"--{next(iter(slurm_overrides)).replace('_', '-')} only applies with --slurm or --cluster")
         from llamapod.train.launch import train_locally

@@ -101,7 +101,7 @@ class MemoryEstimate:
     activations: int
     loss: int
     overhead: int
-    phase: str                       # when the peak happens: "loss", "backward", ...
+    phase: str                       # when the peak happens: "in the loss", "in backward", ...
 
     LABELS = (("sharded_params", "sharded parameters"), ("optimizer_states", "optimizer states"),
               ("gradients", "gradients"), ("gathered_params", "gathered parameters"),
@@ -356,10 +356,10 @@ def _loss_phases(job: MemoryJob, shapes: _Shapes) -> list[MemoryEstimate]:
     around = _around_the_loss(job, shapes)
     kept = _loss_kept(job, shapes.vocab)
     output_grad = p * shapes.vocab * job.model.dim if p != FP32 else 0
-    forward = _phase("loss", **{**around, "activations": around["activations"] + hidden},
+    forward = _phase("in the loss", **{**around, "activations": around["activations"] + hidden},
                      loss=kept + _loss_transient(job, shapes.vocab))
-    backward = _phase("loss", **around, loss=kept + output_grad)
-    norm = _phase("backward", **{**around, "activations": around["activations"] + _Block(job).norm_backward},
+    backward = _phase("in the loss", **around, loss=kept + output_grad)
+    norm = _phase("in backward", **{**around, "activations": around["activations"] + _Block(job).norm_backward},
                   loss=hidden + (output_grad or FP32 * shapes.vocab * job.model.dim))
     return [forward, backward, norm]
 
@@ -387,9 +387,9 @@ def _block_backward(job: MemoryJob, shapes: _Shapes, index: int) -> list[MemoryE
     root = p * shapes.numel(shapes.root)
     widest = max(_Block(job).backward_moments()) + _recomputed_input(job)
     kept_buffer = FP32 * shapes.padded(shapes.block) if index < a.n_layers - 1 else 0
-    inside = _phase("backward", **{**state, "gradients": state["gradients"] + kept_buffer},
+    inside = _phase("in backward", **{**state, "gradients": state["gradients"] + kept_buffer},
                     gathered_params=root + p * (block + prefetch), activations=around + widest)
-    reduction = _phase("backward", **{**state, "gradients": state["gradients"] + p * block
+    reduction = _phase("in backward", **{**state, "gradients": state["gradients"] + p * block
                                       + FP32 * shapes.padded(shapes.block)},
                        gathered_params=root + p * prefetch, activations=around + _Block(job).hidden)
     return [inside, reduction]
@@ -410,7 +410,7 @@ def _embedding_backward(job: MemoryJob, shapes: _Shapes) -> MemoryEstimate:
     p, vocab_rows = _param_bytes(job), shapes.vocab * job.model.dim
     state = _gradients_at_end_of_backward(job, shapes, root_reduced=False)
     state["gradients"] += 2 * p * vocab_rows + FP32 * shapes.padded(shapes.block)
-    return _phase("end of backward", **state, gathered_params=p * shapes.numel(shapes.root),
+    return _phase("at the end of backward", **state, gathered_params=p * shapes.numel(shapes.root),
                   activations=p * job.tokens * job.model.dim + _inputs(job) + _rotary_bytes(job))
 
 
@@ -426,7 +426,7 @@ def _root_reductions(job: MemoryJob, shapes: _Shapes) -> list[MemoryEstimate]:
     after["gradients"] += buffer + p * shapes.vocab * job.model.dim
     if job.grad_accum > 1 and not job.cpu_offload:
         after["gradients"] += FP32 * shapes.local(shapes.root)  # the new shard, before it is added to the old
-    return [_phase("end of backward", **parts, activations=_inputs(job) + _rotary_bytes(job))
+    return [_phase("at the end of backward", **parts, activations=_inputs(job) + _rotary_bytes(job))
             for parts in (before, after)]
 
 
@@ -434,7 +434,7 @@ def _optimizer_step(job: MemoryJob, shapes: _Shapes) -> MemoryEstimate:
     """AdamW's foreach update: one temporary the size of the shards (the square-root term)."""
     state = _state(job, shapes, with_grads=True)
     state["optimizer_states"] += state["sharded_params"]
-    return _phase("optimizer step", **state, activations=_rotary_bytes(job))
+    return _phase("in the optimizer step", **state, activations=_rotary_bytes(job))
 
 
 def _overhead(job: MemoryJob, tensors: int) -> int:
