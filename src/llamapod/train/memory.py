@@ -184,7 +184,7 @@ def _param_bytes(job: MemoryJob) -> int:
 
 
 def _rotary_bytes(job: MemoryJob) -> int:
-    """The cos and sin tables (fp32, max_seq_len x head_dim/2 each), on every rank."""
+    """The rotary table (complex64, max_seq_len x head_dim/2), a buffer on every rank."""
     return 2 * FP32 * job.model.max_seq_len * (job.model.head_dim // 2)
 
 
@@ -195,8 +195,7 @@ class _Block:
     """Bytes of one transformer block's activations, by sub-module, for ``job``'s code path."""
 
     def __init__(self, job: MemoryJob):
-        a, n = job.model, job.tokens
-        self.act = act = _param_bytes(job)
+        a, n, act = job.model, job.tokens, _param_bytes(job)
         d, ff, hd = a.dim, a.ffn_dim, a.head_dim
         # The CUDA path expands key/value heads so every fused attention kernel applies.
         kv = (a.n_heads if job.device == "cuda" else a.n_kv_heads) * hd
@@ -231,17 +230,18 @@ class _Block:
 
         Backward runs feed-forward, its norm, attention, then the attention norm; what each
         step saved is freed after it, and the weight gradients pile up until the block's
-        reduction. ``hidden`` terms are the gradient arriving at the block and the ones
-        flowing along the residual stream.
+        reduction.
         """
-        feed_forward = (self.saved - self.ffn_width + self.hidden + 3 * self.ffn_width + self.down_weight_grad)
+        gradients = 2 * self.hidden   # the gradient along the residual stream, and the branch's
+        # The product's saved copy is freed once the down projection's backward has run.
+        feed_forward = self.saved - self.ffn_width + self.hidden + 3 * self.ffn_width + self.down_weight_grad
         # A norm's output was saved by the matmuls after it, which have run their backward by then.
-        ffn_norm = (2 * self.norm - self.hidden + self.attention + 2 * self.hidden + self.ffn_weight_grads
+        ffn_norm = (2 * self.norm - self.hidden + self.attention + gradients + self.ffn_weight_grads
                     + self.norm_backward)
-        attention = (self.norm + self.attention + 2 * self.hidden + self.ffn_weight_grads + self.output_weight_grad
+        attention = (self.norm + self.attention + gradients + self.ffn_weight_grads + self.output_weight_grad
                      + self.qkv_grads + self.attention_workspace)
-        attention_norm = (self.norm - self.hidden + 2 * self.hidden + self.ffn_weight_grads
-                          + self.attention_weight_grads + self.norm_backward)
+        attention_norm = (self.norm - self.hidden + gradients + self.ffn_weight_grads + self.attention_weight_grads
+                          + self.norm_backward)
         return [feed_forward, ffn_norm, attention, attention_norm]
 
 

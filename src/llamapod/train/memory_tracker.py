@@ -81,14 +81,14 @@ def _tracked_step(job: MemoryJob, device: torch.device) -> TrackedPeak:
 
     mesh = _mesh(job, device)
     with FakeTensorMode():
-        model = _sharded_model(job, mesh, device)
+        model = sharded_model(job, mesh, device)
         optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type=device.type)
         tokens = torch.randint(0, job.model.vocab_size, (job.batch_size, job.seq_len + 1), device=device)
-        _train_step(model, optimizer, tokens, job)
+        train_step(model, optimizer, tokens, job)
         tracker = FSDPMemTracker(model, optimizer)
         tracker.track_inputs((tokens,))
         with tracker:
-            _train_step(model, optimizer, tokens, job, tracker)
+            train_step(model, optimizer, tokens, job, tracker)
         snapshot = tracker.get_tracker_snapshot("peak")
     on_device = next((kinds for dev, kinds in snapshot.items() if dev.type == device.type), {})
     by_kind = {_kind_name(kind): int(size) for kind, size in on_device.items() if kind != "Total" and size}
@@ -103,7 +103,8 @@ def _mesh(job: MemoryJob, device: torch.device):
     return build_mesh(env, job.sharding)
 
 
-def _sharded_model(job: MemoryJob, mesh, device: torch.device) -> torch.nn.Module:
+def sharded_model(job: MemoryJob, mesh, device: torch.device) -> torch.nn.Module:
+    """The real model, sharded by the real ``parallelize`` as the trainer does; storage allocated, values not set."""
     from llamapod.train.model import Transformer
     from llamapod.train.parallel import parallelize
 
@@ -113,12 +114,12 @@ def _sharded_model(job: MemoryJob, mesh, device: torch.device) -> torch.nn.Modul
     parallelize(model, mesh, param_dtype=torch.bfloat16 if job.bf16 else torch.float32,
                 activation_checkpointing=job.activation_checkpointing, compile_blocks=False,
                 cpu_offload=job.cpu_offload and device.type == "cuda")
-    # Values do not matter under fake tensors: allocating every shard and buffer is enough.
+    # Values do not matter for memory: allocating every shard and buffer is enough.
     model.to_empty(device="cpu" if job.cpu_offload and device.type == "cuda" else device)
     return model
 
 
-def _train_step(model, optimizer, tokens: torch.Tensor, job: MemoryJob, tracker=None) -> None:
+def train_step(model, optimizer, tokens: torch.Tensor, job: MemoryJob, tracker=None) -> None:
     """The trainer's optimizer step: micro-batches that reduce-scatter their gradients, clip, AdamW.
 
     With hybrid sharding only the last micro-batch all-reduces across replicas; the others
