@@ -302,14 +302,17 @@ def _loss_transient(job: MemoryJob, padded_vocab: int) -> int:
     as soon as it is cast); from the second chunk on, the previous chunk's probabilities
     and their cast to the parameter dtype are still referenced then. At the end of a chunk,
     a bf16 output-weight gradient of the chunk is formed before it is added to the fp32 one
-    (an fp32 gradient is accumulated in place).
+    (an fp32 gradient is accumulated in place); on a CPU that mixed-dtype add first copies
+    it to fp32 (a kernel-internal buffer: fake tensors, hence the tracker, do not see it).
     """
-    act, vocab = _param_bytes(job), job.model.vocab_size
+    act, vocab, dim = _param_bytes(job), job.model.vocab_size, job.model.dim
     probabilities = FP32 + (act if act != FP32 else 0)   # per logit: fp32, and the cast
     chunks = _loss_chunks(job, padded_vocab)
     moments = [2 * FP32 * chunks[0] * vocab]
     moments += [(2 * FP32 * now + probabilities * before) * vocab for before, now in zip(chunks, chunks[1:])]
-    weight_grad = act * vocab * job.model.dim if act != FP32 else 0
+    weight_grad = 0
+    if act != FP32:
+        weight_grad = (act + (FP32 if job.device == "cpu" else 0)) * vocab * dim
     moments += [probabilities * chunks[0] * vocab + weight_grad]
     return max(moments)
 

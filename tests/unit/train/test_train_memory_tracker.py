@@ -43,8 +43,9 @@ CONFIGS = {
     "selective checkpointing, wide feed-forward, 2 micro-batches, 8 GPUs": (
         dict(model=WIDE, seq_len=512, gpus_per_node=8, grad_accum=2, activation_checkpointing="selective"),
         "in backward"),
-    "large vocabulary, few tokens, 2 GPUs": (dict(model=BIG_VOCAB, seq_len=16, batch_size=1, gpus_per_node=2,
-                                                  activation_checkpointing="none"), "at the end of backward"),
+    "large vocabulary, few tokens, fp32, 2 GPUs": (dict(model=BIG_VOCAB, seq_len=16, batch_size=1, gpus_per_node=2,
+                                                        bf16=False, activation_checkpointing="none"),
+                                                   "at the end of backward"),
     "small vocabulary, few tokens, 2 micro-batches, 1 GPU": (
         dict(model=MHA.replace(vocab_size=500, max_seq_len=16), seq_len=16, batch_size=1, grad_accum=2),
         "in the optimizer step"),
