@@ -187,29 +187,33 @@ def tracked(job, device: str) -> int:
     return track_peak(job, device=device).total
 
 
-def report(nproc: int, measured: dict) -> None:
+def _row(name: str, nproc: int, device: str, figures: dict) -> list[tuple[str, float, str]]:
+    """(column, value, format) for one configuration: MiB columns and estimate/measurement ratios."""
     from llamapod.train.memory import estimate_memory
 
-    device = measured["device"]
+    job = memory_job(name, nproc, device)
+    estimate = estimate_memory(job)
+    row = [("estimate", estimate.tensors / MIB, ".1f"), ("tracker", tracked(job, device) / MIB, ".1f")]
     if device == "cuda":
-        header = ("config", "estimate", "tracker", "max allocated", "est/alloc", "est+slack", "max reserved",
-                  "est/reserved")
-    else:
-        header = ("config", "estimate", "tracker", "allocator peak", "est/alloc", "RSS peak", "est/RSS")
+        return row + [("max allocated", figures["allocated"] / MIB, ".1f"),
+                      ("est/alloc", estimate.tensors / figures["allocated"], ".3f"),
+                      ("est+allocator", estimate.total / MIB, ".1f"),
+                      ("max reserved", figures["reserved"] / MIB, ".1f"),
+                      ("est/reserved", estimate.total / figures["reserved"], ".3f")]
+    return row + [("allocator peak", figures["allocator"] / MIB, ".1f"),
+                  ("est/alloc", estimate.tensors / figures["allocator"], ".3f"),
+                  ("RSS peak", figures["resident"] / MIB, ".1f"),
+                  ("est/RSS", estimate.tensors / figures["resident"], ".3f")]
+
+
+def report(nproc: int, measured: dict) -> None:
+    device = measured["device"]
+    rows = {name: _row(name, nproc, device, figures) for name, figures in measured["results"].items()}
     print(f"\n{nproc} rank{'s' if nproc > 1 else ''} on {device} (MiB per rank)")
-    print("  ".join(f"{h:>14}" if i else f"{h:<34}" for i, h in enumerate(header)))
-    for name, figures in measured["results"].items():
-        job = memory_job(name, nproc, device)
-        estimate = estimate_memory(job)
-        row = [name, estimate.tensors / MIB, tracked(job, device) / MIB]
-        if device == "cuda":
-            row += [figures["allocated"] / MIB, estimate.tensors / figures["allocated"], estimate.total / MIB,
-                    figures["reserved"] / MIB, estimate.total / figures["reserved"]]
-        else:
-            row += [figures["allocator"] / MIB, estimate.tensors / figures["allocator"], figures["resident"] / MIB,
-                    estimate.tensors / figures["resident"]]
-        print("  ".join(f"{v:<34}" if i == 0 else (f"{v:>14.3f}" if isinstance(v, float) and v < 10 and "/" in
-                                                     header[i] else f"{v:>14.1f}") for i, v in enumerate(row)))
+    columns = [column for column, _, _ in next(iter(rows.values()))]
+    print(f"{'config':<34}" + "".join(f"{column:>16}" for column in columns))
+    for name, row in rows.items():
+        print(f"{name:<34}" + "".join(f"{value:>16{fmt}}" for _, value, fmt in row))
 
 
 def main() -> None:

@@ -192,3 +192,11 @@ def test_plan_estimates_the_train_table_on_the_worker_group(tmp_path, run_cli, m
                      out, re.M), out
     assert re.search(r"^warning: the \[train\] job would not fit in GPU memory: it fits with "
                      r"--activation_checkpointing 1 \(est\. \d+\.\d GiB\)", err, re.M), err
+
+
+def test_estimate_and_fit_check_run_without_torch():
+    # `llamapod plan` runs on laptops without torch: neither module may pull it in.
+    code = ("import sys, llamapod.train.memory_fit, llamapod.cli.cloud_cmds; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
