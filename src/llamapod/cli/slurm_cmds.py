@@ -75,10 +75,10 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
                      slurm_overrides: dict[str, Any], shell: "Shell | None" = None, force: bool = False) -> int:
     """Write the job's sbatch script (``dry_run``) or write and submit it; prints the path or job id.
 
-    The job's memory is estimated first: one that would not fit in its GPUs is refused
-    before anything is written, unless ``force``.
+    Checked first, in this order, before anything is written: that Slurm is here (to
+    submit), that the job fits in its GPUs' memory (refused otherwise, unless ``force``),
+    that the cluster has the nodes and partition, and that the run folder has no live job.
     """
-    from llamapod.errors import SlurmError
     from llamapod.remote.shell import LocalShell
     from llamapod.slurm.jobs import SlurmJobs
     from llamapod.slurm.render import job_paths, render_sbatch
@@ -86,23 +86,14 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
 
     shell = shell or LocalShell()
     job = resolve_job(load_slurm_job(config_path, slurm_overrides), shell)
-    report_memory(spec, job, force=force)
     script = render_sbatch(spec, job)
     paths = job_paths(spec, job)
     jobs = SlurmJobs(shell)
     if not dry_run:
-        if shell.which("sbatch") is None:
-            raise SlurmError(f"Slurm is not installed on {shell.where}: `sbatch` is not on PATH",
-                             "submit from the cluster's login or head node, use --cluster NAME from a laptop, "
-                             "or add --dry-run to only write the script")
-        jobs.preflight(job.nodes, job.partition)
-        # Two jobs in one run folder would write the same checkpoints: a re-run of this
-        # command while its job is queued or running must not submit a second one.
-        running = jobs.active_job_in(paths.run_dir)
-        if running is not None:
-            raise SlurmError(f"job {running.job_id} ({running.name}) is already {running.state} in {paths.run_dir}",
-                             f"follow it with `llamapod logs {running.job_id} -f`, stop it with "
-                             f"`llamapod cancel {running.job_id}`, or set another job_name in [slurm]")
+        _require_sbatch(shell)
+    report_memory(spec, job, force=force)
+    if not dry_run:
+        _require_free_slot(jobs, job, paths.run_dir)
     shell.write_text(paths.script, script, mode=0o755)
     summary = (f"{job.nodes} node{'s' if job.nodes != 1 else ''} x {job.workers_per_node} workers"
                f"{f' ({job.instance_type})' if job.instance_type else ''}")
@@ -120,6 +111,29 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
     ui.info(f"follow it with `llamapod logs {job_id} -f`; list jobs with `llamapod jobs`; "
             f"stop it with `llamapod cancel {job_id}`")
     return 0
+
+
+def _require_sbatch(shell: "Shell") -> None:
+    from llamapod.errors import SlurmError
+
+    if shell.which("sbatch") is None:
+        raise SlurmError(f"Slurm is not installed on {shell.where}: `sbatch` is not on PATH",
+                         "submit from the cluster's login or head node, use --cluster NAME from a laptop, "
+                         "or add --dry-run to only write the script")
+
+
+def _require_free_slot(jobs: "SlurmJobs", job: "SlurmJob", run_dir: str) -> None:
+    """The nodes and partition exist, and no job of this run is queued or running."""
+    from llamapod.errors import SlurmError
+
+    jobs.preflight(job.nodes, job.partition)
+    # Two jobs in one run folder would write the same checkpoints: a re-run of this
+    # command while its job is queued or running must not submit a second one.
+    running = jobs.active_job_in(run_dir)
+    if running is not None:
+        raise SlurmError(f"job {running.job_id} ({running.name}) is already {running.state} in {run_dir}",
+                         f"follow it with `llamapod logs {running.job_id} -f`, stop it with "
+                         f"`llamapod cancel {running.job_id}`, or set another job_name in [slurm]")
 
 
 def _has_checkpoints(shell: "Shell", checkpoint_dir: str) -> bool:
