@@ -159,7 +159,8 @@ def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     options = {"mesh": mesh, "mp_policy": mp}
     if cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
+        # Pinned host memory needs a CUDA driver; on a CPU-only host the copies are plain.
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     blocks = list(model.layers.values())
     for index, block in enumerate(blocks):
         if compile_blocks:
