@@ -225,13 +225,13 @@ class Trainer:
         if self.env.is_main:
             ui.info(f"resumed from {self.resumed_from} (step {self.step})")
 
-    def _peak_flops(self) -> float | None:
+    def _peak_flops(self) -> m.PeakFlops:
         if self.device.type == "cuda":
             return m.gpu_peak_flops(self.device)
         # Measured by one rank while the others wait, so the probe runs on an idle machine.
         peak = None
         if self.env.is_main:
-            peak = m.cpu_peak_flops(self.param_dtype, torch.get_num_threads())
+            peak = m.cpu_peak(self.param_dtype, torch.get_num_threads())
         return broadcast_value(peak)
 
     # ---- steps ----------------------------------------------------------------
@@ -322,7 +322,10 @@ class Trainer:
         if main:
             self._announce()
         global_batch = spec.train_batch_size * spec.grad_accum * env.world_size
-        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops)
+        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops.flops)
+        if main:
+            log.write({"event": "start", "step": self.step, "peak_flops": self.peak_flops.flops,
+                       "peak_flops_source": self.peak_flops.source, "recipe": spec.recipe})
         first_loss = last_loss = val_loss = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -383,9 +386,12 @@ class Trainer:
         ui.step(f"model {spec.preset if _is_plain_preset(spec) else 'custom'}: {params:,} parameters "
                 f"({self.args.n_layers} layers, width {self.args.dim}, {self.args.n_heads} heads, "
                 f"{self.args.n_kv_heads} kv heads, vocab {self.tokenizer.vocab_size})")
-        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}; "
+        checkpointing = ("" if spec.activation_checkpointing == "none"
+                         else f", {spec.activation_checkpointing} activation checkpointing")
+        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}{checkpointing}; "
                 f"batch {spec.train_batch_size}x{spec.grad_accum}x{env.world_size} sequences of {self.seq_len} tokens; "
-                f"{spec.max_steps} steps")
+                f"{spec.max_steps} steps; {spec.recipe} recipe (lr {spec.lr:g}, weight decay {spec.weight_decay:g})")
+        ui.info(f"  {self.peak_flops.describe()}")
         ui.info(f"  data: {self.train_data.num_sequences:,} training sequences"
                 + (f", {self.val_data.num_sequences:,} validation" if self.val_data is not None else "")
                 + f"; run folder {self.paths.run_dir}")
