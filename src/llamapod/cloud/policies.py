@@ -341,7 +341,7 @@ def _role_statements(acct: str, partition: str) -> list[dict[str, Any]]:
          # Deleting a role first detaches it from any instance profile (none are created by llamapod).
          "Action": "iam:RemoveRoleFromInstanceProfile",
          "Resource": f"arn:{partition}:iam::{acct}:instance-profile/*"},
-        {"Sid": "PassExecutionRoleToSageMaker", "Effect": "Allow", "Action": "iam:PassRole",
+        {"Sid": "PassRoleToSageMaker", "Effect": "Allow", "Action": "iam:PassRole",
          "Resource": role_arn,
          "Condition": {"StringEquals": {"iam:PassedToService": SAGEMAKER_PRINCIPAL}}},
         {"Sid": "Boundary", "Effect": "Allow",
@@ -388,12 +388,11 @@ def operator_policy(account: str = "*", partition: str = "aws") -> dict[str, Any
                     "sagemaker:DescribeClusterNode", "sagemaker:ListClusterNodes", "sagemaker:AddTags",
                     "sagemaker:ListTags"],
          "Resource": cluster_arn},
-        {"Sid": "NodeSessions", "Effect": "Allow",
-         "Action": ["ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession"],
-         # `llamapod ssh`: SSH through SSM, and one command per session to install a key. Starting
-         # names a node (its cluster) and a document; ending or resuming names the session.
-         "Resource": [cluster_arn, *(f"arn:{partition}:ssm:*:*:document/{doc}" for doc in SSM_DOCUMENTS),
-                      f"arn:{partition}:ssm:*:{acct}:session/*"]},
+        {"Sid": "NodeSessions", "Effect": "Allow", "Action": "ssm:StartSession",
+         # `llamapod ssh`: SSH through SSM, and one command per session to install a key.
+         "Resource": [cluster_arn] + [f"arn:{partition}:ssm:*:*:document/{doc}" for doc in SSM_DOCUMENTS]},
+        {"Sid": "OwnSessions", "Effect": "Allow", "Action": ["ssm:TerminateSession", "ssm:ResumeSession"],
+         "Resource": f"arn:{partition}:ssm:*:{acct}:session/*"},
     )
 
 
