@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from llamapod.errors import TrainingError
 from llamapod.instances import PEAK_BF16_FLOPS
 from llamapod.paths import cache_dir
 
@@ -147,6 +148,39 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+# What goes to TensorBoard, under the tags the reference's runs use where it has them.
+TENSORBOARD_TAGS = {"loss": "Training/loss", "lr": "Training/lr", "grad_norm": "Training/grad_norm",
+                    "tokens_per_s": "Throughput/tokens_per_s", "tokens_per_s_per_device": "Throughput/tokens_per_s_per_device",
+                    "tflops_per_device": "Throughput/tflops_per_device", "mfu": "Throughput/mfu",
+                    "peak_mem_gib": "Memory/peak_gib", "data_wait_frac": "Throughput/data_wait_frac",
+                    "val_loss": "Validation/loss", "val_ppl": "Validation/perplexity"}
+
+
+class TensorBoardLog:
+    """TensorBoard event files (``--tensorboard_dir``), written with the tensorboard package."""
+
+    def __init__(self, directory: Path, *, resumed_at: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainingError("--tensorboard_dir needs the tensorboard package",
+                                "pip install tensorboard (it comes with `pip install llamapod[train]`)") from None
+        # purge_step drops events a crashed run wrote past its last checkpoint, so a resumed
+        # run's curves do not double back.
+        self._writer = SummaryWriter(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, tag in TENSORBOARD_TAGS.items():
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self._writer.flush()
+        self._writer.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
