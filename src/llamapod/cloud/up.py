@@ -82,8 +82,9 @@ def bring_up(session, spec, *, az_id: str | None = None, clock: Clock | None = N
     role_arn: str = first["role"]  # type: ignore[assignment]
 
     fs = storage.ensure_file_system(session, spec, net.subnet_id, net.security_group_id, tags, ledger, waiter)
-    params = plan.provisioning_parameters(spec, fs.dns_name, fs.mount_name)
-    buckets.put_json(session, bucket_name, f"{lifecycle_prefix()}/{PROVISIONING_KEY}", params)
+    params = plan.provisioning_file(spec, fs.dns_name, fs.mount_name)
+    buckets.put_bytes(session, bucket_name, f"{lifecycle_prefix()}/{PROVISIONING_KEY}", params.encode(),
+                      "application/json")
     request = plan.cluster_request(spec, bucket=bucket_name, role_arn=role_arn, subnet_id=net.subnet_id,
                                    sg_id=net.security_group_id, tags=tags)
     cluster_arn = hyperpod.ensure_cluster(session, request, ledger, waiter)

@@ -89,10 +89,15 @@ def test_roles_come_from_the_group_of_each_address(tmp_path):
      "{rc}: InstanceGroups[0].Instances[0].CustomerIpAddress must be a non-empty string, found None"),
     (RESOURCES, {**PARAMS, "worker_groups": {"a": 1}}, "{pp}: worker_groups must be a list, found {{'a': 1}}"),
     (RESOURCES, {**PARAMS, "worker_groups": [{"instance_group_name": "gpu"}]},
-     "{pp}: worker_groups[0].partition_name must be a non-empty string, found None"),
+     "{pp}: worker_groups[0].partition_name must be a string, found None"),
     (RESOURCES, {**PARAMS, "containers": "yes"}, "{pp}: containers must be true or false, found 'yes'"),
-    (RESOURCES, {**PARAMS, "accounting": {"storage_host": "db"}},
-     "{pp}: accounting.storage_user must be a non-empty string, found None"),
+    (RESOURCES, {**PARAMS, "accounting": {"storage_host": "db", "storage_pass": "x y"}},
+     "{pp}: accounting.storage_user must be a string, found None; accounting.storage_pass must be a password of "
+     "1-128 printable ASCII characters without spaces, quotes, backslash, ` or #, not starting with -, "
+     "found (hidden)"),
+    (RESOURCES, {**PARAMS, "fsx_dns_name": "fs-1.example.com\n/dev/sda1 /"},
+     "{pp}: fsx_dns_name must be a DNS host name (lowercase letters, digits, hyphens and dots), "
+     "found 'fs-1.example.com\\n/dev/sda1 /'"),
 ])
 def test_malformed_inputs_name_the_file_and_the_key(tmp_path, resources, params, message):
     rc, pp = write_inputs(tmp_path, resources, params)
@@ -154,18 +159,15 @@ def test_bad_settings_exit_2_with_one_line(tmp_path):
 # --- users ------------------------------------------------------------------------------------------
 
 
-def test_users_file_lines_and_errors(tmp_path):
-    users = tmp_path / "users.txt"
-    users.write_text("# team\nalice,2001\n\nbob , 2002 # comment\n")
-    assert node_users.read_users_file(users) == [node_users.UserRequest("alice", 2001),
-                                                 node_users.UserRequest("bob", 2002)]
-    assert node_users.read_users_file(tmp_path / "missing.txt") == []
-    users.write_text("alice,2001\nBob,x\n")
-    with pytest.raises(StepError, match=r"users\.txt line 2: expected `name,uid` .* found 'Bob,x'$"):
-        node_users.read_users_file(users)
-    users.write_text("carol,99\n")
-    with pytest.raises(StepError, match=r"line 1: uid 99 must be between 1000 and 60000$"):
-        node_users.read_users_file(users)
+def test_cluster_user_and_shared_users_come_from_the_parameters_and_a_flag_overrides(tmp_path):
+    params = {**PARAMS, "cluster_user": "alice", "shared_users": [{"name": "bob", "uid": 2002}]}
+    cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
+    assert node_users.cluster_users(settings_for(tmp_path), cluster) == [
+        node_users.UserRequest("alice", None), node_users.UserRequest("bob", 2002)]
+    assert node_users.cluster_users(settings_for(tmp_path, LLAMAPOD_CLUSTER_USER="carol"), cluster) == [
+        node_users.UserRequest("carol", None), node_users.UserRequest("bob", 2002)]
+    with pytest.raises(StepError, match=r"^--cluster-user must be a Linux user name .*, found '-oops'$"):
+        node_users.cluster_users(settings_for(tmp_path, LLAMAPOD_CLUSTER_USER="-oops"), cluster)
 
 
 def write_passwd(etc: Path) -> str:
