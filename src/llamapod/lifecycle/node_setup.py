@@ -74,7 +74,7 @@ def plan_steps(settings: Settings, cluster: Cluster, node: Node, mount_table: Pa
         ("ssh", lambda: ensure_ssh(settings, cluster, node)),
         ("munge", lambda: ensure_munge(settings, services)),
         ("accounting", lambda: ensure_accounting(settings, cluster, node, services)),
-        ("containers", lambda: ensure_containers(settings, cluster, mount_table)),
+        ("containers", lambda: ensure_containers(settings, cluster, node, mount_table)),
         ("slurm", lambda: ensure_slurm(settings, cluster, node, services)),
     ]
 
