@@ -311,6 +311,8 @@ def build_plan(spec: ClusterSpec, account: str | None, az_id: str | None) -> Pla
     plan.placeholders["VpcConfig.SecurityGroupIds"] = "exists once the network stack is created"
     plan.placeholders["fsx_dns_name"] = "exists once the FSx file system is requested"
     plan.placeholders["fsx_mountname"] = "exists once the FSx file system is requested"
+    plan.placeholders["ClientRequestToken"] = ("FSx's idempotency token, derived from the cluster name and the "
+                                               "network stack's ID once the stack exists")
     return plan
 
 

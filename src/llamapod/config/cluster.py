@@ -153,9 +153,9 @@ class ClusterSpec(BaseModel):
         return sum(group.count for group in self.instance_groups)
 
     @property
-    def primary_worker_type(self) -> str:
-        """The type the network's AZ must offer: the largest worker group's."""
-        return max(self.workers, key=lambda g: g.count).instance_type
+    def instance_types(self) -> list[str]:
+        """Every group's type, once each: the network's AZ must offer all of them."""
+        return sorted({group.instance_type for group in self.instance_groups})
 
 
 # ---- facts read from botocore ----------------------------------------------------

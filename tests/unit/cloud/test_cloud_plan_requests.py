@@ -201,7 +201,7 @@ def test_artifacts_with_account_are_exact(seed, tmp_path):
     assert summary["names"]["lifecycle_bucket"] == plan.lifecycle_bucket_name(seed, ACCOUNT)
     assert summary["availability_zone_id"] == "use1-az4"
     assert set(summary["placeholders"]) == {"VpcConfig.Subnets", "VpcConfig.SecurityGroupIds", "fsx_dns_name",
-                                            "fsx_mountname"}
+                                            "fsx_mountname", "ClientRequestToken"}
     params = json.loads((tmp_path / "provisioning_parameters.json").read_text())
     assert params["fsx_dns_name"] == plan.PLACEHOLDER_FSX_DNS
 
