@@ -53,6 +53,7 @@ KEYS = (K_VERSION, K_WORKLOAD_MANAGER, K_CONTROLLER_GROUP, K_LOGIN_GROUP, K_WORK
         K_FSX_MOUNTNAME, K_CLUSTER_USER, K_SHARED_USERS, K_CONTAINERS, K_ACCOUNTING)
 
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 
 # kind -> (full-string pattern, the rule as a phrase). None of the patterns admits a leading
 # '-', whitespace, a control character, a quote, a backslash or '#'.
@@ -65,6 +66,9 @@ RULES: Dict[str, Tuple["re.Pattern[str]", str]] = {
                   "letter or digit)"),
     "hostname": (re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*"),
                  "a DNS host name (lowercase letters, digits, hyphens and dots)"),
+    # A database host: a DNS name as above or an IPv4 address.
+    "host": (re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}|(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*"),
+             "a DNS host name (lowercase letters, digits, hyphens and dots) or an IPv4 address"),
     # FSx: "fsx" for SCRATCH_1, else 8 lowercase alphanumerics chosen by FSx.
     "mountname": (re.compile(r"[a-z0-9]{1,8}"), "an FSx for Lustre mount name (1-8 lowercase letters or digits)"),
     # useradd's default NAME_REGEX on Debian/Ubuntu, without the trailing '$'.
@@ -169,24 +173,37 @@ class ProvisioningParameters:
 # ---- checking ------------------------------------------------------------------------------
 
 
+def _check(found: List[str], where: str, problem: Optional[str], value: object) -> None:
+    if problem is not None:
+        found.append(f"{where} must be {problem}, found {value!r}")
+
+
 def problems(params: ProvisioningParameters, *, fsx_known: bool = True) -> List[str]:
     """Every way ``params`` breaks the contract; ``fsx_known=False`` skips the FSx names
     (``plan`` writes placeholders for them: they exist once the file system is requested)."""
+    found = _group_problems(params)
+    if fsx_known:
+        _check(found, K_FSX_DNS_NAME, rule_problem("hostname", params.fsx_dns_name), params.fsx_dns_name)
+        _check(found, K_FSX_MOUNTNAME, rule_problem("mountname", params.fsx_mountname), params.fsx_mountname)
+    found += _user_problems(params)
+    if not isinstance(params.containers, bool):
+        found.append(f"{K_CONTAINERS} must be true or false, found {params.containers!r}")
+    if params.accounting is not None:
+        found += _accounting_problems(params.accounting)
+    return found
+
+
+def _group_problems(params: ProvisioningParameters) -> List[str]:
     found: List[str] = []
-
-    def check(where: str, problem: Optional[str], value: object) -> None:
-        if problem is not None:
-            found.append(f"{where} must be {problem}, found {value!r}")
-
-    check(K_CONTROLLER_GROUP, rule_problem("group", params.controller_group), params.controller_group)
+    _check(found, K_CONTROLLER_GROUP, rule_problem("group", params.controller_group), params.controller_group)
     if params.login_group is not None:
-        check(K_LOGIN_GROUP, rule_problem("group", params.login_group), params.login_group)
+        _check(found, K_LOGIN_GROUP, rule_problem("group", params.login_group), params.login_group)
     if not params.worker_groups:
         found.append(f"{K_WORKER_GROUPS} must list at least one worker group")
     for i, worker in enumerate(params.worker_groups):
-        check(f"{K_WORKER_GROUPS}[{i}].{K_GROUP_NAME}", rule_problem("group", worker.group), worker.group)
-        check(f"{K_WORKER_GROUPS}[{i}].{K_PARTITION_NAME}", rule_problem("partition", worker.partition),
-              worker.partition)
+        where = f"{K_WORKER_GROUPS}[{i}]."
+        _check(found, where + K_GROUP_NAME, rule_problem("group", worker.group), worker.group)
+        _check(found, where + K_PARTITION_NAME, rule_problem("partition", worker.partition), worker.partition)
     groups = [params.controller_group, *([params.login_group] if params.login_group else []),
               *(w.group for w in params.worker_groups)]
     for name in sorted({g for g in groups if groups.count(g) > 1}, key=str):
@@ -195,33 +212,30 @@ def problems(params: ProvisioningParameters, *, fsx_known: bool = True) -> List[
     partitions = [w.partition for w in params.worker_groups]
     for name in sorted({p for p in partitions if partitions.count(p) > 1}, key=str):
         found.append(f"partition {name!r} is given to more than one worker group")
-    if fsx_known:
-        check(K_FSX_DNS_NAME, rule_problem("hostname", params.fsx_dns_name), params.fsx_dns_name)
-        check(K_FSX_MOUNTNAME, rule_problem("mountname", params.fsx_mountname), params.fsx_mountname)
-    check(K_CLUSTER_USER, rule_problem("user", params.cluster_user), params.cluster_user)
-    names = [params.cluster_user]
-    uids: List[int] = []
+    return found
+
+
+def _user_problems(params: ProvisioningParameters) -> List[str]:
+    found: List[str] = []
+    _check(found, K_CLUSTER_USER, rule_problem("user", params.cluster_user), params.cluster_user)
+    names: List[object] = [params.cluster_user]
+    uids: List[object] = []
     for i, user in enumerate(params.shared_users):
-        check(f"{K_SHARED_USERS}[{i}].{K_USER_NAME}", rule_problem("user", user.name), user.name)
-        check(f"{K_SHARED_USERS}[{i}].{K_USER_UID}", uid_problem(user.uid), user.uid)
+        where = f"{K_SHARED_USERS}[{i}]."
+        _check(found, where + K_USER_NAME, rule_problem("user", user.name), user.name)
+        _check(found, where + K_USER_UID, uid_problem(user.uid), user.uid)
         if user.name in names:
-            found.append(f"{K_SHARED_USERS}[{i}].{K_USER_NAME} {user.name!r} is already the cluster user or "
-                         f"another shared user")
+            found.append(f"{where}{K_USER_NAME} {user.name!r} is already the cluster user or another shared user")
         if user.uid in uids:
-            found.append(f"{K_SHARED_USERS}[{i}].{K_USER_UID} {user.uid} is already another shared user's")
+            found.append(f"{where}{K_USER_UID} {user.uid} is already another shared user's")
         names.append(user.name)
         uids.append(user.uid)
-    if not isinstance(params.containers, bool):
-        found.append(f"{K_CONTAINERS} must be true or false, found {params.containers!r}")
-    if params.accounting is not None:
-        found.extend(_accounting_problems(params.accounting))
     return found
 
 
 def accounting_rules(acct: Accounting) -> List[Tuple[str, str]]:
     """(key, the rule it breaks) for each accounting value that breaks one."""
-    host_rule = rule_problem("hostname", acct.storage_host) and _ipv4_problem(acct.storage_host)
-    checks = (("storage_host", host_rule),
+    checks = (("storage_host", rule_problem("host", acct.storage_host)),
               ("storage_port", port_problem(acct.storage_port)),
               ("storage_user", rule_problem("db_user", acct.storage_user)),
               ("storage_pass", rule_problem("password", acct.storage_pass)),
@@ -237,13 +251,6 @@ def shown(key: str, value: object) -> str:
 def _accounting_problems(acct: Accounting) -> List[str]:
     return [f"{K_ACCOUNTING}.{key} must be {rule}, found {shown(key, getattr(acct, key))}"
             for key, rule in accounting_rules(acct)]
-
-
-def _ipv4_problem(value: object) -> Optional[str]:
-    if isinstance(value, str) and re.fullmatch(r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}",
-                                               value):
-        return None
-    return "a DNS host name (lowercase letters, digits, hyphens and dots) or an IPv4 address"
 
 
 def dumps(params: ProvisioningParameters) -> str:
