@@ -110,8 +110,16 @@ def is_our_lustre_mount(entry: MountEntry, cluster: Cluster) -> bool:
     source = LustreSource.parse(entry.source)
     if source is None or source.mountname != cluster.fsx_mountname:
         return False
-    known = {cluster.fsx_dns_name} | resolve_ipv4(cluster.fsx_dns_name)
-    return any(address in known for address in source.addresses)
+    if cluster.fsx_dns_name in source.addresses:
+        return True
+    resolved = resolve_ipv4(cluster.fsx_dns_name)
+    if not resolved:
+        # The mount name (chosen by FSx for this file system) is what identifies it; a name
+        # the resolver cannot answer for right now must not make a re-run fail.
+        log.warning("%s does not resolve here; %s is taken for this cluster's file system by its mount name %s",
+                    cluster.fsx_dns_name, entry.source, cluster.fsx_mountname)
+        return True
+    return any(address in resolved for address in source.addresses)
 
 
 def ensure_fsx(settings: Settings, cluster: Cluster, mount_table: Path) -> None:

@@ -251,6 +251,10 @@ def test_our_lustre_mount_is_recognised_by_ip_or_name_and_mount_name(tmp_path):
     assert not node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/abcdefgh"), cluster)  # another address
     assert not node_storage.is_our_lustre_mount(entry("127.0.0.1@tcp:/abcdefgh", "tmpfs"), cluster)
     assert not node_storage.is_our_lustre_mount(entry("/dev/sda1"), cluster)
+    # A name that does not resolve right now: the mount name alone identifies the file system.
+    unresolved = node_cluster.load_cluster(*write_inputs(tmp_path, params={**params, "fsx_dns_name": "fs-1.invalid"}))
+    assert node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/abcdefgh"), unresolved)
+    assert not node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/zzzzzzzz"), unresolved)
 
 
 def test_mount_table_paths_are_unescaped_and_the_last_mount_wins(tmp_path):
