@@ -8,6 +8,7 @@ used for estimates only: `plan` labels them as such.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -88,3 +89,11 @@ def instance_info(instance_type: str) -> InstanceInfo:
 def known_instance_types() -> list[str]:
     """Every instance type this table describes (for "did you mean ...?" suggestions)."""
     return sorted(_KNOWN)
+
+
+_ACCELERATED_FAMILY = re.compile(r"^ml\.(p|g|gr|trn)\d")
+
+
+def has_accelerators(instance_type: str) -> bool:
+    """GPUs or Trainium, by family, so types newer than the table above (p6, g7e, ...) count too."""
+    return bool(_ACCELERATED_FAMILY.match(instance_type))

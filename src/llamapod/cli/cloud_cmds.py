@@ -150,6 +150,8 @@ node_recovery = {_toml(spec.node_recovery)}   # Automatic: HyperPod replaces fai
 # deep_health_checks = ["InstanceStress", "InstanceConnectivity"]   # GPU groups; adds time to creation
 # ebs_volume_gb = 500   # an extra EBS volume per node, mounted at /opt/sagemaker
 cluster_user = {_toml(spec.cluster_user)}   # the login user; its home moves to /fsx/<user>
+# shared_users = [{{ name = "alice", uid = 2001 }}]   # more users on every node, fixed uids 1000-60000
+# containers = true   # Docker/enroot data on the workers' NVMe, pyxis for srun --container-image
 
 # The Slurm controller (head node): exactly one instance.
 [cluster.controller]
@@ -177,6 +179,12 @@ compression = {_toml(spec.fsx.compression)}
 # vpc_cidr = "{net.vpc_cidr}"
 # public_subnet_cidr = "{net.public_subnet_cidr}"
 # private_subnet_cidr = "{net.private_subnet_cidr}"
+
+# Slurm accounting (slurmdbd on the controller) against a MySQL/MariaDB you run, e.g. Amazon RDS.
+# [cluster.accounting]
+# storage_host = "slurm-db.cluster-abc.us-east-1.rds.amazonaws.com"
+# storage_user = "slurm"
+# storage_pass = "..."
 
 # Extra tags on everything llamapod creates (llamapod:cluster is always added).
 [cluster.tags]

@@ -82,10 +82,6 @@ def upload_files(session, bucket: str, files: list[tuple[Path, str]], prefix: st
     return sent
 
 
-def put_json(session, bucket: str, key: str, data: dict[str, Any]) -> bool:
-    return put_bytes(session, bucket, key, (json.dumps(data, indent=2) + "\n").encode(), "application/json")
-
-
 def put_bytes(session, bucket: str, key: str, body: bytes, content_type: str | None = None) -> bool:
     """Write an object unless the same bytes are already there (re-runs upload nothing)."""
     s3 = session.client("s3")

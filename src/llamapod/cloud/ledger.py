@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from llamapod import paths
 from llamapod.errors import ConfigError
@@ -182,7 +183,8 @@ def console_link(arn: str, region: str) -> str:
                  "internet-gateway": "vpcconsole/home#InternetGateway:internetGatewayId=",
                  "route-table": "vpcconsole/home#RouteTableDetails:RouteTableId=",
                  "vpc-endpoint": "vpcconsole/home#EndpointDetails:vpcEndpointId=",
-                 "elastic-ip": "ec2/home#ElasticIpDetails:AllocationId="}
+                 "elastic-ip": "ec2/home#ElasticIpDetails:AllocationId=",
+                 "network-interface": "ec2/home#NetworkInterface:networkInterfaceId="}
         return f"{base}/{pages.get(kind, 'ec2/home#Home:')}{rid}?region={region}"
     if service == "fsx":
         return f"{base}/fsx/home?region={region}#file-system-details/{rid}"
@@ -190,6 +192,9 @@ def console_link(arn: str, region: str) -> str:
         return f"https://s3.console.aws.amazon.com/s3/buckets/{resource}?region={region}"
     if service == "cloudformation":
         return f"{base}/cloudformation/home?region={region}#/stacks/stackinfo?stackId={arn}"
+    if service == "logs":
+        group = resource.removeprefix("log-group:")
+        return f"{base}/cloudwatch/home?region={region}#logsV2:log-groups/log-group/{quote(group, safe='')}"
     if service == "sagemaker":
         return f"{base}/sagemaker/home?region={region}#/cluster-management/{rid}"
     if service == "iam":

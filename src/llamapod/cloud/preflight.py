@@ -241,30 +241,52 @@ def _quota_url(region: str, code: str | None) -> str:
 
 
 def check_quotas(session: Any, spec: ClusterSpec) -> list[Check]:
-    """SageMaker quotas by name (codes differ between regions and change; names are what docs cite)."""
+    """SageMaker quotas by name (codes differ between regions and change; names are what docs cite).
+
+    "If the applied quota value is not available for a quota, the quota is not retrieved"
+    (ListServiceQuotas, Service Quotas API reference): a quota still at its AWS default is often
+    missing there. So a missing name is looked up among the defaults
+    (ListAWSDefaultServiceQuotas); absent from both, it is unknown, not a failure.
+    """
+    client = _lookup_client(session, "service-quotas", attempts=1)  # one attempt: see check_permissions
     try:
-        # One attempt, for the reason given in check_permissions.
-        listed = _paginate(_lookup_client(session, "service-quotas", attempts=1), "list_service_quotas", "Quotas",
-                           "servicequotas:ListServiceQuotas", ServiceCode="sagemaker")
+        listed = _paginate(client, "list_service_quotas", "Quotas", "servicequotas:ListServiceQuotas",
+                           ServiceCode="sagemaker")
     except _Unanswered as exc:
         return [Check("quotas", "unknown", f"SageMaker quotas could not be read: {exc.reason}", exc.fix)]
-    quotas = {q["QuotaName"]: q for q in listed}
+    applied = {q["QuotaName"]: q for q in listed}
     needed = [(quota_name(t), n) for t, n in sorted(spec.instance_counts().items())]
     needed += [(PER_CLUSTER_QUOTA, spec.total_instances), (TOTAL_QUOTA, spec.total_instances)]
-    return [_quota_check(spec.region, quotas, name, count) for name, count in needed]
+    defaults: dict[str, dict] | _Unanswered = {}
+    if any(name not in applied for name, _ in needed):
+        try:
+            defaults = {q["QuotaName"]: q for q in _paginate(
+                client, "list_aws_default_service_quotas", "Quotas", "servicequotas:ListAWSDefaultServiceQuotas",
+                ServiceCode="sagemaker")}
+        except _Unanswered as exc:
+            defaults = exc
+    return [_quota_check(spec.region, applied, defaults, name, count) for name, count in needed]
 
 
-def _quota_check(region: str, quotas: dict[str, dict], name: str, needed: int) -> Check:
+def _quota_check(region: str, applied: dict[str, dict], defaults: "dict[str, dict] | _Unanswered", name: str,
+                 needed: int) -> Check:
     label = f"quota: {name}"
-    quota = quotas.get(name)
+    quota, source = applied.get(name), ""
     if quota is None:
-        return Check(label, "fail", f"{region} has no SageMaker quota named '{name}'",
-                     "this instance type is not offered for HyperPod here: choose another type or region")
+        if isinstance(defaults, _Unanswered):
+            return Check(label, "unknown", f"'{name}' is not among the applied quotas and the AWS defaults "
+                                           f"could not be read: {defaults.reason}", defaults.fix)
+        quota, source = defaults.get(name), " (the AWS default)"
+    if quota is None:
+        return Check(label, "unknown",
+                     f"{region} lists no SageMaker quota named '{name}', applied or default",
+                     f"check that the instance type is offered for HyperPod clusters in {region}: "
+                     f"{_quota_url(region, None)}")
     value = int(quota.get("Value", 0))
     code = quota.get("QuotaCode")
     if value >= needed:
-        return Check(label, "ok", f"{value} allowed, {needed} needed", data={"value": value, "code": code})
-    return Check(label, "fail", f"{value} allowed in {region}, {needed} needed",
+        return Check(label, "ok", f"{value} allowed{source}, {needed} needed", data={"value": value, "code": code})
+    return Check(label, "fail", f"{value} allowed in {region}{source}, {needed} needed",
                  f"request an increase of '{name}' to at least {needed} in Service Quotas "
                  f"(Amazon SageMaker, {region}): {_quota_url(region, code)}", data={"value": value, "code": code})
 
