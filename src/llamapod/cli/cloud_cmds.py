@@ -317,10 +317,13 @@ def plan(config_path: Path | None, profile: str | None, out_dir: Path, **flags: 
 
 @click.command(name="operator-policy")
 @click.option("--account", help="AWS account id to scope the policy to (default: look it up; '*' if that fails)")
+@click.option("--part", type=click.Choice(["network", "cluster"]),
+              help="print one of the two managed policies to attach (the whole exceeds IAM's 6,144 characters)")
 @_region_option
 @_profile_option
-def operator_policy(account: str | None, region: str | None, profile: str | None) -> None:
+def operator_policy(account: str | None, part: str | None, region: str | None, profile: str | None) -> None:
     """Print the least-privilege IAM policy a user needs to run llamapod."""
+    from llamapod.cloud.policies import MANAGED_POLICY_MAX_CHARS, operator_policy_parts, policy_chars
     from llamapod.cloud.policies import operator_policy as build_policy
     from llamapod.config.cluster import DEFAULT_REGION, partition_of
     from llamapod.errors import ConfigError
@@ -336,4 +339,12 @@ def operator_policy(account: str | None, region: str | None, profile: str | None
         account = credentials.data.get("account", "*")
         if credentials.status != "ok":
             ui.warn(f"account not looked up ({credentials.detail}): the policy names any account ('*')")
-    ui.out(json.dumps(build_policy(account, partition_of(region)), indent=2))
+    if part is not None:
+        ui.out(json.dumps(operator_policy_parts(account, partition_of(region))[part], indent=2))
+        return
+    whole = build_policy(account, partition_of(region))
+    ui.out(json.dumps(whole, indent=2))
+    if policy_chars(whole) > MANAGED_POLICY_MAX_CHARS:
+        ui.info(f"this policy has {policy_chars(whole):,} characters, more than a managed policy holds "
+                f"({MANAGED_POLICY_MAX_CHARS:,}): attach it as two, `--part network` and `--part cluster`, "
+                f"or as a role's inline policy")

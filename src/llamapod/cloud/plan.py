@@ -21,7 +21,7 @@ from typing import Any
 
 from llamapod.cloud.policies import (  # noqa: F401  (re-exported: the plan's public surface)
     BUCKET_PREFIX, ROLE_PREFIX, STACK_PREFIX, bucket_policy, execution_role_policies,
-    execution_role_trust_policy, managed_policy_arns, operator_policy)
+    execution_role_trust_policy, managed_policy_arns, operator_policy, operator_policy_parts)
 from llamapod.config.cluster import LIFECYCLE_PREFIX, ClusterSpec, partition_of
 from llamapod.errors import ConfigError
 from llamapod.instances import has_accelerators
@@ -355,6 +355,8 @@ def write_artifacts(spec: ClusterSpec, out_dir: str | Path, *, account: str | No
         written.append(_write_json(out / f"execution-role-policy-{name}.json", document))
     written.append(_write_json(out / "bucket-policy.json", bucket_policy(bucket, partition)))
     written.append(_write_json(out / "operator-policy.json", operator_policy(acct if account else "*", partition)))
+    for part, document in operator_policy_parts(acct if account else "*", partition).items():
+        written.append(_write_json(out / f"operator-policy-{part}.json", document))
     summary = {
         "cluster": spec.name,
         "region": spec.region,

@@ -14,6 +14,8 @@ All of them pass the ``parliament`` linter and ``cloudsplaining`` (tests check b
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 VERSION = "2012-10-17"
@@ -218,6 +220,7 @@ def permissions_boundary(account: str, partition: str = "aws") -> dict[str, Any]
 READ_ACTIONS = (
     # doctor
     "servicequotas:ListServiceQuotas",
+    "servicequotas:ListAWSDefaultServiceQuotas",
     "iam:SimulatePrincipalPolicy",
     "ec2:DescribeAvailabilityZones",
     "ec2:DescribeInstanceTypeOfferings",
@@ -236,8 +239,9 @@ READ_ACTIONS = (
     "ec2:DescribePrefixLists",
     "ec2:DescribeTags",
     "ec2:DescribeAccountAttributes",
-    # FSx, cluster, status
+    # FSx, cluster, status; HyperPod's log groups (down finds them by name prefix)
     "fsx:DescribeFileSystems",
+    "logs:DescribeLogGroups",
     # down: find leftovers by tag
     "tag:GetResources",
     "iam:ListRoles",
@@ -393,7 +397,35 @@ def operator_policy(account: str = "*", partition: str = "aws") -> dict[str, Any
          "Resource": [cluster_arn] + [f"arn:{partition}:ssm:*:*:document/{doc}" for doc in SSM_DOCUMENTS]},
         {"Sid": "OwnSessions", "Effect": "Allow", "Action": ["ssm:TerminateSession", "ssm:ResumeSession"],
          "Resource": f"arn:{partition}:ssm:*:{acct}:session/*"},
+        # HyperPod's node logs outlive the cluster (untagged, created by the instance role).
+        {"Sid": "ClusterLogs", "Effect": "Allow", "Action": "logs:DeleteLogGroup",
+         "Resource": f"arn:{partition}:logs:*:{acct}:log-group:/aws/sagemaker/Clusters/*"},
     )
+
+
+# IAM quota: a managed policy holds at most 6,144 characters, whitespace not counted (IAM
+# User Guide, "IAM and AWS STS quotas"). The whole operator policy is larger once scoped to an
+# account, so it is attached as two managed policies; together they grant exactly the whole.
+MANAGED_POLICY_MAX_CHARS = 6144
+NETWORK_PART_SIDS = ("LookUps", "NetworkStack", "NewVpc", "NewInVpc", "NewGateways", "TagOnCreate",
+                     "NetworkResources", "GroupRules")
+
+
+def operator_policy_parts(account: str = "*", partition: str = "aws") -> dict[str, dict[str, Any]]:
+    """The operator policy split for attaching: {"network": ..., "cluster": ...}.
+
+    ``network`` holds the look-ups and everything the VPC stack needs; ``cluster`` the file
+    system, roles, bucket, cluster, sessions and logs.
+    """
+    statements = operator_policy(account, partition)["Statement"]
+    network = [s for s in statements if s["Sid"] in NETWORK_PART_SIDS]
+    cluster = [s for s in statements if s["Sid"] not in NETWORK_PART_SIDS]
+    return {"network": _doc(*network), "cluster": _doc(*cluster)}
+
+
+def policy_chars(policy: dict[str, Any]) -> int:
+    """The length IAM counts against the managed-policy quota (no whitespace)."""
+    return len(json.dumps(policy, separators=(",", ":")))
 
 
 def policy_actions(policy: dict[str, Any]) -> set[str]:

@@ -191,7 +191,7 @@ def test_artifacts_with_account_are_exact(seed, tmp_path):
         "cluster-config.json", "provisioning_parameters.json", "fsx-request.json", "network.yaml",
         "network-parameters.json", "execution-role-trust-policy.json",
         "execution-role-policy-llamapod-network-interfaces.json",
-        "execution-role-policy-llamapod-lifecycle-read.json", "bucket-policy.json", "operator-policy.json",
+        "execution-role-policy-llamapod-lifecycle-read.json", "bucket-policy.json", "operator-policy.json", "operator-policy-network.json", "operator-policy-cluster.json",
         "plan.json"])
     config = json.loads((tmp_path / "cluster-config.json").read_text())
     assert config == _cluster_request(seed) | {"VpcConfig": {"SecurityGroupIds": [plan.PLACEHOLDER_SG],
