@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llamapod import paths
+from llamapod import paths, validate
 from llamapod.errors import ConfigError
 
 CLUSTER_TAG = "llamapod:cluster"
@@ -29,7 +29,8 @@ KINDS = ("network", "role", "bucket", "fsx", "cluster")
 
 
 def ledger_path(name: str) -> Path:
-    return paths.home() / "clusters" / f"{name}.json"
+    # Checked before it becomes a path: "../../x" or "a/b" must not name a file outside the state folder.
+    return paths.home() / "clusters" / f"{validate.cluster_state_name(name)}.json"
 
 
 class Ledger:
