@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import unicodedata
 from typing import Any, Callable, Optional
 
@@ -30,7 +31,8 @@ CLUSTER_NAME_RULE = ("must be 1-63 letters, digits or hyphens, starting and endi
 # useradd's default NAME_REGEX on Debian/Ubuntu (adduser.conf), 32 characters at most:
 # the user llamapod creates on every node.
 LINUX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-LINUX_USER_RULE = "must be a Linux user name: a lowercase letter or _, then lowercase letters, digits, _ or - (32 at most)"
+LINUX_USER_RULE = ("must be a Linux user name: a lowercase letter or _, then lowercase letters, digits, _ or - "
+                   "(32 at most)")
 
 # Users llamapod only logs in as (any Slurm head node) may come from a directory
 # service, where capitals and dots are common; never '@', '%', spaces or a leading '-'.
@@ -140,7 +142,19 @@ def host_problem(value: Any) -> Optional[str]:
             return None
         except ValueError:
             pass
+        if _is_shorthand_ipv4(value):
+            return "must spell an IPv4 address in full, a.b.c.d without leading zeros (ssh reads it as another address)"
     return _grammar_problem(value, HOST, HOST_RULE)
+
+
+def _is_shorthand_ipv4(value: str) -> bool:
+    # inet_aton reads "0", "10.1", "0x7f.1" and "010.0.0.1" (octal) as addresses, and so
+    # does ssh (it rewrites them to the canonical form): a name like that means another host.
+    try:
+        socket.inet_aton(value)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def text_problem(value: Any) -> Optional[str]:
@@ -150,6 +164,17 @@ def text_problem(value: Any) -> Optional[str]:
     bad = control_characters(value)
     if bad:
         return f"must not contain control characters such as newlines (found {bad[0]})"
+    return None
+
+
+def quoted_value_problem(value: Any) -> Optional[str]:
+    """A value that is quoted for a shell script: anything a UTF-8 text file and bash can hold."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if "\x00" in value:
+        return "must not contain NUL characters (a command line cannot hold them)"
+    if any(unicodedata.category(c) == "Cs" for c in value):
+        return "must be valid text (it holds an undecodable byte)"
     return None
 
 
@@ -249,6 +274,8 @@ def ssh_config_value(key: str, value: str) -> str:
     still balance). Percent tokens (%h, %p, ...) are expanded in path-like options, so a
     literal '%' there is written '%%'. Newlines cannot be written at all.
     """
+    if not value:
+        raise ConfigError(f"ssh option {key} needs a value (ssh refuses an empty one)", "set a value or leave it out")
     if has_control_characters(value):
         raise ConfigError(f"ssh option {key} cannot hold {shown(value)}: it contains a control character",
                           "remove newlines and other control characters from the value")
@@ -260,7 +287,7 @@ def ssh_config_value(key: str, value: str) -> str:
                           "use a path without '${'")
     if lowered in _SSH_PERCENT_KEYS:
         value = value.replace("%", "%%")
-    if value and not _SSH_NEEDS_QUOTES.search(value):
+    if not _SSH_NEEDS_QUOTES.search(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

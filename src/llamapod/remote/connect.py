@@ -189,7 +189,7 @@ class ClusterAccess:
         if not self.via_ssm:
             if node in (None, self.controller_group, "controller", self.settings.host):
                 return Node(instance_id=self.settings.host or "head", group=self.controller_group, status="Running")
-            raise ConfigError(f"no node '{node}' here: remote.host {self.settings.host} is the only node llamapod "
+            raise ConfigError(f"no node {validate.shown(node)} here: remote.host {self.settings.host} is the only node llamapod "
                               "reaches", "drop the node name, or remove [remote] host to reach nodes through SSM")
         wanted = node or self.controller_group
         in_group = [n for n in self.nodes if n.group == wanted]
@@ -204,7 +204,7 @@ class ClusterAccess:
             raise ConfigError(f"cluster {self.name} has no instance group '{wanted}' to use as the head node",
                               f"set remote.controller_group to one of: {', '.join(groups) or '(no nodes)'}")
         choices = sorted({n.group for n in self.nodes}) + [n.instance_id for n in self.nodes]
-        raise ConfigError(f"cluster {self.name} has no node '{node}'",
+        raise ConfigError(f"cluster {self.name} has no node {validate.shown(node)}",
                           f"name an instance group, instance id or hostname: {', '.join(choices) or '(no nodes)'}")
 
     def worker_groups(self) -> list[dict]:

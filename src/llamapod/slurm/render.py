@@ -107,6 +107,8 @@ def _check_sbatch_values(job: SlurmJob) -> None:
     # '-' would be an option of srun) and the names of exported variables.
     checks.append(("python", job.python, validate.path_problem))
     checks += [("env", name, validate.env_name_problem) for name in job.env]
+    checks += [("env", value, validate.quoted_value_problem) for value in job.env.values()]
+    checks += [("env_setup", line, validate.quoted_value_problem) for line in job.env_setup]
     for name, value, check in checks:
         problem = check(value) if value is not None else None
         if problem:
@@ -157,7 +159,11 @@ def _launch_command(spec: "TrainSpec", job: SlurmJob) -> list[str]:
         f'--rdzv_endpoint "$(hostname):{job.rdzv_port}"',
         "-m llamapod.train",
     ]
-    groups += [shlex.quote(arg) for arg in job_train_args(spec, job)]
+    train_args = job_train_args(spec, job)
+    for arg in train_args:
+        validate.require(validate.quoted_value_problem(arg), arg, f"the trainer flag {arg.split('=', 1)[0]}",
+                         "remove NUL characters and undecodable bytes from the value")
+    groups += [shlex.quote(arg) for arg in train_args]
     return [groups[0] + " \\"] + [f"{_INDENT}{g} \\" for g in groups[1:-1]] + [f"{_INDENT}{groups[-1]}"]
 
 
