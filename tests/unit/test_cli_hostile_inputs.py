@@ -21,6 +21,8 @@ CASES = [
     ("down-traversal", ["down", "--yes", "../../x"], None, 2),
     ("status-newline", ["status", "demo\nx"], None, 2),
     ("status-option", ["status", "--region", "us-east-1", "--", "-x"], None, 2),
+    ("status-region-newline", ["status", "demo", "--region", "us-east-1\nx"], None, 2),
+    ("down-region-option", ["down", "demo", "--region", "-x"], None, 2),
     ("status-config-name", ["status"], '[cluster]\nname = "../../x"\n', 2),
     ("ssh-user-option", ["ssh", "--cluster", "demo", "--", "true"],
      REMOTE + 'user = "-oProxyCommand=touch pwned"\n', 2),
