@@ -147,3 +147,25 @@ def test_a_bad_cluster_name_never_reaches_the_ssh_config(tmp_path, name):
     with pytest.raises(ConfigError):
         write_ssh_config(config, name, [])
     assert config.read_text() == "Host github.com\n    User git\n"
+
+
+# How `ssh -G` prints each option: paths it expands come back as written before quoting,
+# IdentityFile is printed before %-expansion, ProxyCommand verbatim, HostKeyAlias with its
+# ASCII letters lowercased (C's tolower).
+READ_BACK = {"UserKnownHostsFile": lambda v: v, "ControlPath": lambda v: v,
+             "HostKeyAlias": lambda v: "".join(c.lower() if c.isascii() else c for c in v),
+             "IdentityFile": _expected_identity, "ProxyCommand": lambda v: v}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(sorted(READ_BACK)), value=hostile_text)
+def test_any_option_value_is_quoted_so_ssh_reads_it_back(odd_dir, key, value):
+    try:
+        written = validate.ssh_config_value(key, value)
+    except ConfigError as err:
+        assert "\n" not in err.message
+        return
+    config = odd_dir / "value-config"
+    config.write_bytes(f"Host h\n    {key} {written}\n".encode())
+    assert ssh_reads(["-F", str(config), "h"])[key.lower()][0] == READ_BACK[key](value)
+    assert ssh_reads(["-F", "none", "-o", f"{key}={written}", "--", "h"])[key.lower()][0] == READ_BACK[key](value)
