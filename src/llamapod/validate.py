@@ -285,6 +285,10 @@ def ssh_config_value(key: str, value: str) -> str:
     if lowered in _SSH_DOLLAR_KEYS and "${" in value:
         raise ConfigError(f"ssh option {key} cannot hold {shown(value)}: ssh would expand '${{' as a variable",
                           "use a path without '${'")
+    if lowered in _SSH_DOLLAR_KEYS and value.startswith("~"):
+        # The same options expand a leading '~' to a home folder; a relative path that
+        # merely starts with '~' keeps its meaning as ./~...
+        value = f"./{value}"
     if lowered in _SSH_PERCENT_KEYS:
         value = value.replace("%", "%%")
     if not _SSH_NEEDS_QUOTES.search(value):
@@ -293,6 +297,10 @@ def ssh_config_value(key: str, value: str) -> str:
 
 
 def _proxy_command_value(value: str) -> str:
+    # ssh strips the line's trailing blanks and skips blanks and '=' before the command.
+    if value != value.strip(" \t") or value.startswith("="):
+        raise ConfigError(f"ssh ProxyCommand {shown(value)} starts or ends with a blank or starts with '='",
+                          "write the command without surrounding blanks")
     if _PROXY_TOKENS.search(value):
         raise ConfigError(f"ssh ProxyCommand {shown(value)} holds a '%' that is not one of %%, %h, %n, %p, %r",
                           "write a literal percent sign as %%")

@@ -8,6 +8,7 @@ re-parses to the same hosts.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,13 +16,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from fixtures.hostile import hostile_text, ssh_reads
 from llamapod import validate
 from llamapod.cloud.access import proxy_command, render_ssh_config_block, write_ssh_config
 from llamapod.errors import ConfigError, LlamapodError
-from llamapod.remote.connect import ClusterAccess, Node, RemoteSettings, ssh_config_entries
+from llamapod.remote.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings, ssh_config_entries
 from llamapod.remote.ssh import SshShell, SshTarget
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")
@@ -93,11 +93,16 @@ def test_option_looking_users_and_hosts_never_reach_ssh(user, host):
     assert "\n" not in err.value.message and err.value.message.startswith(("ssh user ", "ssh host "))
 
 
-def _settings(key: Path, **values) -> RemoteSettings | None:
+def _settings(directory: Path, **values) -> RemoteSettings | None:
+    """The [remote] table with these values, through the real loader; None when it refuses them."""
+    lines = ["[remote]"] + [f"{key} = {json.dumps(value)}" for key, value in values.items() if value is not None]
+    config = directory / "llamapod.toml"
+    config.write_text("\n".join(lines) + "\n")
     try:
-        return RemoteSettings(identity_file=str(key), **{k: v for k, v in values.items() if v is not None})
-    except ValidationError:
-        return None  # load_remote_settings turns this into one ConfigError line
+        return load_remote_settings(config)
+    except LlamapodError as err:
+        assert isinstance(err, ConfigError) and "\n" not in err.message, err.message
+        return None
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,7 +111,7 @@ def _settings(key: Path, **values) -> RemoteSettings | None:
 def test_ssh_config_entries_reparse_to_the_same_hosts(odd_dir, name, group, instance, user, profile, region):
     key = odd_dir / "id_ed25519"
     key.touch()
-    settings_ = _settings(key, user=user, profile=profile, region=region)
+    settings_ = _settings(odd_dir, identity_file=str(key), user=user, profile=profile, region=region)
     assume(settings_ is not None)
     previous = os.environ.get("LLAMAPOD_HOME")
     os.environ["LLAMAPOD_HOME"] = str(odd_dir / "home")
@@ -149,12 +154,13 @@ def test_a_bad_cluster_name_never_reaches_the_ssh_config(tmp_path, name):
     assert config.read_text() == "Host github.com\n    User git\n"
 
 
-# How `ssh -G` prints each option: paths it expands come back as written before quoting,
-# IdentityFile is printed before %-expansion, ProxyCommand verbatim, HostKeyAlias with its
-# ASCII letters lowercased (C's tolower).
-READ_BACK = {"UserKnownHostsFile": lambda v: v, "ControlPath": lambda v: v,
+# How `ssh -G` prints each option: paths after expansion (compared as the file they name,
+# so ./~x and ~x are the same relative path), IdentityFile before %-expansion, ProxyCommand
+# verbatim, HostKeyAlias with its ASCII letters lowercased (C's tolower).
+READ_BACK = {"UserKnownHostsFile": os.path.abspath, "ControlPath": os.path.abspath,
              "HostKeyAlias": lambda v: "".join(c.lower() if c.isascii() else c for c in v),
-             "IdentityFile": _expected_identity, "ProxyCommand": lambda v: v}
+             "IdentityFile": lambda v: os.path.abspath(_expected_identity(v)), "ProxyCommand": lambda v: v}
+SAME_FILE = {"UserKnownHostsFile", "ControlPath", "IdentityFile"}
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -167,5 +173,6 @@ def test_any_option_value_is_quoted_so_ssh_reads_it_back(odd_dir, key, value):
         return
     config = odd_dir / "value-config"
     config.write_bytes(f"Host h\n    {key} {written}\n".encode())
-    assert ssh_reads(["-F", str(config), "h"])[key.lower()][0] == READ_BACK[key](value)
-    assert ssh_reads(["-F", "none", "-o", f"{key}={written}", "--", "h"])[key.lower()][0] == READ_BACK[key](value)
+    for argv in (["-F", str(config), "h"], ["-F", "none", "-o", f"{key}={written}", "--", "h"]):
+        read = ssh_reads(argv)[key.lower()][0]
+        assert (os.path.abspath(read) if key in SAME_FILE else read) == READ_BACK[key](value)
