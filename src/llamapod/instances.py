@@ -62,6 +62,7 @@ _KNOWN: dict[str, InstanceInfo] = {
 
 # Dense bf16 peak per accelerator (FLOP/s), for MFU. A10G: the A10 data sheet's figure,
 # an upper bound (the G variant clocks lower), so MFU on g5 is labelled as such.
+# Dense bf16 tensor-core peaks from the data sheets, the divisor of MFU.
 PEAK_BF16_FLOPS: dict[str, float] = {
     "A10G": 125e12,
     "L4": 121e12,
@@ -69,6 +70,13 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "A100": 312e12,
     "H100": 989e12,
     "H200": 989e12,
+}
+
+# Where a table figure is not the accelerator's own, MFU says so next to its value.
+PEAK_CAVEATS: dict[str, str] = {
+    # NVIDIA publishes no A10G data sheet; it runs at lower clocks than the A10, so the
+    # true peak is below this and MFU against it reads low.
+    "A10G": "the A10's data-sheet figure, above the A10G's real peak: MFU reads low",
 }
 
 

@@ -181,7 +181,9 @@ compression = {_toml(spec.fsx.compression)}
 # Extra tags on everything llamapod creates (llamapod:cluster is always added).
 [cluster.tags]
 
-# The seed's training job (step 7): Llama 2 7B, its flags as written in the guide.
+# The seed's training job (step 7): Llama 2 7B, its flags as written in the guide. Everything
+# it does not name has the reference FSDP example's default (lr 1e-4, activation checkpointing
+# on, 5000 steps, the allenai/c4 dataset, ...: `llamapod train --help` lists them).
 # `llamapod train --cluster {spec.name}` runs it on the cluster; flags on the command line win.
 [train]
 model_type = "llama_v2"
@@ -200,7 +202,6 @@ val_batch_size = 4
 epochs = 1
 validation_batches = 1
 resume_from_checkpoint = "./checkpoints"
-max_steps = 5000
 
 # How the job is submitted to Slurm (nodes and GPUs per node follow the instance type).
 [slurm]

@@ -67,10 +67,13 @@ def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detac
         ui.out(flags_help())
         return
     from llamapod.config.files import default_config_path
-    from llamapod.config.train import parse_train_args
+    from llamapod.config.train import read_train_args
 
     config_path = config_path or default_config_path()
-    spec = parse_train_args(list(ctx.args), config_path=config_path)
+    parsed = read_train_args(list(ctx.args), config_path=config_path)
+    for notice in parsed.notices:
+        ui.warn(notice)
+    spec = parsed.spec
     slurm_overrides = {k: v for k, v in slurm_opts.items() if v is not None}
 
     if cluster:

@@ -1,15 +1,25 @@
 """Training settings: the ``[train]`` table of ``llamapod.toml`` plus command-line flags.
 
-The trainer accepts the seed's command line as written (``--max_context_width 2048
---num_layers 32 ... --bf16 1``) in both ``--flag value`` and ``--flag=value`` forms,
-and rejects unknown flags with the closest valid one (the reference example silently
-ignores typos, so a misspelled ``--checkpont_freq`` there trains for hours without
-checkpoints). Torch-free: the Slurm renderer and the CLI import this on any machine.
+The flags are the reference FSDP example's (awsome-distributed-training ``10.FSDP``
+``model_utils/arguments.py``), with its defaults: a command line pasted from there, or
+from the seed guide, trains exactly what it trained there (lr 1e-4, activation
+checkpointing on, 5000 steps, ...). Its flags that have no meaning for this trainer
+(dropout of a model that has none, FSDP1 knobs) are accepted with a one-line warning, and
+stray words (what bash passes for the seed's ``\\ # 7b: 32`` comment lines) are ignored
+with a warning, as the reference ignores them.
+
+The offline main job (``llamapod train`` with no flags) has tuned values of its own, kept
+as the named recipe ``quickstart``; see ``choose_recipe`` for when it applies.
+
+Unlike the reference, an unknown flag is an error with the closest valid one: there a
+misspelled ``--checkpont_freq`` trains for hours without checkpoints. Torch-free: the Slurm
+renderer and the CLI import this on any machine.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -20,22 +30,65 @@ from llamapod.errors import ConfigError
 # Flags of `llamapod train` itself (cli/train.py): not training settings, but a typo of
 # one of them should still be suggested.
 LAUNCHER_FLAGS = ("config", "nproc", "slurm", "dry-run", "nodes", "partition", "time", "account",
-                  "instance-type", "cluster", "detach", "help")
+                  "instance-type", "cluster", "detach", "force", "help")
 
-# Older names the reference example accepts, mapped to ours.
-ALIASES = {"llama_intermediate_size": "intermediate_size", "learning_rate": "lr"}
+# Other names the reference accepts for the same setting.
+ALIASES = {"llama_intermediate_size": "intermediate_size", "learning_rate": "lr",
+           "max_training_steps": "max_steps", "rotary_emb_base": "rope_theta"}
+
+# The reference's flags that mean nothing for this trainer, the type the reference parses
+# them as (a bad value is still an error), and why they have no effect here.
+NO_EFFECT_FLAGS: dict[str, tuple[type, str]] = {
+    "resid_pdrop": (float, "Llama has no dropout (the reference uses it only for gpt_neox)"),
+    "embd_pdrop": (float, "Llama has no dropout (the reference uses it only for gpt_neox)"),
+    "attn_pdrop": (float, "Llama has no dropout (the reference uses it only for gpt_neox)"),
+    "summary_first_pdrop": (float, "Llama has no dropout (the reference uses it only for gpt_neox)"),
+    "rotary_pct": (float, "Llama rotates every head dimension (the reference uses it only for gpt_neox)"),
+    "limit_all_gathers": (int, "FSDP2 always limits in-flight all-gathers"),
+    "activation_loading_horizon": (int, "it tunes FSDP1's activation offload wrapper; "
+                                        "--offload_activations here needs no horizon"),
+    "same_seed": (int, "every rank builds identical weights from --seed by construction, "
+                       "and each rank reads its own part of the data"),
+}
+
+# Flags of the reference that describe the model: a command line naming any of them is
+# written against the reference, so it gets the reference's defaults for the rest.
+REFERENCE_MODEL_FLAGS = ("model_type", "hidden_width", "num_layers", "num_heads", "num_key_value_heads",
+                         "intermediate_size", "max_context_width", "vocab_size")
+
+# Presets sized for a CPU: without a model named in the reference's terms they train with
+# the quickstart recipe. Every other preset is a real model and gets the reference's.
+QUICKSTART_PRESETS = ("tiny", "small")
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The reference's defaults are the flag defaults (the fields' defaults below).
+    "reference": {},
+    # The main job: learns Python source visibly in about two minutes on 2 CPU cores.
+    "quickstart": {
+        "preset": "small", "dataset": "default", "tokenizer": "default", "train_batch_size": 8,
+        "val_batch_size": 8, "max_steps": 120, "lr": 2e-3, "min_lr": None, "warmup": 0.05,
+        "weight_decay": 0.1, "activation_checkpointing": "none", "logging_freq": 10,
+        "validation_freq": 40, "checkpoint_freq": 40,
+    },
+}
 
 _NONE_WORDS = {"none", "null", ""}
+_BOOL_FIELDS = ("bf16", "cpu_offload", "compile", "async_save", "offload_activations")
 
 
 class TrainSpec(BaseModel):
-    """Every setting of a training run. Defaults are the main job (`llamapod train`)."""
+    """Every setting of a training run. Field defaults are the reference's (recipe ``reference``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Inf and NaN make no sense in any setting here (an inf learning rate trains on NaN).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    recipe: Literal["reference", "quickstart"] = Field(
+        "reference", description="defaults for what is not given: reference (the reference FSDP example's) or "
+                                 "quickstart (the offline main job)")
     # --- model ---------------------------------------------------------------
-    preset: str = Field("small", description="model size preset (tiny, small, llama-1b, llama2-7b, llama2-13b, "
-                                             "llama2-70b, llama3-8b, llama3-70b)")
+    preset: str = Field("reference-default", description="model size preset (tiny, small, llama-1b, llama2-7b, "
+                                                         "llama2-13b, llama2-70b, llama3-8b, llama3-70b, "
+                                                         "reference-default)")
     model_type: Optional[Literal["llama_v2", "llama_v3"]] = Field(
         None, description="llama_v2 or llama_v3: rotary base of that family (overrides the preset's)")
     max_context_width: Optional[int] = Field(None, ge=2, description="sequence length (default: the preset's)")
@@ -45,42 +98,62 @@ class TrainSpec(BaseModel):
     num_key_value_heads: Optional[int] = Field(None, ge=1, description="key/value heads for GQA (default: num_heads)")
     intermediate_size: Optional[int] = Field(None, ge=1, description="SwiGLU hidden size (alias --llama_intermediate_size)")
     vocab_size: Optional[int] = Field(None, ge=1, description="embedding rows (default: the tokenizer's vocabulary)")
-    rope_theta: Optional[float] = Field(None, gt=0, description="rotary base (default: preset / model_type)")
+    rope_theta: Optional[float] = Field(None, gt=0, description="rotary base (alias --rotary_emb_base; "
+                                                               "default: preset / model_type)")
     norm_eps: Optional[float] = Field(None, gt=0, description="RMSNorm epsilon (default: the preset's)")
+    initializer_range: float = Field(0.02, gt=0, description="standard deviation of the initial weights")
     # --- data ----------------------------------------------------------------
-    tokenizer: Optional[str] = Field(None, description="tokenizer (default: built-in BPE trained on the default corpus)")
-    dataset: Optional[str] = Field(None, description="dataset (default: the Python standard library's sources)")
-    dataset_config_name: Optional[str] = Field(None, description="dataset configuration name (e.g. en for c4)")
+    tokenizer: str = Field("EleutherAI/gpt-neox-20b", description="tokenizer: a file, a folder, a hub id, or "
+                                                                 "'default' (built-in BPE of the default corpus)")
+    dataset: str = Field("allenai/c4", description="dataset: files, a folder, a hub id, or 'default' "
+                                                   "(the Python standard library's sources)")
+    dataset_config_name: Optional[str] = Field(None, description="dataset configuration name "
+                                                                 "(default: en for allenai/c4)")
     text_field: Optional[str] = Field(None, description="text column of the dataset")
+    train_split: str = Field("train", description="split of a hub dataset to train on")
+    val_split: str = Field("train", description="split of a hub dataset to validate on (the train split: "
+                                                "held-out documents of it)")
+    n_samples_train: Optional[int] = Field(None, ge=1, description="use only the first N documents for training")
+    n_samples_val: Optional[int] = Field(None, ge=1, description="use only the first N documents of --val_split "
+                                                                 "when it differs from --train_split")
     # --- batch and schedule ----------------------------------------------------
-    train_batch_size: int = Field(8, ge=1, description="sequences per device per micro-step")
-    val_batch_size: int = Field(8, ge=1, description="sequences per device per validation batch")
+    train_batch_size: int = Field(2, ge=1, description="sequences per device per micro-step")
+    val_batch_size: int = Field(4, ge=1, description="sequences per device per validation batch")
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
-    max_steps: int = Field(120, ge=1, description="optimizer steps")
+    max_steps: int = Field(5000, ge=1, description="optimizer steps (alias --max_training_steps)")
     epochs: int = Field(3, ge=1, description="stop after this many passes over the training data")
-    lr: float = Field(2e-3, gt=0, description="peak learning rate")
-    lr_decay_style: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant")
-    min_lr: Optional[float] = Field(None, ge=0, description="learning rate at the end of the decay (default: lr / 10)")
-    warmup: float = Field(0.05, ge=0, description="warmup: a fraction of max_steps (< 1) or a number of steps (>= 1)")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    lr_decay_style: Literal["cosine", "linear", "constant", "exponential", "plateau"] = Field(
+        "cosine", description="cosine, linear, constant, exponential (halves over the decay) or plateau "
+                              "(constant for --plateau, then linear)")
+    lr_decay_iters: Optional[int] = Field(None, ge=1, description="steps to decay over (default: max_steps)")
+    min_lr: Optional[float] = Field(1e-5, ge=0, description="learning rate at the end of the decay (None: lr / 10)")
+    warmup: float = Field(0.0032, ge=0, description="warmup: a fraction of the decay steps (< 1) or a number of "
+                                                    "steps (>= 1)")
+    plateau: float = Field(0.0, ge=0, le=1, description="with --lr_decay_style plateau: fraction of the decay "
+                                                        "steps held at lr after warmup")
     grad_clip: float = Field(1.0, ge=0, description="max global gradient norm (0 = off)")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
+    weight_decay: float = Field(0.2, ge=0, description="AdamW weight decay (matrices only)")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
     seed: int = Field(12345, description="random seed (weights, data order)")
     # --- parallelism and precision ---------------------------------------------
-    bf16: Optional[bool] = Field(None, description="bf16 parameters with fp32 reduction (default: on with a GPU)")
+    bf16: Optional[bool] = Field(None, description="bf16 parameters with fp32 reduction (default: on with a GPU, "
+                                                   "as the reference's 1 on its GPUs)")
     activation_checkpointing: Literal["none", "full", "selective"] = Field(
-        "none", description="none, full or selective (1 = full, 0 = none)")
+        "full", description="none, full or selective (1 = full, 0 = none)")
+    offload_activations: bool = Field(False, description="keep activations saved for backward in CPU memory")
     sharding_strategy: Literal["full", "hybrid"] = Field(
         "full", description="full (shard over all ranks) or hybrid (shard in a node, replicate across nodes)")
     cpu_offload: bool = Field(False, description="keep sharded parameters and optimizer state in CPU memory")
     compile: bool = Field(False, description="torch.compile each transformer block")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (GPU when present), cpu or cuda")
     # --- logging, validation, checkpoints --------------------------------------
-    logging_freq: int = Field(10, ge=1, description="log a metrics line every N steps")
-    validation_freq: Optional[int] = Field(40, ge=1, description="validate every N steps (and at the end)")
+    logging_freq: int = Field(1, ge=1, description="log a metrics line every N steps")
+    tensorboard_dir: Optional[str] = Field(None, description="also write TensorBoard event files here")
+    validation_freq: Optional[int] = Field(None, ge=1, description="validate every N steps (and at the end)")
     validation_batches: int = Field(10, ge=0, description="batches per validation (0 = no validation)")
-    checkpoint_freq: Optional[int] = Field(40, ge=1, description="checkpoint every N steps (and at the end)")
+    checkpoint_freq: Optional[int] = Field(1000, ge=1, description="checkpoint every N steps (and at the end)")
     checkpoint_dir: Optional[str] = Field(None, description="checkpoint folder (default: <run_dir>/checkpoints)")
     resume_from_checkpoint: Optional[str] = Field(
         None, description="resume from the newest complete checkpoint in this folder (empty = start fresh)")
@@ -88,6 +161,32 @@ class TrainSpec(BaseModel):
     async_save: bool = Field(False, description="write checkpoints in the background")
     init_from: Optional[str] = Field(None, description="start from a Hugging Face Llama folder (safetensors)")
     run_dir: Optional[str] = Field(None, description="folder for metrics.jsonl and metrics.png (default: runs/<time>)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        """Fill what is not given from the recipe's values (the reference's are the field defaults)."""
+        if isinstance(data, dict) and data.get("recipe") in RECIPES:
+            data = {**RECIPES[data["recipe"]], **data}
+        return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        # pydantic turns true into 1: `max_steps = true` must not train for one step.
+        if isinstance(value, bool) and info.field_name not in _BOOL_FIELDS:
+            annotation = str(cls.model_fields[info.field_name].annotation)
+            if "int" in annotation or "float" in annotation:
+                raise ValueError("must be a number, not true/false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        # Paths and names go into sbatch scripts, shells and file names.
+        if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters (newline, tab, escape)")
+        return value
 
     @field_validator("activation_checkpointing", mode="before")
     @classmethod
@@ -100,7 +199,7 @@ class TrainSpec(BaseModel):
             return mapping.get(value.strip().lower(), value.strip().lower())
         return value
 
-    @field_validator("bf16", "cpu_offload", "compile", "async_save", mode="before")
+    @field_validator(*_BOOL_FIELDS, mode="before")
     @classmethod
     def _bool_from_text(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -110,11 +209,13 @@ class TrainSpec(BaseModel):
             if word in ("0", "false", "no", "off"):
                 return False
             raise ValueError("must be 1 or 0 (true or false)")
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)  # the reference's --bf16 1 / --cpu_offload 0, also in TOML
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":
-        if self.min_lr is not None and self.min_lr > self.lr:
+        if self.min_lr is not None and self.min_lr > self.lr and "min_lr" in self.model_fields_set:
             raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
         if self.warmup >= 1 and self.warmup != int(self.warmup):
             raise ValueError(f"warmup {self.warmup:g} must be a fraction below 1 or a whole number of steps")
@@ -124,21 +225,44 @@ class TrainSpec(BaseModel):
     # --- derived values ------------------------------------------------------
 
     def final_lr(self) -> float:
-        return self.lr / 10 if self.min_lr is None else self.min_lr
+        """Where the decay ends; a default min_lr above a small --lr is clipped to it."""
+        return min(self.lr, self.lr / 10 if self.min_lr is None else self.min_lr)
+
+    def decay_steps(self) -> int:
+        return self.lr_decay_iters or self.max_steps
 
     def warmup_steps(self) -> int:
-        return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * self.max_steps))
+        """Warmup as steps; a fraction is of the decay steps, as in the reference."""
+        return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * self.decay_steps()))
+
+    def plateau_steps(self) -> int:
+        return int(round(self.plateau * self.decay_steps())) if self.lr_decay_style == "plateau" else 0
 
     def effective_checkpoint_dir(self, run_dir: str) -> str:
         return self.checkpoint_dir or str(Path(run_dir) / "checkpoints")
 
+    def effective_dataset_config_name(self) -> Optional[str]:
+        # The reference's c4 needs its "en" configuration; name it for the user.
+        if self.dataset_config_name is None and self.dataset in ("allenai/c4", "c4"):
+            return "en"
+        return self.dataset_config_name
+
     def to_cli_args(self) -> list[str]:
-        """Flags (``--name=value``) that rebuild this spec in ``python -m llamapod.train``."""
-        args = []
-        defaults = TrainSpec.model_construct()
+        """Flags (``--name=value``) that rebuild this spec in ``python -m llamapod.train``.
+
+        The recipe comes first; then every setting that differs from the recipe's value, and
+        the data and tokenizer whenever they were named: a named one is never replaced by the
+        offline fallback (see ``train.loop.with_reachable_defaults``).
+        """
+        args = [f"--recipe={self.recipe}"]
+        defaults = TrainSpec.model_construct(**RECIPES[self.recipe])
         for name in TrainSpec.model_fields:
+            if name == "recipe":
+                continue
             value = getattr(self, name)
-            if value == getattr(defaults, name):
+            named = (name in ("dataset", "tokenizer") and name in self.model_fields_set
+                     and value == TrainSpec.model_fields[name].default)
+            if value == getattr(defaults, name) and not named:
                 continue
             args.append(f"--{name}={_format_value(value)}")
         return args
@@ -195,8 +319,16 @@ def resolve_model_args(spec: TrainSpec, vocab_size: int | None = None):
 # ---- parsing ------------------------------------------------------------------------
 
 
+class ParsedTrainArgs:
+    """A TrainSpec and what the user should be told about how it was read."""
+
+    def __init__(self, spec: TrainSpec, notices: list[str]) -> None:
+        self.spec = spec
+        self.notices = notices
+
+
 def valid_flags() -> list[str]:
-    return list(TrainSpec.model_fields) + list(ALIASES)
+    return list(TrainSpec.model_fields) + list(ALIASES) + list(NO_EFFECT_FLAGS)
 
 
 def _canonical(name: str) -> str:
@@ -218,12 +350,33 @@ def _unknown(name: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown setting '{name}'", hint)
 
 
-def _split_flags(argv: list[str]) -> dict[str, str]:
-    """['--a', '1', '--b=2', '--c'] -> {'a': '1', 'b': '2', 'c': ''} ('' = given without a value)."""
+def _is_option(token: str) -> bool:
+    """An option name as argparse sees one: a dash, then not a number (``-1`` is a value)."""
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)
+        return False
+    except ValueError:
+        return True
+
+
+def _split_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(flags, stray words): ['--a', '1', '--b=2', '--c', 'x'] -> {'a': '1', 'b': '2', 'c': 'x'}, [].
+
+    A flag given without ``=`` takes the next word as its value unless that word is itself
+    an option ('' = no value). Words no flag takes are stray: the reference's
+    ``parse_known_args`` ignores them, and so do we, with a warning.
+    """
     values: dict[str, str] = {}
+    stray: list[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
+        if not _is_option(token):
+            stray.append(token)
+            i += 1
+            continue
         if not token.startswith("--") or token == "--":
             raise ConfigError(f"unexpected argument '{token}'",
                               "training flags look like --name value or --name=value")
@@ -231,33 +384,81 @@ def _split_flags(argv: list[str]) -> dict[str, str]:
         if "=" in body:
             name, value = body.split("=", 1)
             i += 1
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        elif i + 1 < len(argv) and not _is_option(argv[i + 1]):
             name, value = body, argv[i + 1]
             i += 2
         else:
             name, value = body, ""
             i += 1
         key = _canonical(name)
-        if key not in TrainSpec.model_fields:
+        if key not in TrainSpec.model_fields and key not in NO_EFFECT_FLAGS:
             raise _unknown(name, "flag")
         values[key] = value
-    return values
+    return values, stray
 
 
 def _flag_value(name: str, text: str) -> Any:
+    if name in NO_EFFECT_FLAGS:
+        return text
     annotation = TrainSpec.model_fields[name].annotation
     optional = "Optional" in str(annotation) or "None" in str(annotation)
     if text.strip().lower() in _NONE_WORDS and text != "" and optional:
         return None
-    if text == "" and name in ("bf16", "cpu_offload", "compile", "async_save"):
+    if text == "" and name in _BOOL_FIELDS:
         return "1"  # a bare boolean flag (`--compile`) means on
     if text == "":
         raise ConfigError(f"flag --{name} needs a value", f"write --{name} VALUE or --{name}=VALUE")
     return text
 
 
+def choose_recipe(values: dict[str, Any]) -> str:
+    """Which defaults fill what ``values`` (config table + flags) do not set.
+
+    ``reference`` when the job is described in the reference's terms (any of its model
+    flags) or names a real model preset: that job must train as it did there. Otherwise
+    ``quickstart``, the offline main job. An explicit ``recipe`` always wins.
+    """
+    if values.get("recipe") is not None:
+        return str(values["recipe"])
+    if any(flag in values for flag in REFERENCE_MODEL_FLAGS):
+        return "reference"
+    preset = values.get("preset")
+    if preset is not None and preset not in QUICKSTART_PRESETS:
+        return "reference"
+    return "quickstart"
+
+
+def _no_effect_notices(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    notices = []
+    for name, (kind, reason) in NO_EFFECT_FLAGS.items():
+        if name not in values:
+            continue
+        value = values.pop(name)
+        try:
+            if isinstance(value, bool) or not math.isfinite(float(kind(value))):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{sources[name]}: must be {'a whole number' if kind is int else 'a number'} "
+                              f"(got {value!r})", f"see `llamapod train --help` for --{name}") from None
+        notices.append(f"{sources[name]} has no effect: {reason}")
+    return notices
+
+
+def _stray_notice(stray: list[str]) -> list[str]:
+    if not stray:
+        return []
+    shown = ", ".join(repr(word) for word in stray[:8]) + (", ..." if len(stray) > 8 else "")
+    return [f"ignored {len(stray)} word(s) that are not flags or flag values: {shown} "
+            f"(a comment inside a bash array? the reference ignores them too)"]
+
+
 def parse_train_args(argv: list[str], config_path: Path | None = None) -> TrainSpec:
     """Merge ``[train]`` of the config file (if any) with flags; flags win."""
+    return read_train_args(argv, config_path).spec
+
+
+def read_train_args(argv: list[str], config_path: Path | None = None) -> ParsedTrainArgs:
+    """``parse_train_args`` with the notices (no-effect flags, stray words) the user should see."""
     from llamapod.config.files import load_table
 
     table = load_table(config_path, "train") if config_path is not None else {}
@@ -265,14 +466,17 @@ def parse_train_args(argv: list[str], config_path: Path | None = None) -> TrainS
     sources: dict[str, str] = {}
     for name, value in table.items():
         key = _canonical(str(name))
-        if key not in TrainSpec.model_fields:
+        if key not in TrainSpec.model_fields and key not in NO_EFFECT_FLAGS:
             raise _unknown(str(name), f"config file {config_path} [train]")
         merged[key] = value
         sources[key] = f"[train] {name} in {config_path}"
-    for key, text in _split_flags(argv).items():
+    flags, stray = _split_flags(argv)
+    for key, text in flags.items():
         merged[key] = _flag_value(key, text)
         sources[key] = f"--{key}"
-    return build_spec(merged, sources)
+    notices = _no_effect_notices(merged, sources) + _stray_notice(stray)
+    merged["recipe"] = choose_recipe(merged)
+    return ParsedTrainArgs(build_spec(merged, sources), notices)
 
 
 def build_spec(values: dict[str, Any], sources: dict[str, str] | None = None) -> TrainSpec:
@@ -297,7 +501,8 @@ def _describe(err: dict, sources: dict[str, str]) -> str:
     msg = msg.replace("Input should be ", "must be ")
     msg = msg.replace("greater than or equal to ", ">= ").replace("less than or equal to ", "<= ")
     msg = msg.replace("greater than ", "> ").replace("less than ", "< ")
-    shown = value if isinstance(value, str) else repr(value)
+    msg = msg.replace("must be a finite number", "must be a finite number (not inf or nan)")
+    shown = value if isinstance(value, str) and value.isprintable() else repr(value)
     return f"{where}: {msg} (got {shown})"
 
 
@@ -313,13 +518,20 @@ def _hint_for(err: dict) -> str | None:
 
 
 def flags_help() -> str:
-    """The training flags with their defaults, for `llamapod train --help`."""
-    lines = ["Training flags (also settable in the [train] table of llamapod.toml):"]
+    """The training flags with both recipes' defaults, for `llamapod train --help`."""
+    lines = ["Training flags (also settable in the [train] table of llamapod.toml). Defaults are the",
+             "reference FSDP example's; [quickstart: ...] is the offline main job's recipe, used when",
+             "no model is named in the reference's terms (see --recipe):"]
     defaults = TrainSpec.model_construct()
+    quick = RECIPES["quickstart"]
     for name, field in TrainSpec.model_fields.items():
         default = getattr(defaults, name)
         shown = "" if default is None else f" (default: {_format_value(default)})"
+        if name in quick and quick[name] != default:
+            shown += f" [quickstart: {_format_value(quick[name])}]"
         lines.append(f"  --{name:<24} {field.description or ''}{shown}")
-    lines.append("  --llama_intermediate_size  same as --intermediate_size")
-    lines.append("  --learning_rate            same as --lr")
+    for alias, target in ALIASES.items():
+        lines.append(f"  --{alias:<24} same as --{target}")
+    for name, (_, reason) in NO_EFFECT_FLAGS.items():
+        lines.append(f"  --{name:<24} accepted, no effect: {reason}")
     return "\n".join(lines)

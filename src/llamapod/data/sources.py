@@ -9,7 +9,8 @@ Source options (``build_dataset(..., **options)`` and ``llamapod data prepare``)
 ``text_field`` (JSONL/Parquet/dataset column, default "text"), ``txt_document``
 ("file" | "paragraph" | "line": what a document is in a .txt file, default "file"),
 ``dataset_config_name``, ``dataset_split`` (default "train"), ``streaming``, ``data_files``,
-``max_tokens`` (stop reading a source after about this many tokens).
+``max_tokens`` (stop reading a source after about this many tokens), ``max_documents`` (only the
+first N documents).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 TXT_DOCUMENTS = ("file", "paragraph", "line")
 SOURCE_OPTIONS = ("text_field", "txt_document", "dataset_config_name", "dataset_split", "streaming",
-                  "data_files", "max_tokens")
+                  "data_files", "max_tokens", "max_documents")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -49,6 +50,7 @@ class SourceOptions:
     streaming: bool = False
     data_files: str | list[str] | None = None
     max_tokens: int | None = None
+    max_documents: int | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "SourceOptions":
@@ -62,6 +64,9 @@ class SourceOptions:
                             "use 'file' (one document per file), 'paragraph' or 'line'")
         if parsed.max_tokens is not None and int(parsed.max_tokens) < 1:
             raise DataError(f"max_tokens must be positive, got {parsed.max_tokens}", "omit it to read the whole source")
+        if parsed.max_documents is not None and int(parsed.max_documents) < 1:
+            raise DataError(f"max_documents must be positive, got {parsed.max_documents}",
+                            "omit it to read every document")
         return parsed
 
     def key(self) -> dict:
@@ -301,9 +306,33 @@ def _supported_files_in(folder: Path) -> list[Path]:
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+class FirstDocuments(DocumentSource):
+    """The first ``limit`` documents of another source (the reference's ``--n_samples_*``)."""
+
+    def __init__(self, inner: DocumentSource, limit: int) -> None:
+        description = {**inner.description, "max_documents": limit}
+        fingerprint = digest_bytes(inner.fingerprint.encode(), f"max_documents={limit}".encode())
+        super().__init__(description, fingerprint, total_bytes=inner.total_bytes)
+        self.inner, self.limit = inner, limit
+
+    def documents(self) -> Iterator[str]:
+        for number, text in enumerate(self.inner.documents()):
+            if number >= self.limit:
+                return
+            self.consumed = self.inner.consumed
+            yield text
+
+
 def open_source(source: str, **options: Any) -> DocumentSource:
     """Resolve ``source`` to a DocumentSource (see the module docstring for the forms)."""
     parsed = SourceOptions.from_kwargs(options)
+    opened = _open_source(source, parsed)
+    if parsed.max_documents is not None:
+        return FirstDocuments(opened, int(parsed.max_documents))
+    return opened
+
+
+def _open_source(source: str, parsed: SourceOptions) -> DocumentSource:
     path = Path(source).expanduser()
     if path.is_dir():
         if _is_saved_dataset(path):

@@ -34,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 
     is_main = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     try:
-        from llamapod.config.train import parse_train_args
+        from llamapod.config.train import read_train_args
         from llamapod.train.loop import train_worker
 
         config, flags = _split_config(sys.argv[1:] if argv is None else argv)
-        spec = parse_train_args(flags, config_path=config)
-        train_worker(spec)
+        parsed = read_train_args(flags, config_path=config)
+        if is_main:
+            for notice in parsed.notices:
+                ui.warn(notice)
+        train_worker(parsed.spec)
         return 0
     except LlamapodError as exc:
         if is_main:

@@ -21,16 +21,24 @@ CPU_CHUNK_LOGITS = 1 << 21
 GPU_CHUNK_LOGITS = 1 << 27
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``; hidden is [N, d], weight [V, d]."""
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         vocab_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight[:vocab_size].T`` against ``targets``.
+
+    hidden is [N, d], weight [V_padded, d]. The rows past ``vocab_size`` (padding added so
+    matmuls stay aligned) take no part in the softmax: they are not tokens, and counting
+    them would make the loss differ from the same model's loss once exported without them.
+    Their gradient is zero.
+    """
     targets = targets.reshape(-1).long()
     hidden = hidden.reshape(-1, hidden.shape[-1])
+    vocab = weight.shape[0] if vocab_size is None else min(vocab_size, weight.shape[0])
     chunk = _chunk_tokens(weight)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, vocab)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
-        total += _chunk_loss(hidden[start:start + chunk], weight, targets[start:start + chunk])[0]
+        total += _chunk_loss(hidden[start:start + chunk], weight[:vocab], targets[start:start + chunk])[0]
     return total / hidden.shape[0]
 
 
@@ -54,10 +62,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
+    def forward(ctx, hidden, weight, targets, chunk, vocab):
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        full_grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_weight = full_grad_weight[:vocab]
+        weight = weight[:vocab]
         total = hidden.new_zeros((), dtype=torch.float32)
         row_index = torch.arange(min(chunk, n), device=hidden.device)
         for start in range(0, n, chunk):
@@ -73,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.t(), rows)
             else:
                 grad_weight.add_(grad_logits.t() @ rows)
-        ctx.grads = (grad_hidden, grad_weight, weight.dtype)
+        ctx.grads = (grad_hidden, full_grad_weight, weight.dtype)
         ctx.count = n
         return total / n
 
@@ -82,7 +92,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, weight_dtype = ctx.grads
         ctx.grads = None
         scale = grad_loss / ctx.count
-        return grad_hidden.mul_(scale.to(grad_hidden.dtype)), grad_weight.mul_(scale).to(weight_dtype), None, None
+        return grad_hidden.mul_(scale.to(grad_hidden.dtype)), grad_weight.mul_(scale).to(weight_dtype), None, None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -34,15 +34,16 @@ def prepare(spec: TrainSpec) -> TrainSpec:
     them cached), the model shape is checked against the vocabulary, and the run folder
     gets its name, so every worker agrees on it.
     """
-    from llamapod.data import build_dataset, load_tokenizer
-    from llamapod.train.loop import default_run_dir, source_options
+    from llamapod.data import load_tokenizer
+    from llamapod.train.loop import build_datasets, default_run_dir, with_reachable_defaults
 
+    spec, notices = with_reachable_defaults(spec)
+    for notice in notices:
+        ui.warn(notice)
     with ui.status("preparing tokenizer and data (cached after the first run)"):
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)
-        for split in ("train", "val"):
-            build_dataset(spec.dataset, tokenizer, seq_len=args.max_seq_len, split=split, rank=0, world_size=1,
-                          seed=spec.seed, **source_options(spec))
+        build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
     if spec.run_dir is None:
         spec = spec.model_copy(update={"run_dir": default_run_dir()})
     return spec

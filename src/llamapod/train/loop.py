@@ -22,7 +22,7 @@ from llamapod.errors import CheckpointError
 from llamapod.train import metrics as m
 from llamapod.train.model import ModelArgs, Transformer
 from llamapod.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
-from llamapod.train.parallel import DistEnv, build_mesh, parallelize
+from llamapod.train.parallel import DistEnv, build_mesh, offload_activations, parallelize
 from llamapod.train.presets import count_parameters, flops_per_token
 
 
@@ -37,13 +37,64 @@ def broadcast_value(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def source_options(spec: TrainSpec) -> dict[str, str]:
-    options = {}
-    if spec.dataset_config_name is not None:
-        options["dataset_config_name"] = spec.dataset_config_name
+def source_options(spec: TrainSpec, split: str | None = None, max_documents: int | None = None) -> dict[str, Any]:
+    """Options of the dataset source; only those set, since the default corpus takes none."""
+    options: dict[str, Any] = {}
+    if spec.effective_dataset_config_name() is not None:
+        options["dataset_config_name"] = spec.effective_dataset_config_name()
     if spec.text_field is not None:
         options["text_field"] = spec.text_field
+    if split is not None and split != "train":
+        options["dataset_split"] = split
+    if max_documents is not None:
+        options["max_documents"] = max_documents
     return options
+
+
+def with_reachable_defaults(spec: TrainSpec) -> tuple[TrainSpec, list[str]]:
+    """The spec with the built-in corpus/tokenizer for reference defaults the hub cannot serve.
+
+    The reference's defaults (allenai/c4, EleutherAI/gpt-neox-20b) come from the Hugging Face
+    hub. A job that did not name them, run where the hub is out of reach (a laptop offline,
+    a test machine), trains on the built-in corpus and tokenizer instead, and says so; a
+    dataset or tokenizer the user named is never replaced.
+    """
+    from llamapod.data.hub import hub_reachable
+
+    defaults = TrainSpec.model_fields
+    unnamed = [name for name in ("dataset", "tokenizer")
+               if getattr(spec, name) == defaults[name].default and name not in spec.model_fields_set]
+    if not unnamed or hub_reachable():
+        return spec, []
+    notices = [f"--{name} not given and its reference default {defaults[name].default} needs the Hugging Face hub, "
+               f"which is out of reach: using the built-in {'corpus' if name == 'dataset' else 'tokenizer'} "
+               f"(pass --{name} to choose)" for name in unnamed]
+    return spec.model_copy(update={name: "default" for name in unnamed}), notices
+
+
+def build_datasets(spec: TrainSpec, tokenizer, *, seq_len: int, rank: int, world_size: int):
+    """(train, validation or None) for one rank.
+
+    Validation holds out documents of the training split unless --val_split names another
+    split; then that split (its first --n_samples_val documents) is the validation set and
+    the whole training split trains.
+    """
+    from llamapod.data import build_dataset
+
+    common = dict(seq_len=seq_len, rank=rank, world_size=world_size, seed=spec.seed)
+    separate_val = spec.val_split != spec.train_split
+    held_out = {"val_fraction": 0.0} if separate_val else {}
+    train = build_dataset(spec.dataset, tokenizer, split="train", **common, **held_out,
+                          **source_options(spec, spec.train_split, spec.n_samples_train))
+    if spec.validation_batches == 0:
+        return train, None
+    if separate_val:
+        val = build_dataset(spec.dataset, tokenizer, split="train", **common, val_fraction=0.0,
+                            **source_options(spec, spec.val_split, spec.n_samples_val))
+    else:
+        val = build_dataset(spec.dataset, tokenizer, split="val", **common,
+                            **source_options(spec, spec.train_split, spec.n_samples_train))
+    return train, val
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:
@@ -87,17 +138,19 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------
 
     def setup(self) -> None:
-        from llamapod.data import build_dataset, load_tokenizer
+        from llamapod.data import load_tokenizer
 
+        # Decided once, on rank 0: every rank must read the same data with the same tokenizer.
+        self.spec, notices = broadcast_value(with_reachable_defaults(self.spec) if self.env.is_main else None)
+        if self.env.is_main:
+            for notice in notices:
+                ui.warn(notice)
         spec, env = self.spec, self.env
         self.tokenizer = load_tokenizer(spec.tokenizer)
         self.args: ModelArgs = resolve_model_args(spec, self.tokenizer.vocab_size)
         self.seq_len = self.args.max_seq_len
-        common = dict(seq_len=self.seq_len, rank=env.rank, world_size=env.world_size, seed=spec.seed)
-        self.train_data = build_dataset(spec.dataset, self.tokenizer, split="train", **common,
-                                        **source_options(spec))
-        self.val_data = (build_dataset(spec.dataset, self.tokenizer, split="val", **common, **source_options(spec))
-                         if spec.validation_batches > 0 else None)
+        self.train_data, self.val_data = build_datasets(spec, self.tokenizer, seq_len=self.seq_len, rank=env.rank,
+                                                        world_size=env.world_size)
         self._check_checkpoint_dir_is_ours()
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, lr=spec.lr, weight_decay=spec.weight_decay,
@@ -119,14 +172,15 @@ class Trainer:
         with torch.device("meta"):
             model = Transformer(self.args)
         mesh = build_mesh(env, spec.sharding_strategy)
-        offload = spec.cpu_offload and self.device.type == "cuda"
-        if spec.cpu_offload and not offload and env.is_main:
-            ui.warn("--cpu_offload has no effect without a GPU: parameters already live in CPU memory")
+        if spec.cpu_offload and self.device.type == "cpu" and env.is_main:
+            ui.warn("--cpu_offload saves no memory without a GPU: parameters already live in CPU memory")
+        # On a CPU the offload policy still runs (its copies are to the same memory), so this
+        # path is the one CPU tests exercise, not a GPU-only branch.
         parallelize(model, mesh, param_dtype=self.param_dtype, activation_checkpointing=spec.activation_checkpointing,
-                    compile_blocks=spec.compile, cpu_offload=offload)
+                    compile_blocks=spec.compile, cpu_offload=spec.cpu_offload)
         # Only now, sharded, does each rank allocate memory: its shard of every tensor.
-        model.to_empty(device="cpu" if offload else self.device)
-        model.init_weights(seed=spec.seed, buffer_device=self.device)
+        model.to_empty(device="cpu" if spec.cpu_offload else self.device)
+        model.init_weights(seed=spec.seed, buffer_device=self.device, std=spec.initializer_range)
         if spec.init_from:
             from llamapod.train.hf import load_hf_weights
 
@@ -171,13 +225,13 @@ class Trainer:
         if self.env.is_main:
             ui.info(f"resumed from {self.resumed_from} (step {self.step})")
 
-    def _peak_flops(self) -> float | None:
+    def _peak_flops(self) -> m.PeakFlops:
         if self.device.type == "cuda":
             return m.gpu_peak_flops(self.device)
         # Measured by one rank while the others wait, so the probe runs on an idle machine.
         peak = None
         if self.env.is_main:
-            peak = m.cpu_peak_flops(self.param_dtype, torch.get_num_threads())
+            peak = m.cpu_peak(self.param_dtype, torch.get_num_threads())
         return broadcast_value(peak)
 
     # ---- steps ----------------------------------------------------------------
@@ -192,20 +246,35 @@ class Trainer:
     def _loss(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens[:, :-1], targets=tokens[:, 1:])
 
+    def _training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.spec.offload_activations:
+            return self._loss(tokens)
+        with offload_activations(self.device):
+            return self._loss(tokens)
+
+    def _last_micro_step(self, last: bool) -> None:
+        """Let FSDP2 reduce-scatter every micro-batch, so gradients stay sharded throughout.
+
+        Skipping the reduce-scatter until the last micro-batch would keep an unsharded fp32
+        gradient of every parameter meanwhile: 27 GB per GPU for 7B. With hybrid sharding
+        only the all-reduce across node replicas waits for the last micro-batch.
+        """
+        if self.spec.sharding_strategy == "hybrid":
+            self.model.set_requires_all_reduce(last)
+
     def train_step(self) -> tuple[torch.Tensor, float, float, float]:
         """One optimizer step; returns (local mean loss, grad norm, lr, data seconds)."""
         spec = self.spec
         lr = lr_at(self.step, max_lr=spec.lr, min_lr=spec.final_lr(), warmup_steps=spec.warmup_steps(),
-                   total_steps=spec.max_steps, style=spec.lr_decay_style)
+                   decay_steps=spec.decay_steps(), style=spec.lr_decay_style, plateau_steps=spec.plateau_steps())
         set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
         data_seconds = 0.0
         for micro in range(spec.grad_accum):
             tokens, waited = self._next_tokens(self.train_data, spec.train_batch_size)
             data_seconds += waited
-            # Reduce-scatter gradients only on the last micro-step; earlier ones accumulate locally.
-            self.model.set_requires_gradient_sync(micro == spec.grad_accum - 1)
-            loss = self._loss(tokens) / spec.grad_accum
+            self._last_micro_step(micro == spec.grad_accum - 1)
+            loss = self._training_loss(tokens) / spec.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = clip_gradients(self.model, spec.grad_clip)
@@ -248,10 +317,15 @@ class Trainer:
         spec, env = self.spec, self.env
         main = env.is_main
         log = m.MetricsLog(self.paths.metrics, append=self.resumed_from is not None) if main else None
+        board = (m.TensorBoardLog(Path(spec.tensorboard_dir), resumed_at=self.step)
+                 if main and spec.tensorboard_dir else None)
         if main:
             self._announce()
         global_batch = spec.train_batch_size * spec.grad_accum * env.world_size
-        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops)
+        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops.flops)
+        if main:
+            log.write({"event": "start", "step": self.step, "peak_flops": self.peak_flops.flops,
+                       "peak_flops_source": self.peak_flops.source, "recipe": spec.recipe})
         first_loss = last_loss = val_loss = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -271,6 +345,8 @@ class Trainer:
                               "peak_mem_gib": m.peak_memory_gib(self.device)}
                     if main:
                         log.write(record)
+                        if board is not None:
+                            board.write(record)
                         progress.log(m.format_step_line(step, spec.max_steps, record))
                         progress.update(step, f"training | loss {last_loss:.3f}")
                 else:
@@ -280,6 +356,8 @@ class Trainer:
                     val_loss = self.validate()
                     if main:
                         log.write({"step": step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
+                        if board is not None:
+                            board.write({"step": step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
                         progress.log(f"step {step}/{spec.max_steps} | val_loss {val_loss:.4f} | "
                                      f"val_ppl {_ppl(val_loss):.2f}")
                 if (spec.checkpoint_freq and step % spec.checkpoint_freq == 0) or final:
@@ -293,6 +371,8 @@ class Trainer:
         if main:
             log.write(summary)
             log.close()
+            if board is not None:
+                board.close()
             m.plot_metrics(self.paths.metrics, self.paths.plot)
             self._finish_message(summary)
         return summary
@@ -306,9 +386,12 @@ class Trainer:
         ui.step(f"model {spec.preset if _is_plain_preset(spec) else 'custom'}: {params:,} parameters "
                 f"({self.args.n_layers} layers, width {self.args.dim}, {self.args.n_heads} heads, "
                 f"{self.args.n_kv_heads} kv heads, vocab {self.tokenizer.vocab_size})")
-        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}; "
+        checkpointing = ("" if spec.activation_checkpointing == "none"
+                         else f", {spec.activation_checkpointing} activation checkpointing")
+        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}{checkpointing}; "
                 f"batch {spec.train_batch_size}x{spec.grad_accum}x{env.world_size} sequences of {self.seq_len} tokens; "
-                f"{spec.max_steps} steps")
+                f"{spec.max_steps} steps; {spec.recipe} recipe (lr {spec.lr:g}, weight decay {spec.weight_decay:g})")
+        ui.info(f"  {self.peak_flops.describe()}")
         ui.info(f"  data: {self.train_data.num_sequences:,} training sequences"
                 + (f", {self.val_data.num_sequences:,} validation" if self.val_data is not None else "")
                 + f"; run folder {self.paths.run_dir}")

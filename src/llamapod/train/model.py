@@ -2,8 +2,8 @@
 
 Written for speed and for sharding:
 - attention is one fused ``scaled_dot_product_attention(is_causal=True)`` call;
-- rotary cos/sin tables are computed once into buffers, so a step does no Python-side
-  table work;
+- the rotary table is computed once into a complex buffer, so a step does no Python-side
+  table work and mixed precision cannot round it;
 - the model is built on the meta device, sharded, then materialised per rank with
   ``to_empty`` + ``init_weights``; each weight is drawn from a generator seeded by its name
   and row block, so 1, 2 or 64 ranks get bit-identical weights and no rank ever holds
@@ -46,22 +46,39 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position × frequency, shape [max_seq_len, head_dim // 2], in fp32."""
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> torch.Tensor:
+    """e^{i·position·frequency} for every position and pair, complex64 [max_seq_len, head_dim // 2].
+
+    Complex, not a (cos, sin) pair of real tables: FSDP2's mixed precision casts every
+    floating-point forward argument of a sharded block to bf16, and a bf16 rotation loses
+    the position of tokens far into the sequence (and ``torch.complex`` refuses bf16 parts).
+    A complex tensor is not floating point, so the cast leaves it exact.
+    """
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), freqs)
-    return torch.cos(angles), torch.sin(angles)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of each head; x is [B, T, H, hd].
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of each head; x is [B, T, H, hd], rotation [T, hd // 2].
 
-    Each pair is a complex number multiplied by e^{i·angle}: one complex kernel forward and
-    backward, several times faster than the same rotation spelled out in real arithmetic.
+    Each pair is a complex number multiplied by its position's e^{i·angle}, in fp32 whatever
+    x's dtype. Eager, that is one complex kernel forward and backward, several times faster
+    than the same rotation in real arithmetic; inductor generates no code for complex
+    numbers, so a compiled block spells it out in real numbers, which it fuses.
     """
+    if torch.compiler.is_compiling():
+        return _apply_rotary_real(x, rotation)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    rotation = torch.complex(cos, sin)[None, :, None, :]
-    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * rotation[None, :, None, :]).flatten(-2).type_as(x)
+
+
+def _apply_rotary_real(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    cos_sin = torch.view_as_real(rotation)[None, :, None, :, :]
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    return torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -75,12 +92,12 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = self.n_kv_heads != self.n_heads
         if gqa and x.is_cuda:
@@ -112,38 +129,10 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(args.dim, args.ffn_dim)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        # Set by llamapod.train.parallel: "none", "full" or "selective".
-        self.checkpointing = "none"
 
-    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rotation)
         return h + self.feed_forward(self.ffn_norm(h))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing == "none" or not torch.is_grad_enabled():
-            return self._forward(x, cos, sin)
-        from torch.utils.checkpoint import checkpoint
-
-        if self.checkpointing == "full":
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
-        return checkpoint(self._forward, x, cos, sin, use_reentrant=False,
-                          context_fn=_selective_checkpoint_context)
-
-
-def _selective_checkpoint_context():
-    """Keep matmul and attention outputs, recompute the cheap element-wise ops in backward."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    keep = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-            torch.ops.aten._scaled_dot_product_flash_attention.default,
-            torch.ops.aten._scaled_dot_product_efficient_attention.default,
-            torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
-
-    def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return create_selective_checkpoint_contexts(policy)
 
 
 class Transformer(nn.Module):
@@ -156,34 +145,32 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, self.vocab_padded, bias=False)
-        cos, sin = rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rotation", rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta),
+                             persistent=False)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab_padded]; with ``targets`` [B, T], the mean next-token loss instead.
 
         The loss path never builds the logits (see ``fused.linear_cross_entropy``).
         """
-        seqlen = tokens.shape[1]
-        cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
+        rotation = self.rotation[:tokens.shape[1]]
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
-            h = layer(h, cos, sin)
+            h = layer(h, rotation)
         h = self.norm(h)
         if targets is None:
             return self.output(h)
-        return linear_cross_entropy(h, self.output.weight, targets)
+        return linear_cross_entropy(h, self.output.weight, targets, vocab_size=self.args.vocab_size)
 
     @torch.no_grad()
     def reset_rotary(self, device: torch.device | str | None = None) -> None:
         """Recompute the rotary tables (after ``to_empty`` they hold garbage) on ``device``."""
-        device = device or self.rope_cos.device
-        self.rope_cos, self.rope_sin = rotary_tables(self.args.head_dim, self.args.max_seq_len,
-                                                     self.args.rope_theta, device=device)
+        device = device or self.rotation.device
+        self.rotation = rotary_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device)
 
     @torch.no_grad()
-    def init_weights(self, seed: int = 0, buffer_device: torch.device | str | None = None) -> None:
+    def init_weights(self, seed: int = 0, buffer_device: torch.device | str | None = None,
+                     std: float = INIT_STD) -> None:
         """Fill every parameter (full-size or a DTensor shard) and recompute the rotary tables.
 
         Called after ``to_empty``; the values depend only on (seed, parameter name), never on
@@ -193,7 +180,7 @@ class Transformer(nn.Module):
         self.reset_rotary(buffer_device)
         # Output projections get a depth-scaled std (GPT-2/torchtitan) so residual
         # activations do not grow with the number of layers.
-        depth_std = INIT_STD / math.sqrt(2 * self.args.n_layers)
+        depth_std = std / math.sqrt(2 * self.args.n_layers)
         for name, param in self.named_parameters():
             name = clean_name(name)
             if name.endswith("norm.weight"):
@@ -205,12 +192,17 @@ class Transformer(nn.Module):
             elif name == "output.weight":
                 fill_normal(param, name, seed, self.args.dim ** -0.5)
             else:
-                fill_normal(param, name, seed, INIT_STD)
+                fill_normal(param, name, seed, std)
+
+
+WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.")
 
 
 def clean_name(name: str) -> str:
-    """The parameter name without wrapper prefixes (torch.compile's ``_orig_mod.``)."""
-    return name.replace("_orig_mod.", "")
+    """The parameter name without wrapper prefixes (torch.compile's, activation checkpointing's)."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -236,15 +228,15 @@ def fill_normal(param: torch.Tensor, name: str, seed: int, std: float) -> None:
     row_elems = max(1, math.prod(param.shape[1:]))
     rows_per_block = max(1, INIT_BLOCK_ELEMENTS // row_elems)
     name_seed = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:6], "little")
-    gen_device = local.device if local.device.type == "cuda" else torch.device("cpu")
-    generator = torch.Generator(device=gen_device)
+    # Always drawn on the CPU: CUDA's generator gives other numbers for the same seed, and a
+    # run must start from the same weights on a laptop, a GPU, or a resume elsewhere.
+    generator = torch.Generator(device="cpu")
     first_block, last_block = start // rows_per_block, (stop - 1) // rows_per_block
     for block in range(first_block, last_block + 1):
         block_start = block * rows_per_block
         block_rows = min(rows_per_block, param.shape[0] - block_start)
         generator.manual_seed(name_seed + block)
-        values = torch.randn((block_rows, *param.shape[1:]), generator=generator, device=gen_device,
-                             dtype=torch.float32)
+        values = torch.randn((block_rows, *param.shape[1:]), generator=generator, dtype=torch.float32)
         values.mul_(std)
         lo, hi = max(start, block_start), min(stop, block_start + block_rows)
         local[lo - start:hi - start].copy_(values[lo - block_start:hi - block_start])

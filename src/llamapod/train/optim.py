@@ -26,16 +26,28 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: 
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, foreach=True)
 
 
-def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int, style: str) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to min_lr."""
+def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, decay_steps: int, style: str,
+          plateau_steps: int = 0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to min_lr.
+
+    The decay runs from the end of warmup to ``decay_steps`` (the reference's
+    ``--lr_decay_iters``, by default ``--max_steps``) and stays at min_lr after it.
+    ``exponential`` halves the rate over the decay (the reference's exp(-0.693·t));
+    ``plateau`` holds max_lr for ``plateau_steps`` after warmup, then decays linearly.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if style == "constant":
         return max_lr
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if style == "linear":
+    hold = plateau_steps if style == "plateau" else 0
+    if step < warmup_steps + hold:
+        return max_lr
+    span = max(1, decay_steps - warmup_steps - hold)
+    progress = min(1.0, (step - warmup_steps - hold) / span)
+    if style in ("linear", "plateau"):
         return max_lr + (min_lr - max_lr) * progress
+    if style == "exponential":
+        return max(min_lr, max_lr * math.exp(-math.log(2.0) * progress))
     return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

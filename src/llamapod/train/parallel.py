@@ -146,24 +146,81 @@ def configure_cpu_threads(env: DistEnv) -> None:
 
 def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_checkpointing: str,
                 compile_blocks: bool, cpu_offload: bool) -> nn.Module:
-    """Shard each transformer block, then the root (embeddings, final norm, output)."""
+    """Checkpoint, compile, then shard each transformer block; then shard the root.
+
+    The order matters (torchtitan's): checkpointing wraps the plain block, compilation sees
+    the checkpointed forward, and FSDP2 shards what will actually run.
+    """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    apply_activation_checkpointing(model, activation_checkpointing)
     # Gradients are reduced in fp32 even when parameters are gathered in bf16: a bf16 sum
     # over many ranks loses the small updates that matter late in training.
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     options = {"mesh": mesh, "mp_policy": mp}
     if cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
+        # Pinned host memory needs a CUDA driver; on a CPU-only host the copies are plain.
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     blocks = list(model.layers.values())
     for index, block in enumerate(blocks):
-        block.checkpointing = activation_checkpointing
         if compile_blocks:
             block.compile()
         # The last block's parameters are needed again first in backward: keep them gathered.
         fully_shard(block, reshard_after_forward=index < len(blocks) - 1, **options)
     fully_shard(model, reshard_after_forward=False, **options)
     return model
+
+
+ACTIVATION_CHECKPOINTING_MODES = ("none", "full", "selective")
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
+    """Wrap every transformer block of ``model.layers`` in torch's checkpoint wrapper.
+
+    ``full`` keeps only each block's input and recomputes the block in backward;
+    ``selective`` also keeps matmul and attention outputs and recomputes only the cheap
+    element-wise ops. The wrapper's state-dict hooks drop its name prefix, so checkpoints
+    read the same with any mode.
+    """
+    if mode not in ACTIVATION_CHECKPOINTING_MODES:
+        raise TrainingError(f"unknown activation checkpointing mode {mode!r}",
+                            f"use one of: {', '.join(ACTIVATION_CHECKPOINTING_MODES)}")
+    if mode == "none":
+        return model
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT, "preserve_rng_state": False}
+    if mode == "selective":
+        options["context_fn"] = _selective_checkpoint_context
+    for name, block in list(model.layers.items()):
+        model.layers[name] = checkpoint_wrapper(block, **options)
+    return model
+
+
+# Ops whose outputs selective checkpointing keeps: the expensive ones to recompute.
+_KEEP_IN_SELECTIVE = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+                      "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                      "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def _selective_checkpoint_context():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = {getattr(torch.ops.aten, name).default for name in _KEEP_IN_SELECTIVE if hasattr(torch.ops.aten, name)}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def offload_activations(device: torch.device):
+    """Context in which tensors saved for backward live in CPU memory (pinned on a GPU host).
+
+    With activation checkpointing that is each block's input; without it, every saved
+    activation. The reference's ``--offload_activations``: trades PCIe copies for GPU memory.
+    """
+    return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
 
 
 def exit_without_teardown(code: int) -> None:

@@ -71,6 +71,11 @@ PRESETS: dict[str, ModelArgs] = {
                            rope_theta=5e5, max_seq_len=8192),
     "llama3-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, ffn_dim=28672,
                             rope_theta=5e5, max_seq_len=8192),
+    # The reference FSDP example's default shape (--hidden_width 768 --num_layers 12
+    # --num_heads 12 --intermediate_size 11008 --max_context_width 2048): the base a command
+    # line written against the reference starts from when it names only some sizes.
+    "reference-default": ModelArgs(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=50432,
+                                   ffn_dim=11008, max_seq_len=2048),
 }
 
 DEFAULT_PRESET = "small"
