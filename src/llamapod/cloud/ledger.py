@@ -154,7 +154,7 @@ def tagged_resources(session, name: str) -> list[TaggedResource]:
 
     client = session.client("resourcegroupstaggingapi")
     found: list[TaggedResource] = []
-    token = ""
+    token = ""  # nosec B105: a pagination token, not a password
     while True:
         kwargs: dict[str, Any] = {"TagFilters": [{"Key": CLUSTER_TAG, "Values": [name]}]}
         if token:

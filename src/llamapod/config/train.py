@@ -352,7 +352,7 @@ def _unknown(name: str, where: str) -> ConfigError:
 
 def _is_option(token: str) -> bool:
     """An option name as argparse sees one: a dash, then not a number (``-1`` is a value)."""
-    if not token.startswith("-") or token == "-":
+    if not token.startswith("-") or token == "-":  # nosec B105: a command-line option prefix, not a password
         return False
     try:
         float(token)
@@ -377,7 +377,7 @@ def _split_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             stray.append(token)
             i += 1
             continue
-        if not token.startswith("--") or token == "--":
+        if not token.startswith("--") or token == "--":  # nosec B105: a command-line option prefix, not a password
             raise ConfigError(f"unexpected argument '{token}'",
                               "training flags look like --name value or --name=value")
         body = token[2:]

@@ -187,7 +187,7 @@ def ensure_containers(settings: Settings, cluster: Cluster, mount_table: Path) -
     paths = container_paths(settings, mount_table)
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths["enroot_temp"], 0o1777)
+    os.chmod(paths["enroot_temp"], 0o1777)  # nosec B103: a shared scratch folder with the sticky bit, like /tmp
     daemon_json = settings.etc_dir / "docker" / "daemon.json"
     current = daemon_json.read_text() if daemon_json.exists() else ""
     try:

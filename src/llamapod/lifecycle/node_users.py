@@ -210,7 +210,7 @@ def seed_shared_home(settings: Settings, entry: PasswdEntry, target: Path) -> No
         shutil.copytree(source, staging, symlinks=True)
     else:
         staging.mkdir()
-    os.chmod(staging, 0o750)
+    os.chmod(staging, 0o750)  # nosec B103: 0o750 gives nothing to other users
     _chown_tree(staging, entry.uid, entry.gid)
     try:
         os.rename(staging, target)

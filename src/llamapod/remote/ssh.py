@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +94,7 @@ class SshShell:
     def options(self) -> list[str]:
         """Options shared by ssh and scp (both read ``-o``; ports differ: -p vs -P)."""
         t = self.target
-        digest = hashlib.sha1(f"{t.user}@{t.host}:{t.port}".encode()).hexdigest()[:16]
+        digest = hashlib.sha1(f"{t.user}@{t.host}:{t.port}".encode()).hexdigest()[:16]  # nosec B324: names the ssh control socket, not a security use
         opts = []
         if t.config_file:
             opts += ["-F", t.config_file]
@@ -176,7 +176,7 @@ class SshShell:
         self._prepare_local_files()
         shown = argv or ("sh", "-c", script)
         try:
-            proc = subprocess.run(self.ssh_argv(script), input=input, capture_output=True,
+            proc = subprocess.run(self.ssh_argv(script), input=input, capture_output=True,  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
                                   text=not isinstance(input, bytes), timeout=timeout)
         except FileNotFoundError:
             raise RemoteError("the OpenSSH client (`ssh`) is not installed on this machine",
@@ -201,7 +201,7 @@ class SshShell:
         # stderr goes to a file, not a pipe nobody reads while stdout is streamed (a full
         # pipe would stall the remote command); it is read back for ssh's own failures.
         with tempfile.TemporaryFile(mode="w+") as errors:
-            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)
+            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
             try:
                 if proc.stdout is None:
                     raise RemoteError(f"no output stream from ssh to {self.where}")
@@ -268,7 +268,7 @@ class SshShell:
 
     def close(self) -> None:
         """Stop the shared master connection (it would otherwise linger for ControlPersist)."""
-        subprocess.run(["ssh", *self.options(), "-p", str(self.target.port), "-O", "exit", "--",
+        subprocess.run(["ssh", *self.options(), "-p", str(self.target.port), "-O", "exit", "--",  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
                         self.target.destination], capture_output=True, timeout=30)
         if self._owns_control_dir and self.control_dir is not None:
             for entry in self.control_dir.iterdir():
@@ -292,7 +292,7 @@ class SshShell:
         script = (f"mkdir -p {_operand(os.path.dirname(remote) or '.')} && cat > {_operand(tmp)} "
                   f"&& mv -f {_operand(tmp)} {_operand(remote)} || {{ rc=$?; rm -f {_operand(tmp)}; exit $rc; }}")
         with open(local, "rb") as source:
-            proc = subprocess.run(self.ssh_argv(script), stdin=source, capture_output=True)
+            proc = subprocess.run(self.ssh_argv(script), stdin=source, capture_output=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode == SSH_FAILURE:
             raise_for_ssh_failure(stderr, self.target)
@@ -303,7 +303,7 @@ class SshShell:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.part-llamapod")
         with open(tmp, "wb") as sink:
-            proc = subprocess.run(self.ssh_argv(f"cat {_operand(remote)}"), stdout=sink, stderr=subprocess.PIPE)
+            proc = subprocess.run(self.ssh_argv(f"cat {_operand(remote)}"), stdout=sink, stderr=subprocess.PIPE)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -317,8 +317,8 @@ class SshShell:
         # contents land in `remote` itself (scp -r would nest them when it exists).
         self._prepare_local_files()
         script = f"mkdir -p {_operand(remote)} && tar -xf - -C {_operand(remote)}"
-        with subprocess.Popen(["tar", "-cf", "-", "-C", str(local), "."], stdout=subprocess.PIPE) as tar:
-            proc = subprocess.run(self.ssh_argv(script), stdin=tar.stdout, capture_output=True, text=True)
+        with subprocess.Popen(["tar", "-cf", "-", "-C", str(local), "."], stdout=subprocess.PIPE) as tar:  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
+            proc = subprocess.run(self.ssh_argv(script), stdin=tar.stdout, capture_output=True, text=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         if proc.returncode == SSH_FAILURE:
             raise_for_ssh_failure(proc.stderr, self.target)
         if proc.returncode != 0 or tar.returncode != 0:
@@ -329,8 +329,8 @@ class SshShell:
         self._prepare_local_files()
         script = f"tar -cf - -C {_operand(remote)} ."
         with tempfile.TemporaryFile() as errors:
-            with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=errors) as ssh:
-                untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,
+            with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=errors) as ssh:  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
+                untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
                                        text=True)
             errors.seek(0)
             stderr = errors.read().decode(errors="replace")
