@@ -231,10 +231,7 @@ require_cluster_name = _requirer(cluster_name_problem,
                                  "use the cluster's name as `llamapod status` shows it, e.g. ml-4-g5-48x-cluster")
 require_login_user = _requirer(login_user_problem, "set remote.user to the account you log in as, e.g. ubuntu")
 require_host = _requirer(host_problem, "set remote.host to a host name or IP address, e.g. 10.0.0.5")
-require_text = _requirer(text_problem, "remove the control characters (newlines, tabs, escapes) from the value")
 require_path = _requirer(path_problem, "use a plain path on one line; prefix a name starting with '-' with ./")
-require_sbatch_path = _requirer(sbatch_path_problem,
-                                "choose a folder whose path has no spaces, quotes, backslashes, '#' or '%'")
 
 
 def cluster_state_name(name: Any) -> str:

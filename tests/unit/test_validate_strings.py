@@ -63,8 +63,7 @@ def test_names_that_would_leave_the_state_folder_are_refused():
 
 @settings(max_examples=200, deadline=None)
 @given(hostile_text, st.sampled_from([validate.require_cluster_name, validate.require_login_user,
-                                      validate.require_host, validate.require_path, validate.require_sbatch_path,
-                                      validate.require_text]))
+                                      validate.require_host, validate.require_path]))
 def test_require_returns_the_value_or_raises_one_config_error_line(value, require):
     try:
         assert require(value, "setting") == value

@@ -189,8 +189,8 @@ class ClusterAccess:
         if not self.via_ssm:
             if node in (None, self.controller_group, "controller", self.settings.host):
                 return Node(instance_id=self.settings.host or "head", group=self.controller_group, status="Running")
-            raise ConfigError(f"no node {validate.shown(node)} here: remote.host {self.settings.host} is the only node llamapod "
-                              "reaches", "drop the node name, or remove [remote] host to reach nodes through SSM")
+            raise ConfigError(f"no node {validate.shown(node)} here: remote.host {self.settings.host} is the only "
+                              "node llamapod reaches", "drop the node name, or remove [remote] host to reach nodes through SSM")
         wanted = node or self.controller_group
         in_group = [n for n in self.nodes if n.group == wanted]
         if in_group:

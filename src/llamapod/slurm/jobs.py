@@ -360,7 +360,8 @@ class SlurmJobs:
         if not self.shell.exists(path):
             return
         start = offsets.get(path, 0)
-        result = self.shell.run(["tail", "-c", f"+{start + 1}", validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S)
+        result = self.shell.run(["tail", "-c", f"+{start + 1}", validate.shell_operand(path)],
+                                timeout=COMMAND_TIMEOUT_S)
         if not result.ok:
             return
         text = result.stdout

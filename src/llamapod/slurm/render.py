@@ -42,7 +42,8 @@ def job_paths(spec: "TrainSpec", job: SlurmJob) -> JobPaths:
                           "choose a run_dir without spaces, quotes, backslashes, '#', '%' or control characters")
     checkpoint_dir = job.absolute(spec.checkpoint_dir) if spec.checkpoint_dir else str(PurePosixPath(run_dir) / "checkpoints")
     # It is named in the script's header comment and created with mkdir: one line, not option-like.
-    validate.require_path(checkpoint_dir, "checkpoint_dir", "choose a checkpoint_dir on one line, not starting with '-'")
+    validate.require_path(checkpoint_dir, "checkpoint_dir",
+                          "choose a checkpoint_dir on one line, not starting with '-'")
     return JobPaths(run_dir, checkpoint_dir, str(PurePosixPath(run_dir) / "job.sbatch"))
 
 
