@@ -135,8 +135,12 @@ def _report_leftovers(name: str, left) -> None:
 
 def _target(name: str | None, config_path: Path | None, region: str | None):
     """The cluster's name, region and ledger, from the argument, the state file and llamapod.toml."""
+    from llamapod import validate
     from llamapod.cloud.ledger import Ledger
 
+    if region is not None:
+        validate.require(validate.region_problem(region), region, "--region",
+                         "pass an AWS region code such as us-east-1")
     spec = None
     if name is None:
         spec = _load_spec(config_path, {"region": region})

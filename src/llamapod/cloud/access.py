@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from llamapod import validate
 from llamapod.errors import ConfigError, RemoteError
 
 SSH_DOCUMENT = "AWS-StartSSHSession"
@@ -94,20 +95,18 @@ class SshHostEntry:
     options: tuple[tuple[str, str], ...]
 
     def render(self) -> str:
+        for alias in self.aliases:
+            validate.require(validate.ssh_host_alias_problem(alias), alias, "ssh Host alias",
+                             "cluster, group and node names must be letters, digits and '-'")
         lines = [f"Host {' '.join(self.aliases)}"]
-        lines += [f"    {key} {_ssh_config_value(key, value)}" for key, value in self.options]
+        lines += [f"    {key} {validate.ssh_config_value(key, value)}" for key, value in self.options]
         return "\n".join(lines)
 
 
-def _ssh_config_value(key: str, value: str) -> str:
-    # ProxyCommand takes the rest of the line as a shell command; other values are split
-    # on whitespace unless double-quoted (a path with a space, say).
-    if key == "ProxyCommand" or not any(c.isspace() for c in value):
-        return value
-    return '"' + value.replace('"', '\\"') + '"'
-
-
 def _markers(cluster: str) -> tuple[str, str]:
+    # The name sits in comment lines of the user's ssh config: a newline in it would
+    # start a line ssh parses (and rejects, refusing the whole file).
+    validate.cluster_state_name(cluster)
     return (f"# >>> llamapod cluster {cluster} (managed by `llamapod ssh --config`; edits are overwritten) >>>",
             f"# <<< llamapod cluster {cluster} <<<")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from llamapod import paths
+from llamapod import paths, validate
 from llamapod.errors import ConfigError
 
 CLUSTER_TAG = "llamapod:cluster"
@@ -30,7 +30,8 @@ KINDS = ("network", "role", "bucket", "fsx", "cluster")
 
 
 def ledger_path(name: str) -> Path:
-    return paths.home() / "clusters" / f"{name}.json"
+    # Checked before it becomes a path: "../../x" or "a/b" must not name a file outside the state folder.
+    return paths.home() / "clusters" / f"{validate.cluster_state_name(name)}.json"
 
 
 class Ledger:

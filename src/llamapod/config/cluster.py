@@ -23,17 +23,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llamapod import validate
 from llamapod.errors import ConfigError
 from llamapod.instances import has_accelerators
 from llamapod.lifecycle import provisioning
 
+# Matched with fullmatch (see llamapod.validate): a trailing newline is not part of a name.
 # The ClusterName / InstanceGroupName pattern of the SageMaker API (1-63 characters).
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-AZ_NAME_RE = re.compile(r"^(?P<region>[a-z]{2}(-[a-z]+)+-\d+)[a-z]$")
-AZ_ID_RE = re.compile(r"^[a-z]{2,5}\d+-az\d+$")
-PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NAME_RE = validate.CLUSTER_NAME
+REGION_RE = validate.REGION
+AZ_NAME_RE = re.compile(r"(?P<region>[a-z]{2}(-[a-z]+)+-\d+)[a-z]")
+AZ_ID_RE = re.compile(r"[a-z]{2,5}\d+-az\d+")
+PARTITION_RE = validate.SLURM_NAME
+USER_RE = validate.LINUX_USER
 
 DEFAULT_NAME = "ml-4-g5-48x-cluster"
 DEFAULT_REGION = "us-east-1"
@@ -139,7 +141,7 @@ class ClusterSpec(BaseModel):
     def availability_zone_kind(self) -> Literal["id", "name"] | None:
         if self.availability_zone is None:
             return None
-        return "id" if AZ_ID_RE.match(self.availability_zone) else "name"
+        return "id" if AZ_ID_RE.fullmatch(self.availability_zone) else "name"
 
     def instance_counts(self) -> dict[str, int]:
         """Instances requested per type, summed over groups (what quotas are checked against)."""
@@ -258,6 +260,12 @@ def _closest(value: Any, choices: tuple[str, ...] | list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _key_path(where: str, key: Any) -> str:
+    # A quoted TOML key may hold anything, a newline included: shown as repr it stays on one line.
+    plain = isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key)
+    return f"{where}.{key}" if plain else f"{where}[{key!r}]"
+
+
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -269,7 +277,7 @@ class _Problems:
         for key in table:
             if key not in known:
                 hint = _closest(str(key), list(known))
-                self.add(f"{where}.{key} is not a setting llamapod knows (known: {', '.join(known)}){hint}")
+                self.add(f"{_key_path(where, key)} is not a setting llamapod knows (known: {', '.join(known)}){hint}")
 
 
 def _check_table(value: Any, where: str, problems: _Problems) -> dict | None:
@@ -280,7 +288,7 @@ def _check_table(value: Any, where: str, problems: _Problems) -> dict | None:
 
 
 def _check_name(value: Any, where: str, problems: _Problems) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= 63 or not NAME_RE.match(value):
+    if not isinstance(value, str) or not 1 <= len(value) <= 63 or not NAME_RE.fullmatch(value):
         problems.add(f"{where} must be 1-63 letters, digits or hyphens, starting and ending with a letter "
                      f"or digit{_got(value)}")
 
@@ -319,14 +327,14 @@ def _check_group(raw: Any, where: str, problems: _Problems, *, worker: bool, con
     _check_count(table.get("count", 1), f"{where}.count", problems, exactly=1 if controller else None)
     if worker and "partition" in table:
         partition = table["partition"]
-        if not isinstance(partition, str) or not PARTITION_RE.match(partition):
+        if not isinstance(partition, str) or not PARTITION_RE.fullmatch(partition):
             problems.add(f"{where}.partition must be 1-64 letters, digits, dots, hyphens or underscores, "
                          f"starting with a letter or digit{_got(partition)}")
     return table
 
 
 def _check_region(value: Any, problems: _Problems) -> None:
-    if not isinstance(value, str) or not REGION_RE.match(value):
+    if not isinstance(value, str) or not REGION_RE.fullmatch(value):
         problems.add(f"cluster.region must be an AWS region code such as us-east-1{_got(value)}")
     elif value not in known_regions():
         hint = _closest(value, sorted(known_regions()))
@@ -337,9 +345,9 @@ def _check_region(value: Any, problems: _Problems) -> None:
 def _check_availability_zone(value: Any, region: Any, problems: _Problems) -> None:
     if value is None:
         return
-    if isinstance(value, str) and AZ_ID_RE.match(value):
+    if isinstance(value, str) and AZ_ID_RE.fullmatch(value):
         return
-    match = AZ_NAME_RE.match(value) if isinstance(value, str) else None
+    match = AZ_NAME_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         problems.add("cluster.availability_zone must be an AZ name such as us-east-1a or an AZ ID such as "
                      f"use1-az4{_got(value)}")
