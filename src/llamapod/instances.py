@@ -8,6 +8,7 @@ used for estimates only: `plan` labels them as such.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -62,6 +63,7 @@ _KNOWN: dict[str, InstanceInfo] = {
 
 # Dense bf16 peak per accelerator (FLOP/s), for MFU. A10G: the A10 data sheet's figure,
 # an upper bound (the G variant clocks lower), so MFU on g5 is labelled as such.
+# Dense bf16 tensor-core peaks from the data sheets, the divisor of MFU.
 PEAK_BF16_FLOPS: dict[str, float] = {
     "A10G": 125e12,
     "L4": 121e12,
@@ -69,6 +71,13 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "A100": 312e12,
     "H100": 989e12,
     "H200": 989e12,
+}
+
+# Where a table figure is not the accelerator's own, MFU says so next to its value.
+PEAK_CAVEATS: dict[str, str] = {
+    # NVIDIA publishes no A10G data sheet; it runs at lower clocks than the A10, so the
+    # true peak is below this and MFU against it reads low.
+    "A10G": "the A10's data-sheet figure, above the A10G's real peak: MFU reads low",
 }
 
 
@@ -109,3 +118,11 @@ def instance_info(instance_type: str) -> InstanceInfo:
 def known_instance_types() -> list[str]:
     """Every instance type this table describes (for "did you mean ...?" suggestions)."""
     return sorted(_KNOWN)
+
+
+_ACCELERATED_FAMILY = re.compile(r"^ml\.(p|g|gr|trn)\d")
+
+
+def has_accelerators(instance_type: str) -> bool:
+    """GPUs or Trainium, by family, so types newer than the table above (p6, g7e, ...) count too."""
+    return bool(_ACCELERATED_FAMILY.match(instance_type))

@@ -150,6 +150,8 @@ node_recovery = {_toml(spec.node_recovery)}   # Automatic: HyperPod replaces fai
 # deep_health_checks = ["InstanceStress", "InstanceConnectivity"]   # GPU groups; adds time to creation
 # ebs_volume_gb = 500   # an extra EBS volume per node, mounted at /opt/sagemaker
 cluster_user = {_toml(spec.cluster_user)}   # the login user; its home moves to /fsx/<user>
+# shared_users = [{{ name = "alice", uid = 2001 }}]   # more users on every node, fixed uids 1000-60000
+# containers = true   # Docker/enroot data on the workers' NVMe, pyxis for srun --container-image
 
 # The Slurm controller (head node): exactly one instance.
 [cluster.controller]
@@ -178,10 +180,18 @@ compression = {_toml(spec.fsx.compression)}
 # public_subnet_cidr = "{net.public_subnet_cidr}"
 # private_subnet_cidr = "{net.private_subnet_cidr}"
 
+# Slurm accounting (slurmdbd on the controller) against a MySQL/MariaDB you run, e.g. Amazon RDS.
+# [cluster.accounting]
+# storage_host = "slurm-db.cluster-abc.us-east-1.rds.amazonaws.com"
+# storage_user = "slurm"
+# storage_pass = "..."
+
 # Extra tags on everything llamapod creates (llamapod:cluster is always added).
 [cluster.tags]
 
-# The seed's training job (step 7): Llama 2 7B, its flags as written in the guide.
+# The seed's training job (step 7): Llama 2 7B, its flags as written in the guide. Everything
+# it does not name has the reference FSDP example's default (lr 1e-4, activation checkpointing
+# on, 5000 steps, the allenai/c4 dataset, ...: `llamapod train --help` lists them).
 # `llamapod train --cluster {spec.name}` runs it on the cluster; flags on the command line win.
 [train]
 model_type = "llama_v2"
@@ -200,7 +210,6 @@ val_batch_size = 4
 epochs = 1
 validation_batches = 1
 resume_from_checkpoint = "./checkpoints"
-max_steps = 5000
 
 # How the job is submitted to Slurm (nodes and GPUs per node follow the instance type).
 [slurm]
@@ -356,10 +365,13 @@ def _planned_training(config_path: Path | None, spec) -> tuple[Any, dict[str, An
 
 @click.command(name="operator-policy")
 @click.option("--account", help="AWS account id to scope the policy to (default: look it up; '*' if that fails)")
+@click.option("--part", type=click.Choice(["network", "cluster"]),
+              help="print one of the two managed policies to attach (the whole exceeds IAM's 6,144 characters)")
 @_region_option
 @_profile_option
-def operator_policy(account: str | None, region: str | None, profile: str | None) -> None:
+def operator_policy(account: str | None, part: str | None, region: str | None, profile: str | None) -> None:
     """Print the least-privilege IAM policy a user needs to run llamapod."""
+    from llamapod.cloud.policies import MANAGED_POLICY_MAX_CHARS, operator_policy_parts, policy_chars
     from llamapod.cloud.policies import operator_policy as build_policy
     from llamapod.config.cluster import DEFAULT_REGION, partition_of
     from llamapod.errors import ConfigError
@@ -375,4 +387,12 @@ def operator_policy(account: str | None, region: str | None, profile: str | None
         account = credentials.data.get("account", "*")
         if credentials.status != "ok":
             ui.warn(f"account not looked up ({credentials.detail}): the policy names any account ('*')")
-    ui.out(json.dumps(build_policy(account, partition_of(region)), indent=2))
+    if part is not None:
+        ui.out(json.dumps(operator_policy_parts(account, partition_of(region))[part], indent=2))
+        return
+    whole = build_policy(account, partition_of(region))
+    ui.out(json.dumps(whole, indent=2))
+    if policy_chars(whole) > MANAGED_POLICY_MAX_CHARS:
+        ui.info(f"this policy has {policy_chars(whole):,} characters, more than a managed policy holds "
+                f"({MANAGED_POLICY_MAX_CHARS:,}): attach it as two, `--part network` and `--part cluster`, "
+                f"or as a role's inline policy")

@@ -123,19 +123,24 @@ def down(name: str | None, config_path: Path | None, region: str | None, profile
     left = tear_down(session, inventory, ledger)
     if left:
         _report_leftovers(name, left)
-    ui.success(f"deleted cluster {name}: nothing tagged llamapod:cluster={name} is left in {session.region}")
+    ui.success(f"deleted cluster {name}: nothing tagged llamapod:cluster={name} or made by HyperPod for it "
+               f"is left in {session.region}")
 
 
 def _report_leftovers(name: str, left) -> None:
     ui.table(["still exists", "id", "console"], [(item.kind, item.id, item.link) for item in left])
-    raise ClusterStateError(f"{len(left)} resource(s) tagged llamapod:cluster={name} still exist",
+    raise ClusterStateError(f"{len(left)} resource(s) of cluster {name} still exist",
                             "run `llamapod down` again; if they stay, delete them from the console links above")
 
 
 def _target(name: str | None, config_path: Path | None, region: str | None):
     """The cluster's name, region and ledger, from the argument, the state file and llamapod.toml."""
+    from llamapod import validate
     from llamapod.cloud.ledger import Ledger
 
+    if region is not None:
+        validate.require(validate.region_problem(region), region, "--region",
+                         "pass an AWS region code such as us-east-1")
     spec = None
     if name is None:
         spec = _load_spec(config_path, {"region": region})

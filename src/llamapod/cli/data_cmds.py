@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from llamapod.cli import ui
+from llamapod.cli.params import FiniteFloatRange
 
 
 @click.group()
@@ -31,7 +32,7 @@ def data() -> None:
 @click.option("--max-tokens", "--max_tokens", "max_tokens", type=click.IntRange(min=1), default=None,
               help="stop after about this many tokens (whole shards)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="tokenizer processes [all cores]")
-@click.option("--shard-mb", type=click.FloatRange(min=0.001), default=None, help="MB of text per shard [8]")
+@click.option("--shard-mb", type=FiniteFloatRange(min=0.001), default=None, help="MB of text per shard [8]")
 @click.option("--overwrite", is_flag=True, help="replace a dataset already prepared in --out from another source")
 def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str | None, txt_document: str | None,
             dataset_config_name: str | None, dataset_split: str | None, streaming: bool | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from llamapod.cli import ui
+from llamapod.cli.params import SEED, FiniteFloatRange
 
 
 @click.command()
@@ -12,11 +13,11 @@ from llamapod.cli import ui
               help="checkpoint folder (its newest complete step) or one step_* folder")
 @click.option("--prompt", default="", help="text to continue")
 @click.option("--max-new-tokens", "--max_new_tokens", default=200, type=click.IntRange(min=1), show_default=True)
-@click.option("--temperature", default=0.8, type=click.FloatRange(min=0.0), show_default=True,
+@click.option("--temperature", default=0.8, type=FiniteFloatRange(min=0.0), show_default=True,
               help="0 = always the most likely token")
 @click.option("--top-k", "--top_k", default=50, type=click.IntRange(min=0), show_default=True,
               help="sample among the k most likely tokens (0 = all)")
-@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--seed", default=0, type=SEED, show_default=True)
 def sample(checkpoint: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> None:
     """Generate text from a checkpoint."""
     from llamapod.train.sample import generate, load_for_inference

@@ -15,12 +15,13 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from llamapod import validate
 from llamapod.errors import ConfigError, RemoteError
 
 SSH_DOCUMENT = "AWS-StartSSHSession"
@@ -94,20 +95,18 @@ class SshHostEntry:
     options: tuple[tuple[str, str], ...]
 
     def render(self) -> str:
+        for alias in self.aliases:
+            validate.require(validate.ssh_host_alias_problem(alias), alias, "ssh Host alias",
+                             "cluster, group and node names must be letters, digits and '-'")
         lines = [f"Host {' '.join(self.aliases)}"]
-        lines += [f"    {key} {_ssh_config_value(key, value)}" for key, value in self.options]
+        lines += [f"    {key} {validate.ssh_config_value(key, value)}" for key, value in self.options]
         return "\n".join(lines)
 
 
-def _ssh_config_value(key: str, value: str) -> str:
-    # ProxyCommand takes the rest of the line as a shell command; other values are split
-    # on whitespace unless double-quoted (a path with a space, say).
-    if key == "ProxyCommand" or not any(c.isspace() for c in value):
-        return value
-    return '"' + value.replace('"', '\\"') + '"'
-
-
 def _markers(cluster: str) -> tuple[str, str]:
+    # The name sits in comment lines of the user's ssh config: a newline in it would
+    # start a line ssh parses (and rejects, refusing the whole file).
+    validate.cluster_state_name(cluster)
     return (f"# >>> llamapod cluster {cluster} (managed by `llamapod ssh --config`; edits are overwritten) >>>",
             f"# <<< llamapod cluster {cluster} <<<")
 
@@ -211,7 +210,7 @@ def push_key_via_ssm(target: str, user: str, public_key: str, *, region: str | N
     """Install the key on the node through SSM; returns "added" or "present"."""
     argv = push_key_via_ssm_argv(target, user, public_key, region=region, profile=profile)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)  # nosec B603: argv is built by llamapod from validated names, no shell
     except FileNotFoundError:
         raise RemoteError("the AWS CLI (`aws`) is not installed", AWS_CLI_MISSING_HINT) from None
     except subprocess.TimeoutExpired:
@@ -239,7 +238,7 @@ def find_or_create_identity(ssh_dir: Path, fallback_dir: Path) -> Path:
     own = fallback_dir / "id_ed25519"
     if not own.is_file():
         own.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"llamapod@{platform.node()}",
+        proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"llamapod@{platform.node()}",  # nosec B603, B607: argv is built by llamapod from validated names, no shell; ssh-keygen is found on PATH by design, like ssh itself
                                "-f", str(own)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RemoteError(f"cannot create an SSH key at {own}: {proc.stderr.strip()}",

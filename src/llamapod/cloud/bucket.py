@@ -48,13 +48,29 @@ def ensure_bucket(session, name: str, tags: list[dict[str, str]], ledger: Ledger
                 raise
     ledger.record("bucket", name=name)
     call(s3, "put_bucket_tagging", Bucket=name, Tagging={"TagSet": tags})
-    call(s3, "put_public_access_block", Bucket=name, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-    call(s3, "put_bucket_encryption", Bucket=name, ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]})
-    # Versioning keeps every lifecycle script a node ever booted with (they are tiny).
-    call(s3, "put_bucket_versioning", Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    call(s3, "put_bucket_policy", Bucket=name, Policy=json.dumps(plan.bucket_policy(name, session.partition)))
+    for operation, arguments in security_settings(name, session.partition).items():
+        call(s3, operation, Bucket=name, **arguments)
+
+
+def security_settings(name: str, partition: str = "aws") -> dict[str, dict[str, Any]]:
+    """Every security setting of the bucket, as the S3 calls that apply them (tests lint these with checkov).
+
+    Access logging is deliberately off: the bucket holds llamapod's own open-source scripts
+    and one JSON of non-secret names, read only by the cluster's role; a log bucket would be a
+    second resource to create, secure and delete for no information worth keeping.
+    """
+    from llamapod.cloud import plan
+
+    return {
+        "put_public_access_block": {"PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True}},
+        "put_bucket_encryption": {"ServerSideEncryptionConfiguration": {"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]}},
+        # Versioning keeps every lifecycle script a node ever booted with (they are tiny).
+        "put_bucket_versioning": {"VersioningConfiguration": {"Status": "Enabled"}},
+        "put_bucket_policy": {"Policy": json.dumps(plan.bucket_policy(name, partition))},
+    }
 
 
 def upload_files(session, bucket: str, files: list[tuple[Path, str]], prefix: str) -> int:
@@ -64,10 +80,6 @@ def upload_files(session, bucket: str, files: list[tuple[Path, str]], prefix: st
         if put_bytes(session, bucket, f"{prefix}/{key}".lstrip("/"), path.read_bytes()):
             sent += 1
     return sent
-
-
-def put_json(session, bucket: str, key: str, data: dict[str, Any]) -> bool:
-    return put_bytes(session, bucket, key, (json.dumps(data, indent=2) + "\n").encode(), "application/json")
 
 
 def put_bytes(session, bucket: str, key: str, body: bytes, content_type: str | None = None) -> bool:

@@ -2,10 +2,14 @@
 
 Resources are found twice over: from the state file and by the tag
 ``llamapod:cluster=<name>`` (per service, and through the Resource Groups Tagging API),
-so teardown works with the state file lost or after an ``up`` that died half-way.
-Order: the cluster (its nodes hold network interfaces in the subnet and mount FSx),
-then FSx, the bucket, the role, and last the network stack. "Not found" is success
-everywhere, so ``down`` can be interrupted and re-run too.
+so teardown works with the state file lost or after an ``up`` that died half-way; what
+HyperPod makes without that tag (its CloudWatch log group, network interfaces in the
+subnet) is found by name or by the cluster's VPC.
+Order: the cluster (its nodes hold network interfaces in the subnet and mount FSx), then
+FSx, the bucket, HyperPod's log group, the network stack, and last the execution role:
+HyperPod removes the nodes' network interfaces with that role, and until they are gone
+the VPC cannot be deleted. "Not found" is success everywhere, so ``down`` can be
+interrupted and re-run too.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import threading
 from dataclasses import dataclass, field
 
 from llamapod.cloud import bucket as buckets
-from llamapod.cloud import hyperpod, iam, network, progress, storage
-from llamapod.cloud.ledger import Ledger, console_link, tagged_resources
+from llamapod.cloud import hyperpod, iam, logs, network, progress, storage
+from llamapod.cloud.ledger import Ledger, console_link, has_cluster_tag, tagged_resources
+from llamapod.cloud.lock import cluster_lock
 from llamapod.cloud.progress import Clock, Reporter, Waiter
 from llamapod.cloud.session import call
 
@@ -29,17 +34,19 @@ class Inventory:
     clusters: list[str] = field(default_factory=list)
     file_systems: list[str] = field(default_factory=list)
     buckets: list[str] = field(default_factory=list)
-    roles: list[str] = field(default_factory=list)
+    log_groups: list[str] = field(default_factory=list)
     stacks: list[str] = field(default_factory=list)  # stack IDs
     stack_names: dict[str, str] = field(default_factory=dict)
+    roles: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
         return ([("HyperPod cluster", c) for c in self.clusters]
                 + [("FSx for Lustre file system", f) for f in self.file_systems]
                 + [("S3 bucket (all versions)", b) for b in self.buckets]
-                + [("IAM role (and its policies)", r) for r in self.roles]
+                + [("CloudWatch log group (HyperPod's node logs)", g) for g in self.log_groups]
                 + [("CloudFormation stack (VPC, subnets, NAT, security group)", self.stack_names.get(s, s))
-                   for s in self.stacks])
+                   for s in self.stacks]
+                + [("IAM role (and its policies)", r) for r in self.roles])
 
     @property
     def empty(self) -> bool:
@@ -81,6 +88,8 @@ def take_inventory(session, name: str, ledger: Ledger | None) -> Inventory:
     if "cluster" in recorded and hyperpod.find_cluster(session, recorded["cluster"]["name"]) is not None:
         cluster_names.append(recorded["cluster"]["name"])
     inv.clusters = _unique(cluster_names)
+    inv.log_groups = [g["logGroupName"] for g in logs.find_log_groups(session, name, not_of=_strangers(session, name,
+                                                                                                       recorded))]
 
     fs_ids = [fs["FileSystemId"] for fs in storage.find_file_systems(session, name)]
     if "fsx" in recorded and storage.describe(session, recorded["fsx"]["id"]) is not None:
@@ -106,9 +115,27 @@ def take_inventory(session, name: str, ledger: Ledger | None) -> Inventory:
     return inv
 
 
+def _strangers(session, name: str, recorded: dict) -> set[str]:
+    """Ids of a live cluster of this name that llamapod did not make: its logs are not ours."""
+    cluster = hyperpod.find_cluster(session, name)
+    if cluster is None or hyperpod.find_clusters(session, name) or "cluster" in recorded:
+        return set()
+    return {logs.cluster_id(cluster["ClusterArn"])}
+
+
 def tear_down(session, inv: Inventory, ledger: Ledger | None, *, clock: Clock | None = None,
               reporter: Reporter | None = None) -> list[Leftover]:
-    """Delete the inventory in order; returns what is still tagged for the cluster afterwards."""
+    """Delete the inventory in order; returns what of the cluster is still there afterwards.
+
+    One run per cluster at a time (``cloud/lock.py``): an ``up`` or ``down`` already working
+    on it makes this one stop with a message before it deletes anything.
+    """
+    with cluster_lock(inv.name, "down"):
+        return _tear_down(session, inv, ledger, clock=clock, reporter=reporter)
+
+
+def _tear_down(session, inv: Inventory, ledger: Ledger | None, *, clock: Clock | None,
+               reporter: Reporter | None) -> list[Leftover]:
     clock = clock or progress.default_clock()
     reporter = reporter or Reporter(clock)
     waiter = Waiter(clock, threading.Event(), reporter)
@@ -129,14 +156,19 @@ def tear_down(session, inv: Inventory, ledger: Ledger | None, *, clock: Clock | 
         reporter.line(f"bucket {bucket}: emptying and deleting")
         buckets.empty_and_delete(session, bucket)
     forget("bucket")
-    for role in inv.roles:
-        reporter.line(f"role {role}: deleting")
-        iam.delete_role(session, role)
-    forget("role")
+    for group in inv.log_groups:
+        reporter.line(f"log group {group}: deleting")
+        logs.delete_log_group(session, group)
     for stack_id in inv.stacks:
         reporter.line(f"network stack {inv.stack_names.get(stack_id, stack_id)}: deleting")
         network.delete_network(session, stack_id, waiter)
     forget("network")
+    # Last: HyperPod releases the nodes' network interfaces in the subnet with this role; deleted
+    # earlier, those interfaces could stay and keep the VPC (and its NAT gateway) from deletion.
+    for role in inv.roles:
+        reporter.line(f"role {role}: deleting")
+        iam.delete_role(session, role)
+    forget("role")
 
     left = leftovers(session, inv.name)
     if not left and ledger is not None:
@@ -145,7 +177,8 @@ def tear_down(session, inv: Inventory, ledger: Ledger | None, *, clock: Clock | 
 
 
 def leftovers(session, name: str) -> list[Leftover]:
-    """Everything still tagged (or named) for the cluster, by every lookup llamapod has."""
+    """Everything of the cluster still there, by every lookup llamapod has: tagged resources, and
+    what HyperPod makes untagged (its log group; network interfaces in the cluster's VPC)."""
     region = session.region
     spec = naming_spec(name, region)
     found: dict[str, Leftover] = {}
@@ -169,7 +202,10 @@ def leftovers(session, name: str) -> list[Leftover]:
         add("iam:role", role, f"arn:{session.partition}:iam::{session.account_id}:role/{role}")
     for stack in network.find_stacks(session, spec):
         add("cloudformation:stack", stack["StackName"], stack["StackId"])
-    for kind, rid in _tagged_network(session, name):
+    for group in logs.find_log_groups(session, name, not_of=_strangers(session, name, {})):
+        add("logs:log-group", group["logGroupName"], group.get("arn", "").removesuffix(":*")
+            or _arn(session, "logs", f"log-group:{group['logGroupName']}"))
+    for kind, rid in _network_leftovers(session, name):
         add(f"ec2:{kind}", rid, _arn(session, "ec2", f"{kind}/{rid}"))
     return sorted(found.values(), key=lambda item: (item.kind, item.id))
 
@@ -183,12 +219,30 @@ def _arn(session, service: str, resource: str) -> str:
     return f"arn:{session.partition}:{service}:{session.region}:{session.account_id}:{resource}"
 
 
-def _tagged_network(session, name: str) -> list[tuple[str, str]]:
-    """VPCs, subnets and security groups carrying the tag, asked of EC2 directly."""
+def _network_leftovers(session, name: str) -> list[tuple[str, str]]:
+    """Every network resource the stack makes, asked of EC2 directly: by the tag, and, for what
+    carries no tag (network interfaces HyperPod and FSx put in the subnet, the S3 endpoint),
+    by the tagged VPCs they live in."""
     ec2 = session.client("ec2")
     filters = [{"Name": "tag:llamapod:cluster", "Values": [name]}]
-    vpcs = call(ec2, "describe_vpcs", Filters=filters).get("Vpcs", [])
-    subnets = call(ec2, "describe_subnets", Filters=filters).get("Subnets", [])
-    groups = call(ec2, "describe_security_groups", Filters=filters).get("SecurityGroups", [])
-    return ([("vpc", v["VpcId"]) for v in vpcs] + [("subnet", s["SubnetId"]) for s in subnets]
-            + [("security-group", g["GroupId"]) for g in groups])
+    vpcs = [v["VpcId"] for v in call(ec2, "describe_vpcs", Filters=filters).get("Vpcs", [])]
+    found = [("vpc", v) for v in vpcs]
+    found += [("subnet", s["SubnetId"]) for s in call(ec2, "describe_subnets", Filters=filters).get("Subnets", [])]
+    found += [("security-group", g["GroupId"])
+              for g in call(ec2, "describe_security_groups", Filters=filters).get("SecurityGroups", [])]
+    found += [("route-table", t["RouteTableId"])
+              for t in call(ec2, "describe_route_tables", Filters=filters).get("RouteTables", [])]
+    found += [("internet-gateway", g["InternetGatewayId"])
+              for g in call(ec2, "describe_internet_gateways", Filters=filters).get("InternetGateways", [])]
+    found += [("elastic-ip", a["AllocationId"]) for a in call(ec2, "describe_addresses", Filters=filters).get(
+        "Addresses", [])]
+    # NAT gateways: tags read from each (the emulator ignores tag filters here); deleted ones cost nothing.
+    found += [("natgateway", g["NatGatewayId"]) for g in call(ec2, "describe_nat_gateways").get("NatGateways", [])
+              if has_cluster_tag(g.get("Tags"), name) and g.get("State") not in ("deleted", "deleting")]
+    if vpcs:
+        in_vpcs = [{"Name": "vpc-id", "Values": vpcs}]
+        found += [("vpc-endpoint", e["VpcEndpointId"]) for e in call(ec2, "describe_vpc_endpoints", Filters=in_vpcs)
+                  .get("VpcEndpoints", []) if e.get("State", "").lower() not in ("deleted", "deleting")]
+        found += [("network-interface", i["NetworkInterfaceId"])
+                  for i in call(ec2, "describe_network_interfaces", Filters=in_vpcs).get("NetworkInterfaces", [])]
+    return found

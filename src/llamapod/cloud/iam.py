@@ -1,10 +1,18 @@
-"""The execution role HyperPod nodes run as: created, found by tag, deleted with its policies."""
+"""The execution role HyperPod nodes run as: created within llamapod's permissions boundary,
+found by tag, deleted with its policies.
+
+The boundary (one per account, see ``policies.permissions_boundary``) is created by the first
+``up`` in an account and then never changed or deleted by llamapod: the operator policy forbids
+both, because a boundary that its holder could rewrite or re-create would bound nothing.
+"""
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
+from llamapod.cloud import policies
 from llamapod.cloud.ledger import Ledger, has_cluster_tag
 from llamapod.cloud.session import call
 from llamapod.errors import CloudError
@@ -27,24 +35,70 @@ def get_role(session, name: str) -> dict[str, Any] | None:
         raise
 
 
+def _same_document(a: Any, b: dict[str, Any]) -> bool:
+    """IAM returns documents URL-decoded by botocore: a dict, or a JSON string from some endpoints."""
+    if isinstance(a, str):
+        a = json.loads(urllib.parse.unquote(a))
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def ensure_boundary(session) -> str:
+    """llamapod's permissions boundary, created if missing and checked if present; returns its ARN."""
+    iam = session.client("iam")
+    arn = policies.boundary_arn(session.account_id, session.partition)
+    document = policies.permissions_boundary(session.account_id, session.partition)
+    try:
+        existing = call(iam, "get_policy", PolicyArn=arn)["Policy"]
+    except CloudError as exc:
+        if exc.code != "NoSuchEntity":
+            raise
+        existing = None
+    if existing is None:
+        try:
+            call(iam, "create_policy", PolicyName=policies.BOUNDARY_NAME, PolicyDocument=json.dumps(document),
+                 Description=policies.BOUNDARY_DESCRIPTION)
+            return arn
+        except CloudError as exc:
+            if exc.code != "EntityAlreadyExists":  # another `up` created it a moment ago
+                raise
+            existing = call(iam, "get_policy", PolicyArn=arn)["Policy"]
+    version = call(iam, "get_policy_version", PolicyArn=arn,
+                   VersionId=existing["DefaultVersionId"])["PolicyVersion"]
+    if not _same_document(version["Document"], document):
+        raise CloudError("get_policy_version", "BoundaryChanged",
+                         f"the permissions boundary {arn} is not llamapod's document",
+                         "an administrator restores it (docs/cluster.md, 'Least privilege') or deletes it "
+                         "so that `llamapod up` re-creates it")
+    return arn
+
+
+def _bound(iam, name: str, role: dict[str, Any], boundary: str) -> None:
+    """Put llamapod's boundary on a role that lacks it (roles made before llamapod used one)."""
+    if role.get("PermissionsBoundary", {}).get("PermissionsBoundaryArn") != boundary:
+        call(iam, "put_role_permissions_boundary", RoleName=name, PermissionsBoundary=boundary)
+
+
 def ensure_role(session, spec, bucket: str, tags: list[dict[str, str]], ledger: Ledger) -> str:
-    """The execution role with its managed and inline policies; returns its ARN."""
+    """The execution role, within llamapod's boundary, with its managed and inline policies; returns its ARN."""
     from llamapod.cloud import plan
 
     iam = session.client("iam")
     name = role_name(spec)
+    boundary = ensure_boundary(session)
+    trust = plan.execution_role_trust_policy(session.account_id, session.partition)
     role = get_role(session, name)
     if role is None:
-        trust = plan.execution_role_trust_policy(session.account_id, session.partition)
         try:
             role = call(iam, "create_role", RoleName=name, AssumeRolePolicyDocument=json.dumps(trust),
-                        Description=f"HyperPod nodes of llamapod cluster {spec.name}", Tags=tags)["Role"]
+                        Description=f"HyperPod nodes of llamapod cluster {spec.name}", Tags=tags,
+                        PermissionsBoundary=boundary)["Role"]
         except CloudError as exc:
             if exc.code != "EntityAlreadyExists":
                 raise
             role = get_role(session, name)
             if role is None:
                 raise
+    _bound(iam, name, role, boundary)
     ledger.record("role", name=name, arn=role["Arn"])
     # Attaching and putting are idempotent in IAM: a re-run simply re-applies them.
     managed = plan.managed_policy_arns(session.partition)
@@ -89,9 +143,15 @@ def _role_tagged(iam, name: str, cluster_name: str) -> bool:
 
 
 def delete_role(session, name: str) -> None:
-    """Detach managed policies, delete inline ones and instance profiles, then the role."""
+    """Detach managed policies, delete inline ones and instance profiles, then the role.
+
+    The operator policy allows changing only roles within llamapod's boundary, so a role made
+    before llamapod used one gets the boundary first.
+    """
     iam = session.client("iam")
     try:
+        role = call(iam, "get_role", RoleName=name)["Role"]
+        _bound(iam, name, role, policies.boundary_arn(session.account_id, session.partition))
         for policy in call(iam, "list_attached_role_policies", RoleName=name).get("AttachedPolicies", []):
             _ignore_missing(iam, "detach_role_policy", RoleName=name, PolicyArn=policy["PolicyArn"])
         for policy_name in call(iam, "list_role_policies", RoleName=name).get("PolicyNames", []):

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from llamapod import paths
+from llamapod import paths, validate
 from llamapod.errors import ConfigError
 
 CLUSTER_TAG = "llamapod:cluster"
@@ -29,7 +30,8 @@ KINDS = ("network", "role", "bucket", "fsx", "cluster")
 
 
 def ledger_path(name: str) -> Path:
-    return paths.home() / "clusters" / f"{name}.json"
+    # Checked before it becomes a path: "../../x" or "a/b" must not name a file outside the state folder.
+    return paths.home() / "clusters" / f"{validate.cluster_state_name(name)}.json"
 
 
 class Ledger:
@@ -153,7 +155,7 @@ def tagged_resources(session, name: str) -> list[TaggedResource]:
 
     client = session.client("resourcegroupstaggingapi")
     found: list[TaggedResource] = []
-    token = ""
+    token = ""  # nosec B105: a pagination token, not a password
     while True:
         kwargs: dict[str, Any] = {"TagFilters": [{"Key": CLUSTER_TAG, "Values": [name]}]}
         if token:
@@ -182,7 +184,8 @@ def console_link(arn: str, region: str) -> str:
                  "internet-gateway": "vpcconsole/home#InternetGateway:internetGatewayId=",
                  "route-table": "vpcconsole/home#RouteTableDetails:RouteTableId=",
                  "vpc-endpoint": "vpcconsole/home#EndpointDetails:vpcEndpointId=",
-                 "elastic-ip": "ec2/home#ElasticIpDetails:AllocationId="}
+                 "elastic-ip": "ec2/home#ElasticIpDetails:AllocationId=",
+                 "network-interface": "ec2/home#NetworkInterface:networkInterfaceId="}
         return f"{base}/{pages.get(kind, 'ec2/home#Home:')}{rid}?region={region}"
     if service == "fsx":
         return f"{base}/fsx/home?region={region}#file-system-details/{rid}"
@@ -190,6 +193,9 @@ def console_link(arn: str, region: str) -> str:
         return f"https://s3.console.aws.amazon.com/s3/buckets/{resource}?region={region}"
     if service == "cloudformation":
         return f"{base}/cloudformation/home?region={region}#/stacks/stackinfo?stackId={arn}"
+    if service == "logs":
+        group = resource.removeprefix("log-group:")
+        return f"{base}/cloudwatch/home?region={region}#logsV2:log-groups/log-group/{quote(group, safe='')}"
     if service == "sagemaker":
         return f"{base}/sagemaker/home?region={region}#/cluster-management/{rid}"
     if service == "iam":

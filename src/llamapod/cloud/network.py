@@ -218,8 +218,8 @@ def find_stacks(session, spec) -> list[dict[str, Any]]:
             return list(found.values())
 
 
-def resolve_az_id(session, availability_zone: str | None, instance_type: str) -> str:
-    """An AZ ID for the private subnet: the one given (name or ID), else one offering ``instance_type``."""
+def resolve_az_id(session, availability_zone: str | None, instance_types: list[str]) -> str:
+    """An AZ ID for the private subnet: the one given (name or ID), else one offering every type."""
     ec2 = session.client("ec2")
     zones = call(ec2, "describe_availability_zones",
                  Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}])["AvailabilityZones"]
@@ -233,12 +233,17 @@ def resolve_az_id(session, availability_zone: str | None, instance_type: str) ->
         raise ClusterStateError(f"availability zone {availability_zone} is not in region {session.region} "
                                 f"(zones: {', '.join(sorted(by_name))})",
                                 "set cluster.availability_zone to one of them, or remove it to let llamapod pick")
-    offered = _zones_offering(ec2, instance_type)
+    offered = set(ids)
+    for instance_type in instance_types:
+        zones_for_type = _zones_offering(ec2, instance_type)
+        if zones_for_type is not None:  # None: the API cannot tell, so it rules nothing out
+            offered &= zones_for_type
     for zone_id in ids:
-        if offered is None or zone_id in offered:
+        if zone_id in offered:
             return zone_id
-    raise ClusterStateError(f"no availability zone in {session.region} offers {instance_type}",
-                            "choose another region or worker instance type")
+    raise ClusterStateError(f"no availability zone in {session.region} offers all of {', '.join(instance_types)}",
+                            "choose instance types offered together, or another region "
+                            "(`llamapod doctor` shows which zones offer which)")
 
 
 def _zones_offering(ec2, instance_type: str) -> set[str] | None:

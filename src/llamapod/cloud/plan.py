@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,8 +21,11 @@ from typing import Any
 
 from llamapod.cloud.policies import (  # noqa: F401  (re-exported: the plan's public surface)
     BUCKET_PREFIX, ROLE_PREFIX, STACK_PREFIX, bucket_policy, execution_role_policies,
-    execution_role_trust_policy, managed_policy_arns, operator_policy)
+    execution_role_trust_policy, managed_policy_arns, operator_policy, operator_policy_parts)
 from llamapod.config.cluster import LIFECYCLE_PREFIX, ClusterSpec, partition_of
+from llamapod.errors import ConfigError
+from llamapod.instances import has_accelerators
+from llamapod.lifecycle import provisioning
 
 CLUSTER_TAG = "llamapod:cluster"
 ON_CREATE = "on_create.sh"
@@ -113,7 +115,20 @@ def network_parameters(spec: ClusterSpec, az_id: str) -> list[dict[str, str]]:
     return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
 
 
-def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[str, str]]) -> dict[str, Any]:
+def fsx_client_token(spec: ClusterSpec, network_stack_id: str) -> str:
+    """FSx's idempotency token for the cluster's file system.
+
+    Two ``up`` runs on one name send the same token, so FSx creates one file system and
+    answers both with it. The network stack's ID (a fresh UUID each time the stack is
+    created, the same for every run that finds it) is part of it, so an ``up`` after a
+    ``down`` asks for a new file system instead of the deleted one. FSx allows 1-63 of
+    ``[A-za-z0-9_.-]`` (botocore's FSx model, CreateFileSystem ClientRequestToken).
+    """
+    return f"llamapod-{_digest(spec.region, spec.name, network_stack_id, length=40)}"
+
+
+def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[str, str]],
+                client_token: str | None = None) -> dict[str, Any]:
     """Keyword arguments of ``fsx.create_file_system`` for the cluster's /fsx."""
     lustre: dict[str, Any] = {
         "DeploymentType": spec.fsx.deployment_type,
@@ -121,7 +136,12 @@ def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[s
     }
     if spec.fsx.throughput_per_tib is not None:
         lustre["PerUnitStorageThroughput"] = spec.fsx.throughput_per_tib
-    return {
+    if spec.fsx.deployment_type == "PERSISTENT_2":
+        # As the reference's FSx templates set it (awsome-distributed-training
+        # 1.architectures/5.sagemaker-hyperpod/3.FSxLustre.yaml): metadata IOPS scale with the
+        # capacity. Only PERSISTENT_2 takes a MetadataConfiguration (FSx API reference).
+        lustre["MetadataConfiguration"] = {"Mode": "AUTOMATIC"}
+    request: dict[str, Any] = {
         "FileSystemType": "LUSTRE",
         "FileSystemTypeVersion": FSX_LUSTRE_VERSION,
         "StorageCapacity": spec.fsx.capacity_gib,
@@ -131,14 +151,9 @@ def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[s
         "LustreConfiguration": lustre,
         "Tags": [*tags, {"Key": "Name", "Value": fsx_name(spec)}],
     }
-
-
-_ACCELERATED_FAMILY = re.compile(r"^ml\.(p|g|gr|trn)\d")
-
-
-def _has_accelerators(instance_type: str) -> bool:
-    # By family, so types newer than llamapod's instance table (p6, g7e, ...) count too.
-    return bool(_ACCELERATED_FAMILY.match(instance_type))
+    if client_token:
+        request["ClientRequestToken"] = client_token
+    return request
 
 
 def _instance_group(spec: ClusterSpec, group: Any, *, bucket: str, role_arn: str) -> dict[str, Any]:
@@ -152,10 +167,22 @@ def _instance_group(spec: ClusterSpec, group: Any, *, bucket: str, role_arn: str
     }
     if spec.ebs_volume_gb is not None:
         request["InstanceStorageConfigs"] = [{"EbsVolumeConfig": {"VolumeSizeInGB": spec.ebs_volume_gb}}]
-    # Deep health checks stress GPUs/Trainium and their interconnect: CPU groups have neither.
-    if spec.deep_health_checks and _has_accelerators(group.instance_type):
-        request["OnStartDeepHealthChecks"] = list(spec.deep_health_checks)
+    checks = deep_health_checks_for(spec, group)
+    if checks:
+        request["OnStartDeepHealthChecks"] = checks
     return request
+
+
+def deep_health_checks_for(spec: ClusterSpec, group: Any) -> list[str]:
+    """The deep health checks a group gets of those ``spec`` asks for.
+
+    They stress GPUs/Trainium and their interconnect: CPU groups have neither. The
+    instance-connectivity check tests the links between the group's instances, so
+    HyperPod needs at least 2 of them (SageMaker developer guide, "Deep health checks").
+    """
+    if not has_accelerators(group.instance_type):
+        return []
+    return [c for c in spec.deep_health_checks if c != "InstanceConnectivity" or group.count >= 2]
 
 
 def cluster_request(spec: ClusterSpec, *, bucket: str, role_arn: str, subnet_id: str, sg_id: str,
@@ -170,19 +197,41 @@ def cluster_request(spec: ClusterSpec, *, bucket: str, role_arn: str, subnet_id:
     }
 
 
-def provisioning_parameters(spec: ClusterSpec, fsx_dns: str, fsx_mountname: str) -> dict[str, Any]:
-    """provisioning_parameters.json, read on every node to configure Slurm and mount /fsx."""
-    params: dict[str, Any] = {
-        "version": "1.0.0",
-        "workload_manager": "slurm",
-        "controller_group": spec.controller.name,
-    }
-    if spec.login is not None:
-        params["login_group"] = spec.login.name
-    params["worker_groups"] = [{"instance_group_name": g.name, "partition_name": g.partition} for g in spec.workers]
-    params["fsx_dns_name"] = fsx_dns
-    params["fsx_mountname"] = fsx_mountname
-    return params
+def provisioning_parameters(spec: ClusterSpec, fsx_dns: str, fsx_mountname: str) -> provisioning.ProvisioningParameters:
+    """provisioning_parameters.json, read on every node to configure Slurm, /fsx and the users."""
+    accounting = None
+    if spec.accounting is not None:
+        accounting = provisioning.Accounting(**spec.accounting.model_dump())
+    return provisioning.ProvisioningParameters(
+        controller_group=spec.controller.name,
+        login_group=spec.login.name if spec.login is not None else None,
+        worker_groups=tuple(provisioning.WorkerGroup(g.name, g.partition) for g in spec.workers),
+        fsx_dns_name=fsx_dns,
+        fsx_mountname=fsx_mountname,
+        cluster_user=spec.cluster_user,
+        shared_users=tuple(provisioning.SharedUser(u.name, u.uid) for u in spec.shared_users),
+        containers=spec.containers,
+        accounting=accounting,
+    )
+
+
+def provisioning_file(spec: ClusterSpec, fsx_dns: str, fsx_mountname: str) -> str:
+    """The text ``up`` uploads, checked against the contract the nodes read it with."""
+    try:
+        return provisioning.dumps(provisioning_parameters(spec, fsx_dns, fsx_mountname))
+    except provisioning.ProvisioningError as exc:
+        raise ConfigError(f"provisioning_parameters.json would break the node contract: {exc.problems[0]}",
+                          "fix the [cluster] settings named, then re-run", problems=exc.problems) from None
+
+
+def provisioning_preview(spec: ClusterSpec) -> dict[str, Any]:
+    """What ``plan`` shows: the file with markers for the FSx names, every other value checked."""
+    params = provisioning_parameters(spec, PLACEHOLDER_FSX_DNS, PLACEHOLDER_FSX_MOUNT)
+    found = provisioning.problems(params, fsx_known=False)
+    if found:
+        raise ConfigError(f"provisioning_parameters.json would break the node contract: {found[0]}",
+                          "fix the [cluster] settings named, then re-run", problems=found)
+    return params.to_dict()
 
 
 # ---- cost -----------------------------------------------------------------------
@@ -262,6 +311,8 @@ def build_plan(spec: ClusterSpec, account: str | None, az_id: str | None) -> Pla
     plan.placeholders["VpcConfig.SecurityGroupIds"] = "exists once the network stack is created"
     plan.placeholders["fsx_dns_name"] = "exists once the FSx file system is requested"
     plan.placeholders["fsx_mountname"] = "exists once the FSx file system is requested"
+    plan.placeholders["ClientRequestToken"] = ("FSx's idempotency token, derived from the cluster name and the "
+                                               "network stack's ID once the stack exists")
     return plan
 
 
@@ -290,8 +341,7 @@ def write_artifacts(spec: ClusterSpec, out_dir: str | Path, *, account: str | No
         _write_json(out / "cluster-config.json",
                     cluster_request(spec, bucket=bucket, role_arn=role_arn, subnet_id=PLACEHOLDER_SUBNET,
                                     sg_id=PLACEHOLDER_SG, tags=tags)),
-        _write_json(out / "provisioning_parameters.json",
-                    provisioning_parameters(spec, PLACEHOLDER_FSX_DNS, PLACEHOLDER_FSX_MOUNT)),
+        _write_json(out / provisioning.FILE_NAME, provisioning_preview(spec)),
         _write_json(out / "fsx-request.json", fsx_request(spec, PLACEHOLDER_SUBNET, PLACEHOLDER_SG, tags)),
     ]
     template = out / "network.yaml"
@@ -305,6 +355,8 @@ def write_artifacts(spec: ClusterSpec, out_dir: str | Path, *, account: str | No
         written.append(_write_json(out / f"execution-role-policy-{name}.json", document))
     written.append(_write_json(out / "bucket-policy.json", bucket_policy(bucket, partition)))
     written.append(_write_json(out / "operator-policy.json", operator_policy(acct if account else "*", partition)))
+    for part, document in operator_policy_parts(acct if account else "*", partition).items():
+        written.append(_write_json(out / f"operator-policy-{part}.json", document))
     summary = {
         "cluster": spec.name,
         "region": spec.region,

@@ -16,6 +16,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llamapod.cloud import policies
 from llamapod.cloud.policies import operator_policy
 from llamapod.config.cluster import ClusterSpec, partition_of
 from llamapod.errors import CloudError
@@ -240,30 +241,52 @@ def _quota_url(region: str, code: str | None) -> str:
 
 
 def check_quotas(session: Any, spec: ClusterSpec) -> list[Check]:
-    """SageMaker quotas by name (codes differ between regions and change; names are what docs cite)."""
+    """SageMaker quotas by name (codes differ between regions and change; names are what docs cite).
+
+    "If the applied quota value is not available for a quota, the quota is not retrieved"
+    (ListServiceQuotas, Service Quotas API reference): a quota still at its AWS default is often
+    missing there. So a missing name is looked up among the defaults
+    (ListAWSDefaultServiceQuotas); absent from both, it is unknown, not a failure.
+    """
+    client = _lookup_client(session, "service-quotas", attempts=1)  # one attempt: see check_permissions
     try:
-        # One attempt, for the reason given in check_permissions.
-        listed = _paginate(_lookup_client(session, "service-quotas", attempts=1), "list_service_quotas", "Quotas",
-                           "servicequotas:ListServiceQuotas", ServiceCode="sagemaker")
+        listed = _paginate(client, "list_service_quotas", "Quotas", "servicequotas:ListServiceQuotas",
+                           ServiceCode="sagemaker")
     except _Unanswered as exc:
         return [Check("quotas", "unknown", f"SageMaker quotas could not be read: {exc.reason}", exc.fix)]
-    quotas = {q["QuotaName"]: q for q in listed}
+    applied = {q["QuotaName"]: q for q in listed}
     needed = [(quota_name(t), n) for t, n in sorted(spec.instance_counts().items())]
     needed += [(PER_CLUSTER_QUOTA, spec.total_instances), (TOTAL_QUOTA, spec.total_instances)]
-    return [_quota_check(spec.region, quotas, name, count) for name, count in needed]
+    defaults: dict[str, dict] | _Unanswered = {}
+    if any(name not in applied for name, _ in needed):
+        try:
+            defaults = {q["QuotaName"]: q for q in _paginate(
+                client, "list_aws_default_service_quotas", "Quotas", "servicequotas:ListAWSDefaultServiceQuotas",
+                ServiceCode="sagemaker")}
+        except _Unanswered as exc:
+            defaults = exc
+    return [_quota_check(spec.region, applied, defaults, name, count) for name, count in needed]
 
 
-def _quota_check(region: str, quotas: dict[str, dict], name: str, needed: int) -> Check:
+def _quota_check(region: str, applied: dict[str, dict], defaults: "dict[str, dict] | _Unanswered", name: str,
+                 needed: int) -> Check:
     label = f"quota: {name}"
-    quota = quotas.get(name)
+    quota, source = applied.get(name), ""
     if quota is None:
-        return Check(label, "fail", f"{region} has no SageMaker quota named '{name}'",
-                     "this instance type is not offered for HyperPod here: choose another type or region")
+        if isinstance(defaults, _Unanswered):
+            return Check(label, "unknown", f"'{name}' is not among the applied quotas and the AWS defaults "
+                                           f"could not be read: {defaults.reason}", defaults.fix)
+        quota, source = defaults.get(name), " (the AWS default)"
+    if quota is None:
+        return Check(label, "unknown",
+                     f"{region} lists no SageMaker quota named '{name}', applied or default",
+                     f"check that the instance type is offered for HyperPod clusters in {region}: "
+                     f"{_quota_url(region, None)}")
     value = int(quota.get("Value", 0))
     code = quota.get("QuotaCode")
     if value >= needed:
-        return Check(label, "ok", f"{value} allowed, {needed} needed", data={"value": value, "code": code})
-    return Check(label, "fail", f"{value} allowed in {region}, {needed} needed",
+        return Check(label, "ok", f"{value} allowed{source}, {needed} needed", data={"value": value, "code": code})
+    return Check(label, "fail", f"{value} allowed in {region}{source}, {needed} needed",
                  f"request an increase of '{name}' to at least {needed} in Service Quotas "
                  f"(Amazon SageMaker, {region}): {_quota_url(region, code)}", data={"value": value, "code": code})
 
@@ -293,21 +316,44 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
     def ctx(key: str, value: str) -> list[dict]:
         return [{"ContextKeyName": key, "ContextKeyValues": [value], "ContextKeyType": "string"}]
 
-    return {
+    ec2 = f"arn:{p}:ec2:{region}:{account}"
+    boundary = policies.boundary_arn(account, p)
+    examples = {
         "NetworkStack": ([f"arn:{p}:cloudformation:{region}:{account}:stack/{plan.network_stack_name(spec)}/"
                           "00000000-0000-0000-0000-000000000000"], []),
-        "NetworkResources": ([f"arn:{p}:ec2:{region}:{account}:vpc/vpc-0123456789abcdef0"], []),
+        "TagOnCreate": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx("ec2:CreateAction", "CreateVpc")),
+        "NetworkResources": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx(f"aws:ResourceTag/{plan.CLUSTER_TAG}", spec.name)),
+        "GroupRules": ([f"{ec2}:security-group-rule/sgr-0123456789abcdef0"], []),
         "FileSystem": ([f"arn:{p}:fsx:{region}:{account}:file-system/fs-0123456789abcdef0"], []),
-        "FsxServiceLinkedRole": ([f"arn:{p}:iam::{account}:role/aws-service-role/fsx.amazonaws.com/"
-                                  "AWSServiceRoleForAmazonFSx"], ctx("iam:AWSServiceName", "fsx.amazonaws.com")),
+        "ServiceLinkedRoles": ([f"arn:{p}:iam::{account}:role/aws-service-role/{policies.HYPERPOD_SERVICE_NAME}/"
+                                f"{policies.HYPERPOD_SERVICE_LINKED_ROLE}"],
+                               ctx("iam:AWSServiceName", policies.HYPERPOD_SERVICE_NAME)),
         "ExecutionRole": ([role], []),
-        "PassExecutionRoleToSageMaker": ([role], ctx("iam:PassedToService", "sagemaker.amazonaws.com")),
+        "RolesInBoundary": ([role], ctx("iam:PermissionsBoundary", boundary)
+                            + ctx("iam:PolicyARN", policies.instance_policy_arn(p))),
+        "LeaveProfiles": ([f"arn:{p}:iam::{account}:instance-profile/none"], []),
+        "Boundary": ([boundary], []),
+        "PassRoleToSageMaker": ([role], ctx("iam:PassedToService", "sagemaker.amazonaws.com")),
         "LifecycleBucket": ([f"arn:{p}:s3:::{bucket}"], []),
         "LifecycleObjects": ([f"arn:{p}:s3:::{bucket}/src/on_create.sh"], []),
         "HyperPodCluster": ([cluster], []),
         "NodeSessions": ([cluster], []),
         "OwnSessions": ([f"arn:{p}:ssm:{region}:{account}:session/llamapod-0123456789abcdef0"], []),
     }
+    # Each create statement names several resource types: one example per action, of its own type.
+    for group in policies.TAGGED_CREATES.values():
+        for action, kind in group.items():
+            examples[action] = ([f"{ec2}:{kind}/{kind}-0123456789abcdef0"],
+                                ctx(f"aws:RequestTag/{plan.CLUSTER_TAG}", spec.name))
+    return examples
+
+
+def _probes(statement: dict, examples: dict) -> list[tuple[list[str], list[str], list[dict]]]:
+    """(actions, resources, context) to simulate for one Allow statement of the operator policy."""
+    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+    if all(action in examples for action in actions):
+        return [([action], *examples[action]) for action in actions]
+    return [(actions, *examples.get(statement["Sid"], (["*"], [])))]
 
 
 def check_permissions(session: Any, spec: ClusterSpec, caller_arn: str, account: str) -> Check:
@@ -323,17 +369,17 @@ def check_permissions(session: Any, spec: ClusterSpec, caller_arn: str, account:
     client = _lookup_client(session, "iam", attempts=1)
     denied: list[str] = []
     try:
-        for statement in policy["Statement"]:
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            resources, context = examples.get(statement["Sid"], (["*"], []))
-            kwargs: dict[str, Any] = {"PolicySourceArn": principal, "ActionNames": actions,
-                                      "ResourceArns": resources}
-            if context:
-                kwargs["ContextEntries"] = context
-            for result in _paginate(client, "simulate_principal_policy", "EvaluationResults",
-                                    "iam:SimulatePrincipalPolicy", **kwargs):
-                if result["EvalDecision"] != "allowed" and result["EvalActionName"] not in denied:
-                    denied.append(result["EvalActionName"])
+        # Deny statements protect the boundary: what they name must stay denied.
+        for statement in (s for s in policy["Statement"] if s["Effect"] == "Allow"):
+            for actions, resources, context in _probes(statement, examples):
+                kwargs: dict[str, Any] = {"PolicySourceArn": principal, "ActionNames": actions,
+                                          "ResourceArns": resources}
+                if context:
+                    kwargs["ContextEntries"] = context
+                for result in _paginate(client, "simulate_principal_policy", "EvaluationResults",
+                                        "iam:SimulatePrincipalPolicy", **kwargs):
+                    if result["EvalDecision"] != "allowed" and result["EvalActionName"] not in denied:
+                        denied.append(result["EvalActionName"])
     except _Unanswered as exc:
         return Check("permissions", "unknown", f"permissions of {principal} could not be simulated: {exc.reason}",
                      exc.fix or "compare your policies with `llamapod operator-policy`")

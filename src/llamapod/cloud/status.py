@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from llamapod import validate
 from llamapod.cloud import hyperpod, storage
 from llamapod.cloud.ledger import Ledger
 from llamapod.instances import instance_info
@@ -12,6 +13,7 @@ from llamapod.instances import instance_info
 
 def cluster_status(session, name: str, ledger: Ledger | None, now: datetime | None = None) -> dict[str, Any]:
     """Everything ``status`` shows; raises ClusterStateError if the cluster does not exist."""
+    validate.cluster_state_name(name)
     now = now or datetime.now(timezone.utc)
     cluster = hyperpod.describe_cluster(session, name)
     nodes = hyperpod.list_nodes(session, name)

@@ -60,9 +60,14 @@ def find_file_systems(session, cluster_name: str) -> list[dict[str, Any]]:
             return found
 
 
-def ensure_file_system(session, spec, subnet_id: str, security_group_id: str, tags: list[dict[str, str]],
-                       ledger: Ledger, waiter: Waiter) -> FileSystem:
-    """The cluster's file system, requested if missing (does not wait for AVAILABLE)."""
+def ensure_file_system(session, spec, network_stack_id: str, subnet_id: str, security_group_id: str,
+                       tags: list[dict[str, str]], ledger: Ledger, waiter: Waiter) -> FileSystem:
+    """The cluster's file system, requested if missing (does not wait for AVAILABLE).
+
+    The request carries a client token derived from the cluster and its network stack: two
+    runs that both find nothing (another machine's ``up``, where the local lock does not
+    reach) get the one file system FSx made for the first of them.
+    """
     from llamapod.cloud import plan
 
     existing = _existing(session, spec.name, ledger)
@@ -73,7 +78,8 @@ def ensure_file_system(session, spec, subnet_id: str, security_group_id: str, ta
         fs = FileSystem.from_api(existing)
         _raise_if_broken(existing)
     else:
-        request = plan.fsx_request(spec, subnet_id, security_group_id, tags)
+        request = plan.fsx_request(spec, subnet_id, security_group_id, tags,
+                                   plan.fsx_client_token(spec, network_stack_id))
         fs = FileSystem.from_api(call(session.client("fsx"), "create_file_system", **request)["FileSystem"])
         waiter.reporter.line(f"FSx {fs.id}: requested ({fs.dns_name}, mount name {fs.mount_name})")
     ledger.record("fsx", id=fs.id, dns_name=fs.dns_name, mount_name=fs.mount_name, arn=fs.arn or None)

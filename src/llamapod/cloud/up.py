@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from llamapod.cloud import bucket as buckets
 from llamapod.cloud import hyperpod, iam, network, progress, storage
 from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lock import cluster_lock
 from llamapod.cloud.progress import Clock, Reporter, Waiter
 
 PROVISIONING_KEY = "provisioning_parameters.json"
@@ -47,7 +48,16 @@ def lifecycle_prefix() -> str:
 
 def bring_up(session, spec, *, az_id: str | None = None, clock: Clock | None = None,
              reporter: Reporter | None = None, wait: bool = True) -> UpResult:
-    """Create (or finish creating) the cluster described by ``spec``; see the module docstring."""
+    """Create (or finish creating) the cluster described by ``spec``; see the module docstring.
+
+    One run per cluster at a time (``cloud/lock.py``): a second one stops with a message.
+    """
+    with cluster_lock(spec.name, "up"):
+        return _bring_up(session, spec, az_id=az_id, clock=clock, reporter=reporter, wait=wait)
+
+
+def _bring_up(session, spec, *, az_id: str | None, clock: Clock | None, reporter: Reporter | None,
+              wait: bool) -> UpResult:
     from llamapod.cloud import plan
 
     clock = clock or progress.default_clock()
@@ -59,7 +69,7 @@ def bring_up(session, spec, *, az_id: str | None = None, clock: Clock | None = N
     if az_id is None:
         recorded = ledger.get("network") or {}
         az_id = recorded.get("az_id") or network.resolve_az_id(session, spec.availability_zone,
-                                                               spec.primary_worker_type)
+                                                               spec.instance_types)
 
     def make_bucket() -> None:
         buckets.ensure_bucket(session, bucket_name, tags, ledger)
@@ -81,9 +91,11 @@ def bring_up(session, spec, *, az_id: str | None = None, clock: Clock | None = N
     net: network.NetworkOutputs = first["network"]  # type: ignore[assignment]
     role_arn: str = first["role"]  # type: ignore[assignment]
 
-    fs = storage.ensure_file_system(session, spec, net.subnet_id, net.security_group_id, tags, ledger, waiter)
-    params = plan.provisioning_parameters(spec, fs.dns_name, fs.mount_name)
-    buckets.put_json(session, bucket_name, f"{lifecycle_prefix()}/{PROVISIONING_KEY}", params)
+    fs = storage.ensure_file_system(session, spec, net.stack_id, net.subnet_id, net.security_group_id, tags, ledger,
+                                    waiter)
+    params = plan.provisioning_file(spec, fs.dns_name, fs.mount_name)
+    buckets.put_bytes(session, bucket_name, f"{lifecycle_prefix()}/{PROVISIONING_KEY}", params.encode(),
+                      "application/json")
     request = plan.cluster_request(spec, bucket=bucket_name, role_arn=role_arn, subnet_id=net.subnet_id,
                                    sg_id=net.security_group_id, tags=tags)
     cluster_arn = hyperpod.ensure_cluster(session, request, ledger, waiter)

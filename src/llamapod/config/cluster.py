@@ -16,21 +16,26 @@ import difflib
 import ipaddress
 import os
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llamapod import validate
 from llamapod.errors import ConfigError
+from llamapod.instances import has_accelerators
+from llamapod.lifecycle import provisioning
 
+# Matched with fullmatch (see llamapod.validate): a trailing newline is not part of a name.
 # The ClusterName / InstanceGroupName pattern of the SageMaker API (1-63 characters).
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-AZ_NAME_RE = re.compile(r"^(?P<region>[a-z]{2}(-[a-z]+)+-\d+)[a-z]$")
-AZ_ID_RE = re.compile(r"^[a-z]{2,5}\d+-az\d+$")
-PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NAME_RE = validate.CLUSTER_NAME
+REGION_RE = validate.REGION
+AZ_NAME_RE = re.compile(r"(?P<region>[a-z]{2}(-[a-z]+)+-\d+)[a-z]")
+AZ_ID_RE = re.compile(r"[a-z]{2,5}\d+-az\d+")
+PARTITION_RE = validate.SLURM_NAME
+USER_RE = validate.LINUX_USER
 
 DEFAULT_NAME = "ml-4-g5-48x-cluster"
 DEFAULT_REGION = "us-east-1"
@@ -79,6 +84,27 @@ class NetworkSpec(BaseModel):
     private_subnet_cidr: str = "10.1.128.0/17"
 
 
+class SharedUserSpec(BaseModel):
+    """A user besides the cluster user, with a fixed uid so files on /fsx have one owner everywhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    uid: int
+
+
+class AccountingSpec(BaseModel):
+    """Slurm accounting: slurmdbd on the controller against this MySQL/MariaDB database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    storage_host: str
+    storage_user: str
+    storage_pass: str = Field(repr=False)
+    storage_port: int = 3306
+    storage_loc: str = "slurm_acct_db"
+
+
 class ClusterSpec(BaseModel):
     """A validated ``[cluster]`` table. Build it with ``load_cluster_spec``."""
 
@@ -98,6 +124,9 @@ class ClusterSpec(BaseModel):
     network: NetworkSpec = NetworkSpec()
     tags: dict[str, str] = Field(default_factory=dict)
     cluster_user: str = "ubuntu"
+    shared_users: tuple[SharedUserSpec, ...] = ()
+    containers: bool = False  # Docker, enroot and pyxis data off the root volume
+    accounting: AccountingSpec | None = None
 
     @property
     def instance_groups(self) -> list[InstanceGroupSpec]:
@@ -112,7 +141,7 @@ class ClusterSpec(BaseModel):
     def availability_zone_kind(self) -> Literal["id", "name"] | None:
         if self.availability_zone is None:
             return None
-        return "id" if AZ_ID_RE.match(self.availability_zone) else "name"
+        return "id" if AZ_ID_RE.fullmatch(self.availability_zone) else "name"
 
     def instance_counts(self) -> dict[str, int]:
         """Instances requested per type, summed over groups (what quotas are checked against)."""
@@ -126,9 +155,9 @@ class ClusterSpec(BaseModel):
         return sum(group.count for group in self.instance_groups)
 
     @property
-    def primary_worker_type(self) -> str:
-        """The type the network's AZ must offer: the largest worker group's."""
-        return max(self.workers, key=lambda g: g.count).instance_type
+    def instance_types(self) -> list[str]:
+        """Every group's type, once each: the network's AZ must offer all of them."""
+        return sorted({group.instance_type for group in self.instance_groups})
 
 
 # ---- facts read from botocore ----------------------------------------------------
@@ -202,11 +231,14 @@ def partition_of(region: str) -> str:
 # ---- validation -----------------------------------------------------------------
 
 _TOP_KEYS = ("name", "region", "availability_zone", "controller", "login", "workers", "threads_per_core",
-             "ebs_volume_gb", "deep_health_checks", "node_recovery", "fsx", "network", "tags", "cluster_user")
+             "ebs_volume_gb", "deep_health_checks", "node_recovery", "fsx", "network", "tags", "cluster_user",
+             "shared_users", "containers", "accounting")
 _GROUP_KEYS = ("name", "instance_type", "count")
 _WORKER_KEYS = _GROUP_KEYS + ("partition",)
 _FSX_KEYS = ("capacity_gib", "deployment_type", "throughput_per_tib", "compression")
 _NETWORK_KEYS = ("vpc_cidr", "public_subnet_cidr", "private_subnet_cidr")
+_SHARED_USER_KEYS = ("name", "uid")
+_ACCOUNTING_KEYS = ("storage_host", "storage_user", "storage_pass", "storage_port", "storage_loc")
 
 
 def _is_int(value: Any) -> bool:
@@ -228,6 +260,12 @@ def _closest(value: Any, choices: tuple[str, ...] | list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _key_path(where: str, key: Any) -> str:
+    # A quoted TOML key may hold anything, a newline included: shown as repr it stays on one line.
+    plain = isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key)
+    return f"{where}.{key}" if plain else f"{where}[{key!r}]"
+
+
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -239,7 +277,7 @@ class _Problems:
         for key in table:
             if key not in known:
                 hint = _closest(str(key), list(known))
-                self.add(f"{where}.{key} is not a setting llamapod knows (known: {', '.join(known)}){hint}")
+                self.add(f"{_key_path(where, key)} is not a setting llamapod knows (known: {', '.join(known)}){hint}")
 
 
 def _check_table(value: Any, where: str, problems: _Problems) -> dict | None:
@@ -250,7 +288,7 @@ def _check_table(value: Any, where: str, problems: _Problems) -> dict | None:
 
 
 def _check_name(value: Any, where: str, problems: _Problems) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= 63 or not NAME_RE.match(value):
+    if not isinstance(value, str) or not 1 <= len(value) <= 63 or not NAME_RE.fullmatch(value):
         problems.add(f"{where} must be 1-63 letters, digits or hyphens, starting and ending with a letter "
                      f"or digit{_got(value)}")
 
@@ -289,14 +327,14 @@ def _check_group(raw: Any, where: str, problems: _Problems, *, worker: bool, con
     _check_count(table.get("count", 1), f"{where}.count", problems, exactly=1 if controller else None)
     if worker and "partition" in table:
         partition = table["partition"]
-        if not isinstance(partition, str) or not PARTITION_RE.match(partition):
+        if not isinstance(partition, str) or not PARTITION_RE.fullmatch(partition):
             problems.add(f"{where}.partition must be 1-64 letters, digits, dots, hyphens or underscores, "
                          f"starting with a letter or digit{_got(partition)}")
     return table
 
 
 def _check_region(value: Any, problems: _Problems) -> None:
-    if not isinstance(value, str) or not REGION_RE.match(value):
+    if not isinstance(value, str) or not REGION_RE.fullmatch(value):
         problems.add(f"cluster.region must be an AWS region code such as us-east-1{_got(value)}")
     elif value not in known_regions():
         hint = _closest(value, sorted(known_regions()))
@@ -307,9 +345,9 @@ def _check_region(value: Any, problems: _Problems) -> None:
 def _check_availability_zone(value: Any, region: Any, problems: _Problems) -> None:
     if value is None:
         return
-    if isinstance(value, str) and AZ_ID_RE.match(value):
+    if isinstance(value, str) and AZ_ID_RE.fullmatch(value):
         return
-    match = AZ_NAME_RE.match(value) if isinstance(value, str) else None
+    match = AZ_NAME_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         problems.add("cluster.availability_zone must be an AZ name such as us-east-1a or an AZ ID such as "
                      f"use1-az4{_got(value)}")
@@ -381,16 +419,32 @@ def _check_network(raw: Any, problems: _Problems) -> None:
                      f"(got '{public}' and '{private}')")
 
 
+TAG_PUNCTUATION = "_.:/=+-@"
+
+
+def tag_text_ok(text: str) -> bool:
+    """The character set SageMaker, IAM and FSx accept in tag keys and values:
+    ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*`` (the Tag Key/Value patterns of their service models).
+
+    Python's ``re`` has no \\p{...} classes, so the Unicode categories are asked of unicodedata:
+    letters (L*), separators (Z*, e.g. a space) and numbers (N*).
+    """
+    return all(unicodedata.category(c)[0] in "LZN" or c in TAG_PUNCTUATION for c in text)
+
+
 def _check_tags(raw: Any, problems: _Problems) -> None:
     table = _check_table(raw, "cluster.tags", problems)
     if table is None:
         return
+    allowed = f"letters, digits, spaces and {' '.join(TAG_PUNCTUATION)}"
     for key, value in table.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= 128 or key.lower().startswith(RESERVED_TAG_PREFIXES):
-            problems.add(f"cluster.tags keys must be 1-128 characters and not start with aws: or llamapod: "
+        if (not isinstance(key, str) or not 1 <= len(key) <= 128 or key.lower().startswith(RESERVED_TAG_PREFIXES)
+                or not tag_text_ok(key)):
+            problems.add(f"cluster.tags keys must be 1-128 {allowed} and not start with aws: or llamapod: "
                          f"(got {key!r})")
-        if not isinstance(value, str) or len(value) > 256:
-            problems.add(f"cluster.tags.{key} must be a string of at most 256 characters{_got(value)}")
+        # 1, not 0: CloudFormation's stack tags refuse an empty value (TagValue, min 1).
+        if not isinstance(value, str) or not 1 <= len(value) <= 256 or not tag_text_ok(value):
+            problems.add(f"cluster.tags.{key} must be 1-256 {allowed}{_got(value)}")
 
 
 def _check_scalars(table: dict, problems: _Problems) -> None:
@@ -406,13 +460,84 @@ def _check_scalars(table: dict, problems: _Problems) -> None:
     if not isinstance(checks, list) or any(c not in valid_checks for c in checks) or len(set(map(str, checks))) != len(checks):
         problems.add(f"cluster.deep_health_checks must be a list of distinct values from "
                      f"{', '.join(valid_checks)}{_got(checks)}")
+    _check_connectivity_checks(table, checks, problems)
     recovery = table.get("node_recovery", "Automatic")
     if recovery not in ("Automatic", "None"):
         problems.add(f"cluster.node_recovery must be Automatic or None{_got(recovery)}")
     user = table.get("cluster_user", "ubuntu")
-    if not isinstance(user, str) or not USER_RE.match(user):
-        problems.add(f"cluster.cluster_user must be a Linux user name (lowercase letters, digits, _ or -)"
-                     f"{_got(user)}")
+    rule = provisioning.rule_problem("user", user)
+    if rule:
+        problems.add(f"cluster.cluster_user must be {rule}{_got(user)}")
+    containers = table.get("containers", False)
+    if not isinstance(containers, bool):
+        problems.add(f"cluster.containers must be true or false{_got(containers)}")
+
+
+def _check_connectivity_checks(table: dict, checks: Any, problems: _Problems) -> None:
+    """InstanceConnectivity tests links between a group's instances: HyperPod needs 2 or more
+    (SageMaker developer guide, "Deep health checks"). ``plan`` asks for it only on accelerator
+    groups of 2 or more; a cluster with none of those could never run it."""
+    if not isinstance(checks, list) or "InstanceConnectivity" not in checks:
+        return
+    workers = table.get("workers", [DEFAULT_WORKER])
+    groups = [g for g in (workers if isinstance(workers, list) else []) if isinstance(g, dict)]
+    login = table.get("login")
+    if isinstance(login, dict):
+        groups.append(login)
+    eligible = [g for g in groups if isinstance(g.get("instance_type"), str) and has_accelerators(g["instance_type"])
+                and _is_int(g.get("count", 1)) and g.get("count", 1) >= 2]
+    if not eligible:
+        problems.add("cluster.deep_health_checks: InstanceConnectivity needs a GPU or Trainium group of at least "
+                     "2 instances, and no group has that; remove it or raise a group's count")
+
+
+def _check_shared_users(raw: Any, cluster_user: Any, problems: _Problems) -> None:
+    """Same rules as the nodes apply (llamapod.lifecycle.provisioning), checked before anything is created."""
+    if not isinstance(raw, list):
+        problems.add(f"cluster.shared_users must be a list of {{name, uid}} tables{_got(raw)}")
+        return
+    names, uids = [cluster_user], []
+    for i, entry in enumerate(raw):
+        where = f"cluster.shared_users[{i}]"
+        table = _check_table(entry, where, problems)
+        if table is None:
+            continue
+        problems.unknown_keys(table, _SHARED_USER_KEYS, where)
+        name, uid = table.get("name"), table.get("uid")
+        rule = provisioning.rule_problem("user", name)
+        if rule:
+            problems.add(f"{where}.name must be {rule}{_got(name)}")
+        elif name in names:
+            problems.add(f"{where}.name must differ from cluster.cluster_user and the other shared users{_got(name)}")
+        rule = provisioning.uid_problem(uid)
+        if rule:
+            problems.add(f"{where}.uid must be {rule}{_got(uid)}")
+        elif uid in uids:
+            problems.add(f"{where}.uid must differ from the other shared users' uids{_got(uid)}")
+        names.append(name)
+        uids.append(uid)
+
+
+def _check_accounting(raw: Any, problems: _Problems) -> None:
+    if raw is None:
+        return
+    table = _check_table(raw, "cluster.accounting", problems)
+    if table is None:
+        return
+    problems.unknown_keys(table, _ACCOUNTING_KEYS, "cluster.accounting")
+    for key in ("storage_host", "storage_user", "storage_pass"):
+        if key not in table:
+            problems.add(f"cluster.accounting.{key} must be set")
+    # The node applies the same rules before writing slurmdbd.conf (llamapod.lifecycle.provisioning).
+    acct = provisioning.Accounting(storage_host=table.get("storage_host", "x"),
+                                   storage_user=table.get("storage_user", "x"),
+                                   storage_pass=table.get("storage_pass", "x"),
+                                   storage_port=table.get("storage_port", provisioning.DEFAULT_STORAGE_PORT),
+                                   storage_loc=table.get("storage_loc", provisioning.DEFAULT_STORAGE_LOC))
+    for key, rule in provisioning.accounting_rules(acct):
+        value = getattr(acct, key)
+        got = " (got a value that breaks it)" if key == "storage_pass" else _got(value)
+        problems.add(f"cluster.accounting.{key} must be {rule}{got}")
 
 
 def validate_cluster_table(table: Any) -> list[str]:
@@ -454,6 +579,8 @@ def validate_cluster_table(table: Any) -> list[str]:
             seen.add(name)
 
     _check_scalars(table, problems)
+    _check_shared_users(table.get("shared_users", []), table.get("cluster_user", "ubuntu"), problems)
+    _check_accounting(table.get("accounting"), problems)
     _check_fsx(table.get("fsx", {}), problems)
     _check_network(table.get("network", {}), problems)
     _check_tags(table.get("tags", {}), problems)
@@ -497,7 +624,7 @@ def spec_from_table(table: Any) -> ClusterSpec:
     if fsx.get("deployment_type", "PERSISTENT_2") not in FSX_THROUGHPUT:
         fsx["throughput_per_tib"] = None
     fields = {k: v for k, v in table.items() if k not in ("workers", "fsx", "controller", "login", "network",
-                                                         "deep_health_checks")}
+                                                         "deep_health_checks", "shared_users", "accounting")}
     return ClusterSpec(
         **fields,
         controller=InstanceGroupSpec(**table.get("controller", DEFAULT_CONTROLLER)),
@@ -506,6 +633,8 @@ def spec_from_table(table: Any) -> ClusterSpec:
         deep_health_checks=tuple(table.get("deep_health_checks", ())),
         fsx=FsxSpec(**fsx),
         network=NetworkSpec(**table.get("network", {})),
+        shared_users=tuple(SharedUserSpec(**user) for user in table.get("shared_users", [])),
+        accounting=AccountingSpec(**table["accounting"]) if table.get("accounting") is not None else None,
     )
 
 

@@ -250,7 +250,9 @@ class TrainSpec(BaseModel):
     def to_cli_args(self) -> list[str]:
         """Flags (``--name=value``) that rebuild this spec in ``python -m llamapod.train``.
 
-        The recipe comes first; then every setting that differs from the recipe's value.
+        The recipe comes first; then every setting that differs from the recipe's value, and
+        the data and tokenizer whenever they were named: a named one is never replaced by the
+        offline fallback (see ``train.loop.with_reachable_defaults``).
         """
         args = [f"--recipe={self.recipe}"]
         defaults = TrainSpec.model_construct(**RECIPES[self.recipe])
@@ -258,7 +260,9 @@ class TrainSpec(BaseModel):
             if name == "recipe":
                 continue
             value = getattr(self, name)
-            if value == getattr(defaults, name):
+            named = (name in ("dataset", "tokenizer") and name in self.model_fields_set
+                     and value == TrainSpec.model_fields[name].default)
+            if value == getattr(defaults, name) and not named:
                 continue
             args.append(f"--{name}={_format_value(value)}")
         return args
@@ -348,7 +352,7 @@ def _unknown(name: str, where: str) -> ConfigError:
 
 def _is_option(token: str) -> bool:
     """An option name as argparse sees one: a dash, then not a number (``-1`` is a value)."""
-    if not token.startswith("-") or token == "-":
+    if not token.startswith("-") or token == "-":  # nosec B105: a command-line option prefix, not a password
         return False
     try:
         float(token)
@@ -373,7 +377,7 @@ def _split_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             stray.append(token)
             i += 1
             continue
-        if not token.startswith("--") or token == "--":
+        if not token.startswith("--") or token == "--":  # nosec B105: a command-line option prefix, not a password
             raise ConfigError(f"unexpected argument '{token}'",
                               "training flags look like --name value or --name=value")
         body = token[2:]

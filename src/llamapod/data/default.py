@@ -30,8 +30,8 @@ MAX_FILE_BYTES = 200_000          # skip generated giants (e.g. pydoc topics) th
 EXCLUDED_PARTS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo",
                   "__pycache__", "encodings", "pydoc_data"}
 VOCAB_SIZE = 8192
-BOS_TOKEN = "<|begin_of_text|>"
-EOS_TOKEN = "<|end_of_text|>"
+BOS_TOKEN = "<|begin_of_text|>"  # nosec B105: a tokenizer's special token, not a password
+EOS_TOKEN = "<|end_of_text|>"  # nosec B105: a tokenizer's special token, not a password
 TOKENIZER_SETTINGS = {"model": "byte-level-bpe", "vocab_size": VOCAB_SIZE, "special_tokens": [BOS_TOKEN, EOS_TOKEN],
                       "min_frequency": 2, "layout": 1}
 

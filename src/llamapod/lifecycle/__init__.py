@@ -1,9 +1,10 @@
 """The node lifecycle HyperPod runs on every node as it boots (``on_create.sh``).
 
-Only :func:`upload_files` belongs to the cloud side: it lists what `llamapod up` uploads to
-the lifecycle bucket. The node-side modules next to this file (``node_*.py``) run on bare
-nodes with /usr/bin/python3 and import each other as top-level modules; nothing here
-imports them.
+Two things belong to the cloud side: :func:`upload_files` lists what `llamapod up` uploads
+to the lifecycle bucket, and ``provisioning.py`` is the contract of provisioning_parameters.json
+that ``cloud/plan.py`` writes with and the nodes read with. The node-side modules next to this
+file (``node_*.py``, ``provisioning.py``) run on bare nodes with /usr/bin/python3 and import
+each other as top-level modules; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ NODE_FILES = (
     "node_storage.py",
     "node_users.py",
     "node_slurm.py",
+    "provisioning.py",
 )
 
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_system import StepError, read_json
+from provisioning import (
+    DEFAULT_CLUSTER_USER,
+    FILE_NAME,
+    Accounting,
+    ProvisioningError,
+    ProvisioningParameters,
+    SharedUser,
+    from_dict,
+)
+
+log = logging.getLogger("llamapod.lifecycle")
 
 ROLES = ("controller", "login", "worker")
 
@@ -27,21 +39,14 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Accounting:
-    storage_host: str
-    storage_port: int
-    storage_user: str
-    storage_pass: str
-    storage_loc: str
-
-
-@dataclass(frozen=True)
 class Cluster:
     name: str
     nodes: tuple[Node, ...]
-    fsx_dns_name: str | None
-    fsx_mountname: str | None
+    fsx_dns_name: str
+    fsx_mountname: str
     partitions: tuple[tuple[str, str], ...]  # (partition, group), in the order given
+    cluster_user: str = DEFAULT_CLUSTER_USER
+    shared_users: tuple[SharedUser, ...] = ()
     containers: bool = False
     accounting: Accounting | None = None
     extras: dict = field(default_factory=dict)
@@ -62,40 +67,22 @@ def _require(mapping: dict, key: str, kind: type, where: str, source: Path):
     return value
 
 
-def _parse_accounting(raw: object, source: Path) -> Accounting | None:
-    if raw in (None, False):
-        return None
-    if not isinstance(raw, dict):
-        raise StepError(f"{source}: accounting must be an object with storage_host, storage_user, storage_pass")
-    port = raw.get("storage_port", 3306)
-    if not isinstance(port, int):
-        raise StepError(f"{source}: accounting.storage_port must be an integer, found {port!r}")
-    return Accounting(
-        storage_host=_require(raw, "storage_host", str, "accounting.", source),
-        storage_port=port,
-        storage_user=_require(raw, "storage_user", str, "accounting.", source),
-        storage_pass=_require(raw, "storage_pass", str, "accounting.", source),
-        storage_loc=raw.get("storage_loc") or "slurm_acct_db",
-    )
+def load_parameters(path: Path) -> ProvisioningParameters:
+    """provisioning_parameters.json, checked against the contract `llamapod up` wrote it with."""
+    try:
+        params = from_dict(read_json(path, FILE_NAME))
+    except ProvisioningError as exc:
+        raise StepError(f"{path}: " + "; ".join(exc.problems)) from None
+    if params.unknown_keys:
+        log.warning("%s: ignoring keys llamapod does not know: %s", path, ", ".join(params.unknown_keys))
+    return params
 
 
 def load_cluster(resource_config: Path, provisioning_parameters: Path) -> Cluster:
     """Read both HyperPod files; every shape problem becomes one StepError naming file and key."""
     resources = read_json(resource_config, "resource_config.json")
-    params = read_json(provisioning_parameters, "provisioning_parameters.json")
-
-    controller_group = _require(params, "controller_group", str, "", provisioning_parameters)
-    login_group = params.get("login_group") or None
-    worker_groups = params.get("worker_groups") or []
-    if not isinstance(worker_groups, list):
-        raise StepError(f"{provisioning_parameters}: worker_groups must be a list, found {worker_groups!r}")
-    partitions: list[tuple[str, str]] = []
-    for i, group in enumerate(worker_groups):
-        if not isinstance(group, dict):
-            raise StepError(f"{provisioning_parameters}: worker_groups[{i}] must be an object")
-        name = _require(group, "instance_group_name", str, f"worker_groups[{i}].", provisioning_parameters)
-        partition = _require(group, "partition_name", str, f"worker_groups[{i}].", provisioning_parameters)
-        partitions.append((partition, name))
+    params = load_parameters(provisioning_parameters)
+    partitions = [(w.partition, w.group) for w in params.worker_groups]
     worker_partition = {group: partition for partition, group in partitions}
 
     cluster_config = resources.get("ClusterConfig") or {}
@@ -106,16 +93,16 @@ def load_cluster(resource_config: Path, provisioning_parameters: Path) -> Cluste
         if not isinstance(group, dict):
             raise StepError(f"{resource_config}: InstanceGroups[{gi}] must be an object")
         group_name = _require(group, "Name", str, f"InstanceGroups[{gi}].", resource_config)
-        if group_name == controller_group:
+        if group_name == params.controller_group:
             role, partition = "controller", None
-        elif group_name == login_group:
+        elif group_name == params.login_group:
             role, partition = "login", None
         elif group_name in worker_partition:
             role, partition = "worker", worker_partition[group_name]
         else:
             raise StepError(
                 f"{resource_config}: instance group {group_name!r} is neither the controller group "
-                f"({controller_group!r}), the login group, nor a worker group in provisioning_parameters.json")
+                f"({params.controller_group!r}), the login group, nor a worker group in {FILE_NAME}")
         for ii, instance in enumerate(group.get("Instances") or []):  # HyperPod sends null for empty groups
             where = f"InstanceGroups[{gi}].Instances[{ii}]."
             if not isinstance(instance, dict):
@@ -131,22 +118,19 @@ def load_cluster(resource_config: Path, provisioning_parameters: Path) -> Cluste
     controllers = [n for n in nodes if n.role == "controller"]
     if len(controllers) != 1:
         raise StepError(
-            f"{resource_config}: the controller group {controller_group!r} must have exactly one instance, "
+            f"{resource_config}: the controller group {params.controller_group!r} must have exactly one instance, "
             f"found {len(controllers)}")
-    fsx_dns = params.get("fsx_dns_name") or None
-    fsx_mount = params.get("fsx_mountname") or None
-    containers = params.get("containers", False)
-    if not isinstance(containers, bool):
-        raise StepError(f"{provisioning_parameters}: containers must be true or false, found {containers!r}")
     name = cluster_name if isinstance(cluster_name, str) and cluster_name else "llamapod"
     return Cluster(
         name=name,
         nodes=tuple(nodes),
-        fsx_dns_name=fsx_dns,
-        fsx_mountname=fsx_mount,
+        fsx_dns_name=params.fsx_dns_name,
+        fsx_mountname=params.fsx_mountname,
         partitions=tuple(partitions),
-        containers=containers,
-        accounting=_parse_accounting(params.get("accounting"), provisioning_parameters),
+        cluster_user=params.cluster_user,
+        shared_users=params.shared_users,
+        containers=params.containers,
+        accounting=params.accounting,
     )
 
 

@@ -39,8 +39,7 @@ PATH_SETTINGS: dict[str, tuple[str, str, str]] = {
 # Files read from the lifecycle directory (the copy of the S3 prefix HyperPod runs on_create.sh from).
 SCRIPT_FILES: dict[str, tuple[str, str, str]] = {
     "provisioning_parameters": ("LLAMAPOD_PROVISIONING_PARAMETERS", "provisioning_parameters.json",
-                                "controller/worker groups and the FSx file system"),
-    "users_file": ("LLAMAPOD_USERS_FILE", "shared_users.txt", "extra users, one `name,uid` per line (optional)"),
+                                "groups, FSx file system, users and options `llamapod up` wrote"),
 }
 
 # name -> (environment variable, default executable name, help).
@@ -70,7 +69,6 @@ class Settings:
     root: Path
     resource_config: Path
     provisioning_parameters: Path
-    users_file: Path
     fsx_dir: Path
     etc_dir: Path
     slurm_dir: Path
@@ -86,7 +84,7 @@ class Settings:
     service_mode: str
     hostname: str
     address: str | None
-    cluster_user: str
+    cluster_user: str | None  # overrides provisioning_parameters.json's cluster_user when set
     slurm_client_conf: Path
     commands: dict[str, str] = field(default_factory=dict)
     fsx_timeout: float = 1800.0
@@ -132,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hostname", help="this node's host name (env LLAMAPOD_HOSTNAME; default the kernel's)")
     parser.add_argument("--address", help="this node's address in resource_config.json "
                                           "(env LLAMAPOD_NODE_ADDRESS; default: found among the local addresses)")
-    parser.add_argument("--cluster-user", help="user whose home moves to /fsx (env LLAMAPOD_CLUSTER_USER; default ubuntu)")
+    parser.add_argument("--cluster-user", help="user whose home moves to /fsx (env LLAMAPOD_CLUSTER_USER; "
+                                               "default: cluster_user of provisioning_parameters.json)")
     parser.add_argument("--slurm-client-conf", help="slurm.conf that slurmd caches in configless mode "
                                                     "(env LLAMAPOD_SLURM_CLIENT_CONF; default /run/slurm/conf/slurm.conf)")
     parser.add_argument("--only", help=f"comma-separated steps to run (env LLAMAPOD_ONLY; default all: {','.join(STEPS)})")
@@ -194,7 +193,7 @@ def load_settings(argv: list[str], environ: dict[str, str] | None = None) -> Set
         raise SystemExit(f"LLAMAPOD_SERVICE_MODE must be systemd or direct, got {values['service_mode']!r}")
     values["hostname"] = _pick(args.hostname, "LLAMAPOD_HOSTNAME", environ) or socket.gethostname().split(".")[0]
     values["address"] = _pick(args.address, "LLAMAPOD_NODE_ADDRESS", environ)
-    values["cluster_user"] = _pick(args.cluster_user, "LLAMAPOD_CLUSTER_USER", environ) or "ubuntu"
+    values["cluster_user"] = _pick(args.cluster_user, "LLAMAPOD_CLUSTER_USER", environ)
     values["slurm_client_conf"] = Path(
         _pick(args.slurm_client_conf, "LLAMAPOD_SLURM_CLIENT_CONF", environ) or "/run/slurm/conf/slurm.conf")
     only = _pick(args.only, "LLAMAPOD_ONLY", environ)

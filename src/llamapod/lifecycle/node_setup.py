@@ -69,12 +69,12 @@ def plan_steps(settings: Settings, cluster: Cluster, node: Node, mount_table: Pa
     services = ServiceManager(settings.service_mode, settings.commands["systemctl"], settings.etc_dir)
     return [
         ("fsx", lambda: ensure_fsx(settings, cluster, mount_table)),
-        ("users", lambda: ensure_users(settings)),
-        ("home", lambda: ensure_shared_homes(settings)),
+        ("users", lambda: ensure_users(settings, cluster)),
+        ("home", lambda: ensure_shared_homes(settings, cluster)),
         ("ssh", lambda: ensure_ssh(settings, cluster, node)),
         ("munge", lambda: ensure_munge(settings, services)),
         ("accounting", lambda: ensure_accounting(settings, cluster, node, services)),
-        ("containers", lambda: ensure_containers(settings, cluster, mount_table)),
+        ("containers", lambda: ensure_containers(settings, cluster, node, mount_table)),
         ("slurm", lambda: ensure_slurm(settings, cluster, node, services)),
     ]
 

@@ -11,7 +11,9 @@ Two ways a node can get its Slurm configuration:
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from node_system import (
     StepError,
     TransientError,
     file_lock,
+    replace_managed_block,
     retry,
     run,
     write_file,
@@ -129,11 +132,7 @@ def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, co
         "SelectTypeParameters=CR_Core",
     ]
     if cluster.accounting is not None:
-        lines += [
-            "AccountingStorageType=accounting_storage/slurmdbd",
-            f"AccountingStorageHost={controller_host}",
-            "JobAcctGatherType=jobacct_gather/linux",
-        ]
+        lines += accounting_lines(controller_host)
     # Nodes register themselves (dynamic nodes, slurmd -Z) with the hardware slurmd finds, so
     # no CPU or memory figure is guessed here, and a group HyperPod scales up later needs no
     # new slurm.conf. Each worker joins its group's partition through a feature.
@@ -145,6 +144,14 @@ def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, co
         lines.append(f"PartitionName={partition} Nodes={nodeset_name(partition)} Default={default} "
                      "MaxTime=INFINITE State=UP")
     return "\n".join(lines) + "\n"
+
+
+def accounting_lines(controller_host: str) -> list[str]:
+    return [
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        f"AccountingStorageHost={controller_host}",
+        "JobAcctGatherType=jobacct_gather/linux",
+    ]
 
 
 def render_slurmdbd_conf(settings: Settings, cluster: Cluster, controller_host: str) -> str:
@@ -181,9 +188,14 @@ def ensure_accounting(settings: Settings, cluster: Cluster, node: Node, services
     if cluster.accounting is None or node.role != "controller":
         log.info("Slurm accounting not requested for this node")
         return
-    if not slurm_conf_is_managed(settings):
-        raise StepError("Slurm accounting is configured by HyperPod on HyperPod nodes; remove \"accounting\" "
-                        "from provisioning_parameters.json")
+    managed = slurm_conf_is_managed(settings)
+    if not managed:
+        # HyperPod's slurm.conf has no accounting: add it the way the reference's
+        # setup_rds_accounting.sh does (appended lines), as a block a re-run replaces.
+        wait_for_hyperpod_slurm_conf(settings, cluster)
+        text = settings.slurm_conf.read_text()
+        block = "\n".join(accounting_lines(settings.hostname))
+        conf_changed = write_file(settings.slurm_conf, replace_managed_block(text, block, "llamapod accounting"))
     conf = settings.slurm_dir / "etc" / "slurmdbd.conf"
     # slurmdbd refuses a config other users can read: it holds the database password.
     changed = write_file(conf, render_slurmdbd_conf(settings, cluster, settings.hostname), mode=0o600)
@@ -194,11 +206,19 @@ def ensure_accounting(settings: Settings, cluster: Cluster, node: Node, services
     running = services.is_running(service)
     if running and not changed:
         log.info("slurmdbd already running")
-        return
-    result = services.start(service, restart=running)
-    if not result.ok:
-        raise StepError(f"slurmdbd did not start (is the database at {cluster.accounting.storage_host} "
-                        f"reachable?): {result.summary()}")
+    else:
+        result = services.start(service, restart=running)
+        if not result.ok:
+            raise StepError(f"slurmdbd did not start (is the database at {cluster.accounting.storage_host} "
+                            f"reachable?): {result.summary()}")
+    if not managed and conf_changed:
+        controller = slurmctld_service(settings, managed)
+        if services.is_running(controller):
+            # slurmctld reads slurm.conf once: the accounting lines need a restart to count.
+            result = services.start(controller, restart=True)
+            if not result.ok:
+                raise StepError(f"slurmctld did not restart with accounting: {result.summary()}")
+            log.info("slurmctld restarted with accounting")
 
 
 # --- daemons ----------------------------------------------------------------------------------
@@ -211,8 +231,33 @@ def ensure_slurm(settings: Settings, cluster: Cluster, node: Node, services: Ser
         directory.mkdir(parents=True, exist_ok=True)
     if node.role == "controller":
         _start_controller(settings, cluster, node, services, managed)
+    elif node.role == "login":
+        _fetch_client_configuration(settings, cluster, node, services, managed)
     else:
         _start_node_daemon(settings, cluster, node, services, managed)
+
+
+def wait_for_hyperpod_slurm_conf(settings: Settings, cluster: Cluster) -> None:
+    """HyperPod's agent writes slurm.conf while the lifecycle runs, not necessarily before.
+
+    Wait (bounded, polling) until it exists and names the controller, as the reference's
+    lifecycle_script.py does (wait_for_slurm_conf: the file with a controller address in it).
+    """
+    conf, address = settings.slurm_conf, cluster.controller.address
+
+    def written() -> None:
+        try:
+            text = conf.read_text()
+        except FileNotFoundError:
+            raise TransientError(f"{conf} does not exist yet") from None
+        if address not in text:
+            raise TransientError(f"{conf} does not name the controller {address} yet")
+
+    try:
+        retry(written, what=f"HyperPod's {conf}", timeout=settings.slurm_timeout, first_delay=1.0, max_delay=10.0)
+    except StepError as exc:
+        raise StepError(f"{exc}. HyperPod's agent writes it from provisioning_parameters.json: check that "
+                        f"controller_group names this cluster's controller group") from None
 
 
 def slurmctld_service(settings: Settings, managed: bool) -> Service:
@@ -225,9 +270,8 @@ def slurmctld_service(settings: Settings, managed: bool) -> Service:
 def _start_controller(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                       managed: bool) -> None:
     changed = False
-    if not managed and not settings.slurm_conf.exists():
-        raise StepError(f"{settings.slurm_conf} is missing: HyperPod's agent writes it before the lifecycle runs; "
-                        f"check the cluster's provisioning_parameters.json")
+    if not managed:
+        wait_for_hyperpod_slurm_conf(settings, cluster)
     if managed:
         changed = write_file(settings.slurm_conf, render_slurm_conf(settings, cluster, node, settings.hostname))
         if changed:
@@ -255,29 +299,66 @@ def _start_controller(settings: Settings, cluster: Cluster, node: Node, services
 
 def slurmd_options(cluster: Cluster, node: Node, managed: bool) -> list[str]:
     options = ["--conf-server", f"{cluster.controller.address}:{SLURMCTLD_PORT}"]
+    if node.role == "login":
+        # Only to fetch the configuration for client commands; -N spares slurmd its host-name
+        # look-ups before it finds the node is not in slurm.conf and exits.
+        return options + ["-N", node.slurm_name]
     if managed:
         # Register as a dynamic node under the name and address the cluster knows this node by;
-        # the feature puts workers into their group's partition (login nodes join none).
-        feature = node.partition or node.role
-        options += ["-Z", "--conf", f"NodeAddr={node.address} Feature={feature}", "-N", node.slurm_name]
+        # the feature puts workers into their group's partition.
+        options += ["-Z", "--conf", f"NodeAddr={node.address} Feature={node.partition}", "-N", node.slurm_name]
     return options
 
 
-def write_slurmd_defaults(settings: Settings, options: list[str], managed: bool) -> bool:
-    """HyperPod's (and Debian's) slurmd unit expands $SLURMD_OPTIONS from /etc/default/slurmd.
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
 
-    That expansion splits on spaces, so the managed options (with a quoted --conf argument)
-    go into the unit's drop-in instead and this file only points there.
+
+def installed_unit(settings: Settings, unit: str) -> Path | None:
+    """The unit file systemd would load (/etc before the package's), not counting drop-ins."""
+    candidates = [settings.etc_dir / "systemd" / "system" / f"{unit}.service"]
+    candidates += [settings.root / d / f"{unit}.service" for d in UNIT_DIRS[1:]]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def unit_exec_start(text: str) -> str | None:
+    """The last ExecStart= of a unit's [Service] section, continuation lines joined."""
+    joined = re.sub(r"\\\n[ \t]*", " ", text)
+    section, found = "", None
+    for line in joined.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped
+        elif section == "[Service]" and stripped.startswith("ExecStart="):
+            found = stripped[len("ExecStart="):].strip() or None
+    return found
+
+
+def hyperpod_slurmd_command(settings: Settings, options: list[str]) -> tuple[str, ...]:
+    """HyperPod's own slurmd command line with the options put where its unit expects them.
+
+    HyperPod's slurmd.service runs ``slurmd ... $SLURMD_OPTIONS`` without reading
+    /etc/default/slurmd; the reference's start_slurm.sh fills the variable in with envsubst and
+    replaces the unit. The same substitution goes into a drop-in here, which takes effect
+    whatever environment files the unit reads and leaves HyperPod's unit file untouched.
     """
-    text = ("# llamapod: slurmd's options are in /etc/systemd/system/slurmd.service.d/llamapod.conf\n"
-            if managed else f"SLURMD_OPTIONS=\"{' '.join(options)}\"\n")
-    return write_file(settings.etc_dir / "default" / "slurmd", text)
+    unit = installed_unit(settings, "slurmd")
+    command = unit_exec_start(unit.read_text()) if unit is not None else None
+    if command is None:
+        return (settings.commands["slurmd"], "-D", "-s", *options)
+    words = shlex.split(command.lstrip("-@:+!"))
+    placeholders = ("$SLURMD_OPTIONS", "${SLURMD_OPTIONS}")
+    if not any(word in placeholders for word in words):
+        return (*words, *options)
+    filled: list[str] = []
+    for word in words:
+        filled.extend(options if word in placeholders else [word])
+    return tuple(filled)
 
 
 def slurmd_service(settings: Settings, options: list[str], managed: bool) -> Service:
     slurmd = settings.commands["slurmd"]
-    return Service("slurmd", slurmd, (slurmd, *options),
-                   foreground=(slurmd, "-D", "-s", *options) if managed else None)
+    foreground = (slurmd, "-D", "-s", *options) if managed else hyperpod_slurmd_command(settings, options)
+    return Service("slurmd", slurmd, (slurmd, *options), foreground=foreground)
 
 
 def controller_answers(address: str, port: int, timeout: float) -> None:
@@ -292,7 +373,6 @@ def controller_answers(address: str, port: int, timeout: float) -> None:
 def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
                        managed: bool) -> None:
     options = slurmd_options(cluster, node, managed)
-    write_slurmd_defaults(settings, options, managed)
     service = slurmd_service(settings, options, managed)
     env = slurm_env(settings, node)
     deadline = time.monotonic() + settings.slurm_timeout
@@ -316,6 +396,41 @@ def _start_node_daemon(settings: Settings, cluster: Cluster, node: Node, service
     except StepError as exc:
         raise StepError(f"{exc}. Is slurmctld running on the controller ({controller}) "
                         f"and TCP {SLURMCTLD_PORT} open between nodes?") from None
+
+
+def _fetch_client_configuration(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager,
+                                managed: bool) -> None:
+    """A login node runs no Slurm daemon: HyperPod's slurm.conf does not list login nodes.
+
+    As in the reference's start_slurm.sh, slurmd is started only so that it fetches the
+    configuration from the controller (configless) into the cache client commands read, and
+    then exits because the node is not in slurm.conf. What is waited for is that cache and a
+    controller that answers through it, never slurmd itself.
+    """
+    service = slurmd_service(settings, slurmd_options(cluster, node, managed), managed)
+    env = slurm_env(settings, node)
+    deadline = time.monotonic() + settings.slurm_timeout
+    controller = cluster.controller.address
+
+    def clients_work() -> None:
+        controller_answers(controller, SLURMCTLD_PORT, min(5.0, deadline - time.monotonic()))
+        if not settings.slurm_client_conf.exists():
+            services.start(service, restart=services.is_running(service),
+                           timeout=max(1.0, deadline - time.monotonic()))
+            if not settings.slurm_client_conf.exists():
+                raise TransientError(f"slurmd fetched no configuration into {settings.slurm_client_conf}")
+        result = run([settings.commands["scontrol"], "ping"], env=env, check=False, timeout=30)
+        if not result.ok or " is UP" not in result.stdout:
+            raise TransientError(result.summary() if not result.ok else result.stdout.strip())
+
+    try:
+        retry(clients_work, what=f"the Slurm configuration from {controller} on login node {node.slurm_name}",
+              timeout=settings.slurm_timeout, first_delay=0.5, max_delay=10.0)
+    except StepError as exc:
+        raise StepError(f"{exc}. Is slurmctld running on the controller ({controller}) "
+                        f"and TCP {SLURMCTLD_PORT} open between nodes?") from None
+    log.info("login node %s: Slurm's client commands reach the controller through %s (no slurmd runs here)",
+             node.slurm_name, settings.slurm_client_conf)
 
 
 def node_state(settings: Settings, node: Node, env: dict[str, str]) -> str | None:

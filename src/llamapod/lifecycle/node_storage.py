@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_cluster import Cluster
+from node_cluster import Cluster, Node
 from node_settings import Settings
 from node_system import StepError, TransientError, replace_managed_block, retry, run, write_file
 
@@ -63,9 +64,62 @@ def mounted_at(table: Path, target: Path) -> MountEntry | None:
 
 
 def lustre_source(cluster: Cluster) -> str:
-    if not cluster.fsx_dns_name or not cluster.fsx_mountname:
-        raise StepError("provisioning_parameters.json has no fsx_dns_name/fsx_mountname: nothing to mount at /fsx")
     return f"{cluster.fsx_dns_name}@tcp:/{cluster.fsx_mountname}"
+
+
+@dataclass(frozen=True)
+class LustreSource:
+    """A Lustre mount source, ``<nid>[:<nid>...]:/<fsname>``, each nid ``<address>@<network>``."""
+
+    addresses: tuple[str, ...]
+    mountname: str
+
+    @classmethod
+    def parse(cls, source: str) -> "LustreSource | None":
+        if ":/" not in source:
+            return None
+        nids, mountname = source.rsplit(":/", 1)
+        addresses = []
+        for nid in nids.replace(",", ":").split(":"):
+            address, at, network = nid.partition("@")
+            if not at or not address or not network.startswith(("tcp", "o2ib")):
+                return None
+            addresses.append(address)
+        return cls(tuple(addresses), mountname)
+
+
+def resolve_ipv4(hostname: str) -> set[str]:
+    """The IPv4 addresses ``hostname`` resolves to here (empty when it does not resolve)."""
+    try:
+        answers = socket.getaddrinfo(hostname, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return set()
+    return {answer[4][0] for answer in answers}
+
+
+def is_our_lustre_mount(entry: MountEntry, cluster: Cluster) -> bool:
+    """True when ``entry`` is the cluster's FSx file system, in either form the mount table shows.
+
+    mount.lustre replaces the DNS name with its IP address before it calls mount(2) (the
+    kernel cannot resolve names; Lustre's lustre/utils/mount_lustre.c), so /proc/mounts says
+    ``<ip>@tcp:/<mountname>`` after a mount made from ``<dns>@tcp:/<mountname>``. The mount
+    name identifies the file system; the address must be the DNS name or what it resolves to.
+    """
+    if entry.fstype != "lustre":
+        return False
+    source = LustreSource.parse(entry.source)
+    if source is None or source.mountname != cluster.fsx_mountname:
+        return False
+    if cluster.fsx_dns_name in source.addresses:
+        return True
+    resolved = resolve_ipv4(cluster.fsx_dns_name)
+    if not resolved:
+        # The mount name (chosen by FSx for this file system) is what identifies it; a name
+        # the resolver cannot answer for right now must not make a re-run fail.
+        log.warning("%s does not resolve here; %s is taken for this cluster's file system by its mount name %s",
+                    cluster.fsx_dns_name, entry.source, cluster.fsx_mountname)
+        return True
+    return any(address in resolved for address in source.addresses)
 
 
 def ensure_fsx(settings: Settings, cluster: Cluster, mount_table: Path) -> None:
@@ -83,8 +137,8 @@ def _mount_lustre(settings: Settings, cluster: Cluster, mount_table: Path) -> No
     source = lustre_source(cluster)
     current = mounted_at(mount_table, settings.fsx_dir)
     if current is not None:
-        if current.fstype == "lustre" and current.source == source:
-            log.info("%s already mounted at %s", source, settings.fsx_dir)
+        if is_our_lustre_mount(current, cluster):
+            log.info("%s already mounted at %s (as %s)", source, settings.fsx_dir, current.source)
             return
         raise StepError(
             f"{settings.fsx_dir} already has {current.source} ({current.fstype}) mounted, not {source}; "
@@ -180,14 +234,24 @@ def find_pyxis(settings: Settings) -> Path | None:
     return None
 
 
-def ensure_containers(settings: Settings, cluster: Cluster, mount_table: Path) -> None:
+def ensure_containers(settings: Settings, cluster: Cluster, node: Node, mount_table: Path) -> None:
     if not cluster.containers:
         log.info("containers not requested (provisioning_parameters.json \"containers\": false)")
         return
+    if node.role == "worker":
+        _move_container_data(settings, mount_table)
+    else:
+        # Jobs, and so containers, run on workers only; the controller (often without local
+        # NVMe) and login nodes need just pyxis, for `srun --container-image` submitted there.
+        log.info("containers: no Docker or enroot data on a %s node; pyxis only", node.role)
+    _enable_pyxis(settings)
+
+
+def _move_container_data(settings: Settings, mount_table: Path) -> None:
     paths = container_paths(settings, mount_table)
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths["enroot_temp"], 0o1777)
+    os.chmod(paths["enroot_temp"], 0o1777)  # nosec B103: a shared scratch folder with the sticky bit, like /tmp
     daemon_json = settings.etc_dir / "docker" / "daemon.json"
     current = daemon_json.read_text() if daemon_json.exists() else ""
     try:
@@ -200,12 +264,15 @@ def ensure_containers(settings: Settings, cluster: Cluster, mount_table: Path) -
         if not result.ok:
             raise StepError(f"Docker did not restart with data-root {paths['docker']}: {result.summary()}")
     write_file(settings.etc_dir / "enroot" / "enroot.conf", enroot_conf(paths))
+
+
+def _enable_pyxis(settings: Settings) -> None:
     pyxis = find_pyxis(settings)
     if pyxis is None:
         log.warning("pyxis (spank_pyxis.so) is not installed: srun --container-image will not be available")
-    else:
-        plugstack = settings.slurm_dir / "etc" / "plugstack.conf.d" / "pyxis.conf"
-        write_file(plugstack, f"required {pyxis}\n")
-        main = settings.slurm_dir / "etc" / "plugstack.conf"
-        text = main.read_text() if main.exists() else ""
-        write_file(main, replace_managed_block(text, f"include {plugstack.parent}/*.conf", "llamapod pyxis"))
+        return
+    plugstack = settings.slurm_dir / "etc" / "plugstack.conf.d" / "pyxis.conf"
+    write_file(plugstack, f"required {pyxis}\n")
+    main = settings.slurm_dir / "etc" / "plugstack.conf"
+    text = main.read_text() if main.exists() else ""
+    write_file(main, replace_managed_block(text, f"include {plugstack.parent}/*.conf", "llamapod pyxis"))

@@ -11,7 +11,7 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 import tempfile
 import time
 from dataclasses import dataclass
@@ -60,7 +60,7 @@ def run(
     if env:
         full_env.update(env)
     try:
-        proc = subprocess.run(
+        proc = subprocess.run(  # nosec B603: the node runs its own fixed commands, argument lists, no shell
             list(argv),
             env=full_env,
             input=input_text,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,11 +14,10 @@ from typing import Iterator
 from node_cluster import Cluster, Node
 from node_settings import Settings
 from node_system import StepError, file_lock, replace_managed_block, run, write_file
+from provisioning import rule_problem
 
 log = logging.getLogger("llamapod.lifecycle")
 
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-FIRST_UID, LAST_UID = 1000, 60000
 
 
 @dataclass(frozen=True)
@@ -51,26 +49,6 @@ def read_passwd(etc_dir: Path) -> dict[str, PasswdEntry]:
     return entries
 
 
-def read_users_file(path: Path) -> list[UserRequest]:
-    """Extra users, one ``name,uid`` per line; fixed uids keep file ownership on /fsx consistent."""
-    if not path.exists():
-        return []
-    users: list[UserRequest] = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 2 or not USER_NAME.match(fields[0]) or not fields[1].isdigit():
-            raise StepError(f"{path} line {number}: expected `name,uid` (name: lowercase letters, digits, _ or -), "
-                            f"found {raw.strip()!r}")
-        uid = int(fields[1])
-        if not FIRST_UID <= uid <= LAST_UID:
-            raise StepError(f"{path} line {number}: uid {uid} must be between {FIRST_UID} and {LAST_UID}")
-        users.append(UserRequest(fields[0], uid))
-    return users
-
-
 def _prefix_args(settings: Settings) -> list[str]:
     """useradd/groupadd edit <prefix>/etc/* without chrooting, so they work on a test root."""
     etc = settings.etc_dir
@@ -86,8 +64,8 @@ def ensure_user(settings: Settings, request: UserRequest, home: Path) -> PasswdE
     if existing is not None:
         if request.uid is not None and existing.uid != request.uid:
             raise StepError(
-                f"user {request.name} exists with uid {existing.uid}, but the users file asks for {request.uid}; "
-                f"fix the users file or the account")
+                f"user {request.name} exists with uid {existing.uid}, but shared_users in provisioning_parameters.json "
+                f"asks for {request.uid}; fix cluster.shared_users or the account")
         return existing
     prefix = _prefix_args(settings)
     group_args = []
@@ -104,16 +82,20 @@ def ensure_user(settings: Settings, request: UserRequest, home: Path) -> PasswdE
     return read_passwd(settings.etc_dir)[request.name]
 
 
-def cluster_users(settings: Settings) -> list[UserRequest]:
-    extras = read_users_file(settings.users_file)
-    clash = [u.name for u in extras if u.name == settings.cluster_user]
-    if clash:
-        raise StepError(f"{settings.users_file}: {settings.cluster_user} is the cluster user; remove it from the file")
-    return [UserRequest(settings.cluster_user, None), *extras]
+def cluster_users(settings: Settings, cluster: Cluster) -> list[UserRequest]:
+    """The cluster user (whose uid the image decides) and the shared users (fixed uids, so
+    files on /fsx have the same owner on every node), as provisioning_parameters.json lists them."""
+    main = settings.cluster_user or cluster.cluster_user
+    if settings.cluster_user and rule_problem("user", settings.cluster_user):
+        raise StepError(f"--cluster-user must be {rule_problem('user', settings.cluster_user)}, "
+                        f"found {settings.cluster_user!r}")
+    extras = [UserRequest(user.name, user.uid) for user in cluster.shared_users if user.name != main]
+    return [UserRequest(main, None), *extras]
 
 
-def ensure_users(settings: Settings) -> list[PasswdEntry]:
-    entries = [ensure_user(settings, request, settings.fsx_dir / request.name) for request in cluster_users(settings)]
+def ensure_users(settings: Settings, cluster: Cluster) -> list[PasswdEntry]:
+    entries = [ensure_user(settings, request, settings.fsx_dir / request.name)
+               for request in cluster_users(settings, cluster)]
     log.info("users in place: %s", ", ".join(f"{e.name} (uid {e.uid})" for e in entries))
     return entries
 
@@ -210,7 +192,7 @@ def seed_shared_home(settings: Settings, entry: PasswdEntry, target: Path) -> No
         shutil.copytree(source, staging, symlinks=True)
     else:
         staging.mkdir()
-    os.chmod(staging, 0o750)
+    os.chmod(staging, 0o750)  # nosec B103: 0o750 gives nothing to other users
     _chown_tree(staging, entry.uid, entry.gid)
     try:
         os.rename(staging, target)
@@ -223,9 +205,9 @@ def seed_shared_home(settings: Settings, entry: PasswdEntry, target: Path) -> No
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted earlier run on this node
 
 
-def ensure_shared_homes(settings: Settings) -> None:
+def ensure_shared_homes(settings: Settings, cluster: Cluster) -> None:
     entries = read_passwd(settings.etc_dir)
-    for request in cluster_users(settings):
+    for request in cluster_users(settings, cluster):
         entry = entries.get(request.name)
         if entry is None:
             raise StepError(f"user {request.name} does not exist; run the users step first")
@@ -312,7 +294,7 @@ def ensure_ssh(settings: Settings, cluster: Cluster, node: Node) -> None:
     with file_lock(settings.shared_state_dir / "ssh.lock", timeout=settings.lock_timeout, what="cluster SSH setup"):
         if update_known_hosts(known_hosts, node, host_key):
             log.info("known hosts: added %s (%s)", node.slurm_name, node.address)
-        for request in cluster_users(settings):
+        for request in cluster_users(settings, cluster):
             entry = entries.get(request.name)
             if entry is None:
                 raise StepError(f"user {request.name} does not exist; run the users step first")

@@ -23,16 +23,17 @@ wheel = "dist/llamapod-0.1.0-py3-none-any.whl"   # optional: install this wheel 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llamapod import paths
+from llamapod import paths, validate
 from llamapod.cli import ui
-from llamapod.config.files import default_config_path, format_validation_errors, load_table
+from llamapod.config.files import default_config_path, display_path, format_validation_errors, load_table
 from llamapod.errors import ClusterStateError, ConfigError
 from llamapod.remote.ssh import SshAuthError, SshShell, SshTarget
 
@@ -42,9 +43,14 @@ HYPERPOD_PATH = ("/opt/slurm/bin",)
 
 
 class RemoteSettings(BaseModel):
-    """The ``[remote]`` table."""
+    """The ``[remote]`` table.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict types: in TOML ``port = true`` or ``pip_no_index = 1`` is a mistake, not a
+    number or a flag. Every string that reaches ssh, a shell or ``~/.ssh/config`` is
+    checked by ``llamapod.validate``.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     host: Optional[str] = Field(None, description="ssh to this host directly instead of through SSM")
     port: int = Field(22, ge=1, le=65535)
@@ -61,15 +67,79 @@ class RemoteSettings(BaseModel):
     region: Optional[str] = None
     profile: Optional[str] = None
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.host_problem, value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.login_user_problem, value)
+
+    @field_validator("identity_file", "ssh_config_file", "wheel", "base_python")
+    @classmethod
+    def _path(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.path_problem, value)
+
+    @field_validator("fsx_root")
+    @classmethod
+    def _fsx_root(cls, value: str) -> str:
+        # Run folders under it appear on #SBATCH lines, which sbatch parses without quoting.
+        return _checked(validate.absolute_path_problem, value)
+
+    @field_validator("pip_args")
+    @classmethod
+    def _pip_args(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            _checked(validate.text_problem, arg)
+        return value
+
+    @field_validator("controller_group")
+    @classmethod
+    def _group(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.cluster_name_problem, value)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.region_problem, value)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: Optional[str]) -> Optional[str]:
+        return _checked(validate.aws_profile_problem, value)
+
+
+def _checked(check, value):
+    """``value`` when ``check`` finds nothing (None passes), else pydantic's ValueError with the rule."""
+    problem = check(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
 
 def load_remote_settings(config_path: Path | None) -> RemoteSettings:
     table = load_table(config_path, "remote")
+    shown = display_path(config_path) if config_path is not None else "(none)"
+    _refuse_unknown_keys(table, shown)
     try:
         return RemoteSettings(**table)
     except ValidationError as exc:
         problems = format_validation_errors(exc, "remote.")
-        raise ConfigError(f"config file {config_path}: the [remote] table is not valid: {problems[0]}",
-                          "fix the [remote] table (see docs/remote.md)", problems=problems) from None
+        raise ConfigError(f"config file {shown}: the [remote] table is not valid: {problems[0]}",
+                          "fix the [remote] table (see docs/remote.md)", problems=problems[1:]) from None
+
+
+def _refuse_unknown_keys(table: dict[str, Any], shown: str) -> None:
+    known = list(RemoteSettings.model_fields)
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {close[0]}?" if close else ""
+            name = key if str(key).isidentifier() else repr(key)
+            raise ConfigError(f"config file {shown}: the [remote] table is not valid: remote.{name}: not a setting "
+                              f"llamapod knows{suggestion}", f"the [remote] settings are: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +189,8 @@ class ClusterAccess:
         if not self.via_ssm:
             if node in (None, self.controller_group, "controller", self.settings.host):
                 return Node(instance_id=self.settings.host or "head", group=self.controller_group, status="Running")
-            raise ConfigError(f"no node '{node}' here: remote.host {self.settings.host} is the only node llamapod "
-                              "reaches", "drop the node name, or remove [remote] host to reach nodes through SSM")
+            raise ConfigError(f"no node {validate.shown(node)} here: remote.host {self.settings.host} is the only "
+                              "node llamapod reaches", "drop the node name, or remove [remote] host to reach nodes through SSM")
         wanted = node or self.controller_group
         in_group = [n for n in self.nodes if n.group == wanted]
         if in_group:
@@ -134,7 +204,7 @@ class ClusterAccess:
             raise ConfigError(f"cluster {self.name} has no instance group '{wanted}' to use as the head node",
                               f"set remote.controller_group to one of: {', '.join(groups) or '(no nodes)'}")
         choices = sorted({n.group for n in self.nodes}) + [n.instance_id for n in self.nodes]
-        raise ConfigError(f"cluster {self.name} has no node '{node}'",
+        raise ConfigError(f"cluster {self.name} has no node {validate.shown(node)}",
                           f"name an instance group, instance id or hostname: {', '.join(choices) or '(no nodes)'}")
 
     def worker_groups(self) -> list[dict]:
@@ -159,7 +229,8 @@ class ClusterAccess:
 
 
 def cluster_state_dir(name: str) -> Path:
-    return paths.home() / "clusters" / name
+    # The name is checked before it becomes a path: "../../x" must not reach outside the state folder.
+    return paths.home() / "clusters" / validate.cluster_state_name(name)
 
 
 def identity_file(settings: RemoteSettings) -> Path:
@@ -185,17 +256,34 @@ def resolve_cluster(name: str, config_path: Path | None = None, *, with_ips: boo
     ``with_ips`` also looks up each node's private address (one call per node), for
     hostnames such as ip-10-1-2-3 in ssh config entries and node names.
     """
+    validate.cluster_state_name(name)
     config_path = config_path if config_path is not None else default_config_path()
     settings = load_remote_settings(config_path)
     cluster = _cluster_table(config_path, name)
-    controller = settings.controller_group or (cluster.get("controller") or {}).get("name") or DEFAULT_CONTROLLER_GROUP
-    user = settings.user or cluster.get("cluster_user") or "ubuntu"
+    controller = settings.controller_group or _group_name(cluster, "controller") or DEFAULT_CONTROLLER_GROUP
+    user = settings.user or _cluster_setting(cluster, "cluster_user", validate.linux_user_problem) or "ubuntu"
     access = ClusterAccess(name=name, settings=settings, user=user, controller_group=controller,
-                           region=settings.region or cluster.get("region"), profile=settings.profile,
-                           login_group=(cluster.get("login") or {}).get("name"))
+                           region=settings.region or _cluster_setting(cluster, "region", validate.region_problem),
+                           profile=settings.profile, login_group=_group_name(cluster, "login"))
     if access.via_ssm:
         _describe_from_aws(access, with_ips=with_ips)
     return access
+
+
+def _cluster_setting(table: dict[str, Any], key: str, check, where: str = "cluster") -> Any:
+    """One value of the raw [cluster] table, checked before it reaches ssh (the table itself is
+    validated in full only by the commands that build a cluster)."""
+    value = table.get(key)
+    if value is not None:
+        validate.require(check(value), value, f"{where}.{key}", f"fix {where}.{key} in llamapod.toml")
+    return value
+
+
+def _group_name(cluster: dict[str, Any], group: str) -> str | None:
+    table = cluster.get(group)
+    if not isinstance(table, dict):
+        return None
+    return _cluster_setting(table, "name", validate.cluster_name_problem, f"cluster.{group}")
 
 
 def _describe_from_aws(access: ClusterAccess, *, with_ips: bool) -> None:

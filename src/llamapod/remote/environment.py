@@ -17,7 +17,7 @@ import os
 import shlex
 import shutil
 import socket
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 import sys
 import tempfile
 import time
@@ -143,7 +143,7 @@ def local_wheel(root: Path | None = None, prebuilt: str | None = None) -> Path:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, copy)
         # No build isolation: it would download setuptools; the laptop may be offline.
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",  # nosec B603: runs this interpreter's pip with fixed arguments, no shell
                                "--quiet", "--wheel-dir", tmp, str(source)], capture_output=True, text=True)
         wheels = list(Path(tmp).glob("llamapod-*.whl"))
         if proc.returncode != 0 or not wheels:

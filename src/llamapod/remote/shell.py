@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol, Sequence, runtime_checkable
@@ -88,7 +88,7 @@ class LocalShell:
     def run(self, argv, *, input=None, timeout=None, check=False, cwd=None, env=None) -> CommandResult:
         argv = tuple(str(a) for a in argv)
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
                                   cwd=cwd, env=self._merged_env(env))
         except FileNotFoundError:
             raise RemoteError(f"`{argv[0]}` is not installed on {self.where}",
@@ -104,12 +104,12 @@ class LocalShell:
     def stream(self, argv, *, cwd=None) -> Iterator[str]:
         argv = [str(a) for a in argv]
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
                                     cwd=cwd, env=self._merged_env(None))
         except FileNotFoundError:
             raise RemoteError(f"`{argv[0]}` is not installed on {self.where}", "install it or add it to PATH") from None
         try:
-            assert proc.stdout is not None
+            assert proc.stdout is not None  # nosec B101: stdout=PIPE guarantees it; the assert only narrows the type
             for line in proc.stdout:
                 yield line.rstrip("\n")
         finally:

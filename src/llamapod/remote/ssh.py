@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import subprocess
+import subprocess  # nosec B404: subprocess runs fixed programs with argument lists, never a shell
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from llamapod import validate
 from llamapod.errors import RemoteError
 from llamapod.remote.shell import CommandFailed, CommandResult
 
@@ -48,9 +49,26 @@ class SshTarget:
     extra_path: tuple[str, ...] = ()
     label: str | None = None
 
+    def __post_init__(self) -> None:
+        # The one place every ssh destination passes: a user or host that looks like an
+        # option (-oProxyCommand=...) or holds '@', '%' or a newline never reaches ssh.
+        validate.require_login_user(self.user, "ssh user", "set remote.user (or cluster.cluster_user) to a user name")
+        validate.require_host(self.host, "ssh host")
+        if self.host_key_alias is not None:
+            validate.require_host(self.host_key_alias, "ssh host key alias", "name the node by its instance id")
+
     @property
     def where(self) -> str:
         return self.label or f"{self.user}@{self.host_key_alias or self.host}"
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}"
+
+
+def _option(key: str, value: str) -> list[str]:
+    """``-o Key=value``, the value quoted as ssh parses it (ssh reads -o like a config file line)."""
+    return ["-o", f"{key}={validate.ssh_config_value(key, value)}"]
 
 
 @dataclass
@@ -76,14 +94,14 @@ class SshShell:
     def options(self) -> list[str]:
         """Options shared by ssh and scp (both read ``-o``; ports differ: -p vs -P)."""
         t = self.target
-        digest = hashlib.sha1(f"{t.user}@{t.host}:{t.port}".encode()).hexdigest()[:16]
+        digest = hashlib.sha1(f"{t.user}@{t.host}:{t.port}".encode()).hexdigest()[:16]  # nosec B324: names the ssh control socket, not a security use
         opts = []
         if t.config_file:
             opts += ["-F", t.config_file]
         opts += [
             "-o", "BatchMode=yes",
             "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={self.control_dir}/{digest}",
+            *_option("ControlPath", f"{self.control_dir}/{digest}"),
             "-o", "ControlPersist=120",
             "-o", f"ConnectTimeout={t.connect_timeout_s}",
             "-o", "ServerAliveInterval=15",
@@ -92,22 +110,29 @@ class SshShell:
             "-o", "LogLevel=ERROR",
         ]
         if t.known_hosts:
-            opts += ["-o", f"UserKnownHostsFile={t.known_hosts}"]
+            opts += _option("UserKnownHostsFile", str(t.known_hosts))
         if t.host_key_alias:
-            opts += ["-o", f"HostKeyAlias={t.host_key_alias}"]
+            opts += _option("HostKeyAlias", t.host_key_alias)
         if t.identity_file:
-            opts += ["-i", str(t.identity_file), "-o", "IdentitiesOnly=yes"]
+            # As an option rather than -i: ssh expands %-tokens in identity paths either way,
+            # and ssh_config_value escapes them.
+            opts += [*_option("IdentityFile", str(t.identity_file)), "-o", "IdentitiesOnly=yes"]
         if t.proxy_command:
-            opts += ["-o", f"ProxyCommand={t.proxy_command}"]
+            opts += _option("ProxyCommand", t.proxy_command)
         return opts
 
     def ssh_argv(self, remote_command: str | None = None, *, tty: bool = False) -> list[str]:
-        """The full ``ssh`` command line; ``llamapod ssh`` runs it with the terminal attached."""
+        """The full ``ssh`` command line; ``llamapod ssh`` runs it with the terminal attached.
+
+        ``--`` comes before the destination: after it ssh parses no option, neither in the
+        destination nor in the remote command (without it, ssh re-reads options that follow
+        the host name).
+        """
         argv = ["ssh", *self.options(), "-p", str(self.target.port)]
         argv.append("-t" if tty else "-T")
-        argv += [f"{self.target.user}@{self.target.host}"]
+        argv += ["--", self.target.destination]
         if remote_command is not None:
-            argv += ["--", remote_command]
+            argv.append(remote_command)
         return argv
 
     def login_command(self, command_words: Sequence[str]) -> str | None:
@@ -125,9 +150,12 @@ class SshShell:
         if self.target.extra_path:
             parts.append('export PATH="' + ":".join(self.target.extra_path) + ':$PATH"')
         if cwd:
-            parts.append(f"cd {shlex.quote(cwd)}")
+            parts.append(f"cd {_operand(cwd)}")
         command = shlex.join(str(a) for a in argv)
         if env:
+            for name in env:
+                validate.require(validate.env_name_problem(name), name, "environment variable name",
+                                 "name variables with letters, digits and _")
             command = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + command
         parts.append(command)
         return " && ".join(parts)
@@ -148,7 +176,7 @@ class SshShell:
         self._prepare_local_files()
         shown = argv or ("sh", "-c", script)
         try:
-            proc = subprocess.run(self.ssh_argv(script), input=input, capture_output=True,
+            proc = subprocess.run(self.ssh_argv(script), input=input, capture_output=True,  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
                                   text=not isinstance(input, bytes), timeout=timeout)
         except FileNotFoundError:
             raise RemoteError("the OpenSSH client (`ssh`) is not installed on this machine",
@@ -173,7 +201,7 @@ class SshShell:
         # stderr goes to a file, not a pipe nobody reads while stdout is streamed (a full
         # pipe would stall the remote command); it is read back for ssh's own failures.
         with tempfile.TemporaryFile(mode="w+") as errors:
-            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)
+            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
             try:
                 if proc.stdout is None:
                     raise RemoteError(f"no output stream from ssh to {self.where}")
@@ -196,7 +224,7 @@ class SshShell:
         return path or None
 
     def read_text(self, path: str) -> str:
-        result = self.run(["cat", path])
+        result = self.run(["cat", validate.shell_operand(path)])
         if not result.ok:
             raise RemoteError(f"cannot read {path} on {self.where}: {_last_line(result)}")
         return result.stdout
@@ -204,11 +232,11 @@ class SshShell:
     def write_text(self, path: str, text: str, mode: int | None = None) -> None:
         # Written under a temporary name and renamed, so a reader never sees half a file.
         tmp = f"{path}.tmp-llamapod"
-        steps = [f"mkdir -p {shlex.quote(os.path.dirname(path) or '.')}", f"cat > {shlex.quote(tmp)}"]
+        steps = [f"mkdir -p {_operand(os.path.dirname(path) or '.')}", f"cat > {_operand(tmp)}"]
         if mode is not None:
-            steps.append(f"chmod {mode:o} {shlex.quote(tmp)}")
-        steps.append(f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
-        result = self.run_script(" && ".join(steps) + f" || {{ rc=$?; rm -f {shlex.quote(tmp)}; exit $rc; }}",
+            steps.append(f"chmod {mode:o} {_operand(tmp)}")
+        steps.append(f"mv -f {_operand(tmp)} {_operand(path)}")
+        result = self.run_script(" && ".join(steps) + f" || {{ rc=$?; rm -f {_operand(tmp)}; exit $rc; }}",
                                  argv=("write", path), input=text)
         if not result.ok:
             raise RemoteError(f"cannot write {path} on {self.where}: {_last_line(result)}",
@@ -240,8 +268,8 @@ class SshShell:
 
     def close(self) -> None:
         """Stop the shared master connection (it would otherwise linger for ControlPersist)."""
-        subprocess.run(["ssh", *self.options(), "-p", str(self.target.port), "-O", "exit",
-                        f"{self.target.user}@{self.target.host}"], capture_output=True, timeout=30)
+        subprocess.run(["ssh", *self.options(), "-p", str(self.target.port), "-O", "exit", "--",  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
+                        self.target.destination], capture_output=True, timeout=30)
         if self._owns_control_dir and self.control_dir is not None:
             for entry in self.control_dir.iterdir():
                 entry.unlink(missing_ok=True)
@@ -261,10 +289,10 @@ class SshShell:
         # reader never sees half a file, and the remote shell's own error (e.g. a full
         # disk) comes back verbatim, which scp's SFTP mode hides.
         tmp = f"{remote}.part-llamapod"
-        script = (f"mkdir -p {shlex.quote(os.path.dirname(remote) or '.')} && cat > {shlex.quote(tmp)} "
-                  f"&& mv -f {shlex.quote(tmp)} {shlex.quote(remote)} || {{ rc=$?; rm -f {shlex.quote(tmp)}; exit $rc; }}")
+        script = (f"mkdir -p {_operand(os.path.dirname(remote) or '.')} && cat > {_operand(tmp)} "
+                  f"&& mv -f {_operand(tmp)} {_operand(remote)} || {{ rc=$?; rm -f {_operand(tmp)}; exit $rc; }}")
         with open(local, "rb") as source:
-            proc = subprocess.run(self.ssh_argv(script), stdin=source, capture_output=True)
+            proc = subprocess.run(self.ssh_argv(script), stdin=source, capture_output=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode == SSH_FAILURE:
             raise_for_ssh_failure(stderr, self.target)
@@ -275,7 +303,7 @@ class SshShell:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.part-llamapod")
         with open(tmp, "wb") as sink:
-            proc = subprocess.run(self.ssh_argv(f"cat {shlex.quote(remote)}"), stdout=sink, stderr=subprocess.PIPE)
+            proc = subprocess.run(self.ssh_argv(f"cat {_operand(remote)}"), stdout=sink, stderr=subprocess.PIPE)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         stderr = proc.stderr.decode(errors="replace")
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -288,9 +316,9 @@ class SshShell:
         # tar over the shared connection: one round trip for a whole directory, and the
         # contents land in `remote` itself (scp -r would nest them when it exists).
         self._prepare_local_files()
-        script = f"mkdir -p {shlex.quote(remote)} && tar -xf - -C {shlex.quote(remote)}"
-        with subprocess.Popen(["tar", "-cf", "-", "-C", str(local), "."], stdout=subprocess.PIPE) as tar:
-            proc = subprocess.run(self.ssh_argv(script), stdin=tar.stdout, capture_output=True, text=True)
+        script = f"mkdir -p {_operand(remote)} && tar -xf - -C {_operand(remote)}"
+        with subprocess.Popen(["tar", "-cf", "-", "-C", str(local), "."], stdout=subprocess.PIPE) as tar:  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
+            proc = subprocess.run(self.ssh_argv(script), stdin=tar.stdout, capture_output=True, text=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
         if proc.returncode == SSH_FAILURE:
             raise_for_ssh_failure(proc.stderr, self.target)
         if proc.returncode != 0 or tar.returncode != 0:
@@ -299,10 +327,10 @@ class SshShell:
     def _get_tree(self, remote: str, local: Path) -> None:
         local.mkdir(parents=True, exist_ok=True)
         self._prepare_local_files()
-        script = f"tar -cf - -C {shlex.quote(remote)} ."
+        script = f"tar -cf - -C {_operand(remote)} ."
         with tempfile.TemporaryFile() as errors:
-            with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=errors) as ssh:
-                untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,
+            with subprocess.Popen(self.ssh_argv(script), stdout=subprocess.PIPE, stderr=errors) as ssh:  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
+                untar = subprocess.run(["tar", "-xf", "-", "-C", str(local)], stdin=ssh.stdout, capture_output=True,  # nosec B603, B607: ssh with llamapod's options and a validated target; remote words are shlex-quoted; ssh and tar are found on PATH by design
                                        text=True)
             errors.seek(0)
             stderr = errors.read().decode(errors="replace")
@@ -320,6 +348,11 @@ class SshShell:
             raise_for_ssh_failure(stderr, self.target)
         line = stderr.strip().splitlines()[-1] if stderr.strip() else "unknown error"
         raise RemoteError(f"{what}: {line}", "check the path and free space there, then re-run")
+
+
+def _operand(path: str) -> str:
+    """A path as one shell word that no command reads as an option."""
+    return shlex.quote(validate.shell_operand(path))
 
 
 def _last_line(result: CommandResult) -> str:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+from llamapod import validate
 from llamapod.errors import SlurmError
 from llamapod.remote.shell import CommandResult, Shell
 
@@ -21,7 +22,7 @@ from llamapod.remote.shell import CommandResult, Shell
 ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
                           "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
 
-_JOB_ID = re.compile(r"^\d+(_\d+)?$")
+_JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch): "12\n" is not a job id
 _METRICS = re.compile(r"(step \d+/\d+ \|.*)$")
 # `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
@@ -64,8 +65,8 @@ class JobInfo:
 
 def check_job_id(job_id: str) -> str:
     job_id = str(job_id).strip()
-    if not _JOB_ID.match(job_id):
-        raise SlurmError(f"'{job_id}' is not a Slurm job id",
+    if not _JOB_ID.fullmatch(job_id):
+        raise SlurmError(f"{validate.shown(job_id)} is not a Slurm job id",
                          "job ids are numbers, as printed by `llamapod train --slurm` and `llamapod jobs`")
     return job_id
 
@@ -232,7 +233,7 @@ class SlurmJobs:
                     raise SlurmError(f"sbatch rejected the job: {message} ({detail})", hint)
             raise SlurmError(f"sbatch rejected the job: {detail}", f"check the #SBATCH lines of {script_path}")
         job_id = result.stdout.strip().split(";")[0]
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             raise SlurmError(f"sbatch printed no job id (got {result.stdout.strip()!r})",
                              "check `squeue --me` for the job")
         return job_id
@@ -301,7 +302,8 @@ class SlurmJobs:
     def _read(self, path: str, tail: Optional[int]) -> str:
         if tail is None:
             return self.shell.read_text(path)
-        return self.shell.run(["tail", "-n", str(tail), path], timeout=COMMAND_TIMEOUT_S, check=True).stdout
+        return self.shell.run(["tail", "-n", str(tail), validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S,
+                              check=True).stdout
 
     def _missing_log(self, job: JobInfo) -> SlurmError:
         if job.state == "PENDING":
@@ -358,7 +360,8 @@ class SlurmJobs:
         if not self.shell.exists(path):
             return
         start = offsets.get(path, 0)
-        result = self.shell.run(["tail", "-c", f"+{start + 1}", path], timeout=COMMAND_TIMEOUT_S)
+        result = self.shell.run(["tail", "-c", f"+{start + 1}", validate.shell_operand(path)],
+                                timeout=COMMAND_TIMEOUT_S)
         if not result.ok:
             return
         text = result.stdout

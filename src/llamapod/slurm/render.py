@@ -12,8 +12,9 @@ import shlex
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
+from llamapod import validate
 from llamapod.errors import ConfigError
-from llamapod.slurm.spec import UNSAFE_PATH, SlurmJob
+from llamapod.slurm.spec import SlurmJob
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
@@ -34,11 +35,15 @@ class JobPaths(NamedTuple):
 def job_paths(spec: "TrainSpec", job: SlurmJob) -> JobPaths:
     """Where the job keeps its files: the spec's folders when it names them, else under the job's run dir."""
     run_dir = job.absolute(spec.run_dir) if spec.run_dir else job.run_dir
-    if UNSAFE_PATH.search(run_dir):
+    problem = validate.sbatch_path_problem(run_dir)
+    if problem:
         # Slurm reads the #SBATCH --output/--error lines itself, without bash's quoting.
-        raise ConfigError(f"run_dir {run_dir!r} cannot hold a Slurm job's files: it contains a space, quote, "
-                          "backslash or '%'", "choose a run_dir without them")
+        raise ConfigError(f"run_dir {validate.shown(run_dir)} {problem}",
+                          "choose a run_dir without spaces, quotes, backslashes, '#', '%' or control characters")
     checkpoint_dir = job.absolute(spec.checkpoint_dir) if spec.checkpoint_dir else str(PurePosixPath(run_dir) / "checkpoints")
+    # It is named in the script's header comment and created with mkdir: one line, not option-like.
+    validate.require_path(checkpoint_dir, "checkpoint_dir",
+                          "choose a checkpoint_dir on one line, not starting with '-'")
     return JobPaths(run_dir, checkpoint_dir, str(PurePosixPath(run_dir) / "job.sbatch"))
 
 
@@ -85,7 +90,35 @@ def _hardware_comment(job: SlurmJob) -> str:
     return f"# CPU nodes: {job.workers_per_node} workers per node on gloo, no NCCL/EFA settings"
 
 
+def _check_sbatch_values(job: SlurmJob) -> None:
+    """Every value of an #SBATCH line, checked where it is written.
+
+    The model validates them when it is built, but values filled in later from the
+    submitting machine (its working directory, say) arrive through ``model_copy``, which
+    skips validators; sbatch reads these lines itself, where a space or '#' ends the value
+    and a newline would end the header (sbatch then ignores every #SBATCH line after it).
+    """
+    checks = [("job_name", job.job_name, validate.slurm_name_problem),
+              ("partition", job.partition, validate.slurm_list_problem),
+              ("account", job.account, validate.slurm_list_problem),
+              ("time", job.time, validate.text_problem),
+              ("workdir", job.workdir, validate.sbatch_path_problem)]
+    checks += [("sbatch_options", option, validate.text_problem) for option in job.sbatch_options]
+    # Not on #SBATCH lines, but filled in the same way: the interpreter srun starts (a leading
+    # '-' would be an option of srun) and the names of exported variables.
+    checks.append(("python", job.python, validate.path_problem))
+    checks += [("env", name, validate.env_name_problem) for name in job.env]
+    checks += [("env", value, validate.quoted_value_problem) for value in job.env.values()]
+    checks += [("env_setup", line, validate.quoted_value_problem) for line in job.env_setup]
+    for name, value, check in checks:
+        problem = check(value) if value is not None else None
+        if problem:
+            raise ConfigError(f"[slurm] {name} {problem} (got {validate.shown(value)})",
+                              f"fix {name} in the [slurm] table or its flag")
+
+
 def _sbatch_lines(job: SlurmJob, run_dir: str) -> list[str]:
+    _check_sbatch_values(job)
     lines = [f"--job-name={job.job_name}", f"--nodes={job.nodes}", "--ntasks-per-node=1"]
     if job.exclusive:
         lines.append("--exclusive")
@@ -127,7 +160,11 @@ def _launch_command(spec: "TrainSpec", job: SlurmJob) -> list[str]:
         f'--rdzv_endpoint "$(hostname):{job.rdzv_port}"',
         "-m llamapod.train",
     ]
-    groups += [shlex.quote(arg) for arg in job_train_args(spec, job)]
+    train_args = job_train_args(spec, job)
+    for arg in train_args:
+        validate.require(validate.quoted_value_problem(arg), arg, f"the trainer flag {arg.split('=', 1)[0]}",
+                         "remove NUL characters and undecodable bytes from the value")
+    groups += [shlex.quote(arg) for arg in train_args]
     return [groups[0] + " \\"] + [f"{_INDENT}{g} \\" for g in groups[1:-1]] + [f"{_INDENT}{groups[-1]}"]
 
 

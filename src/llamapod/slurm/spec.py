@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llamapod import validate
 from llamapod.errors import ConfigError
 from llamapod.instances import InstanceInfo, instance_info, known_instance_types
 
@@ -24,13 +25,9 @@ CPU_WORKERS_PER_NODE = 2
 
 DEFAULT_RDZV_PORT = 29500
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, and "unlimited".
-_TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite)$", re.IGNORECASE)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Paths end up in #SBATCH lines, which sbatch reads itself (not bash): no whitespace or
-# quotes, and no '%', which Slurm would expand as a file-name pattern (%j, %x, ...).
-UNSAFE_PATH = re.compile(r"[\s'\"%\\]")
+# Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, and "unlimited" (matched whole,
+# like every grammar in llamapod.validate).
+_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite", re.IGNORECASE)
 
 # Flags of `llamapod train` that fill [slurm] settings, for messages.
 FLAG_NAMES = {"nodes": "--nodes", "partition": "--partition", "time": "--time", "account": "--account",
@@ -43,17 +40,20 @@ class SlurmJob(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     job_name: str = Field("llamapod", description="Slurm job name; also names the run folder <output_dir>/<job_name>")
-    nodes: int = Field(1, ge=1, description="number of nodes")
+    # Numbers and flags are strict: in TOML `nodes = true` or `exclusive = 1` is a mistake.
+    nodes: int = Field(1, ge=1, strict=True, description="number of nodes")
     partition: Optional[str] = Field(None, description="partition (default: the cluster's default partition)")
     time: Optional[str] = Field(None, description="time limit, e.g. 4:00:00 or 2-00:00:00")
     account: Optional[str] = Field(None, description="account to charge")
     instance_type: Optional[str] = Field(None, description="instance type of the nodes, e.g. ml.g5.48xlarge "
                                                            "(sets GPUs per node and NCCL/EFA settings; none = CPU nodes)")
-    gpus_per_node: Optional[int] = Field(None, ge=1, description="worker processes per node (default: the instance "
-                                                                 f"type's GPUs, or {CPU_WORKERS_PER_NODE} on CPU nodes)")
-    hyperpod: Optional[bool] = Field(None, description="SageMaker HyperPod: srun --auto-resume=1 "
+    gpus_per_node: Optional[int] = Field(None, ge=1, strict=True,
+                                         description="worker processes per node (default: the instance "
+                                                     f"type's GPUs, or {CPU_WORKERS_PER_NODE} on CPU nodes)")
+    hyperpod: Optional[bool] = Field(None, strict=True, description="SageMaker HyperPod: srun --auto-resume=1 "
                                                        "(default: detected from /opt/sagemaker_cluster)")
-    rdzv_port: int = Field(DEFAULT_RDZV_PORT, ge=1024, le=65535, description="torchrun rendezvous port on the first node")
+    rdzv_port: int = Field(DEFAULT_RDZV_PORT, ge=1024, le=65535, strict=True,
+                           description="torchrun rendezvous port on the first node")
     output_dir: str = Field("runs", description="shared folder that holds one run folder per job name")
     workdir: Optional[str] = Field(None, description="the job's working directory (default: where it is submitted from)")
     env_setup: list[str] = Field(default_factory=list,
@@ -62,28 +62,29 @@ class SlurmJob(BaseModel):
                                                     "(default: the one running llamapod when submitting on "
                                                     "this machine, else torchrun from PATH)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables (override the defaults)")
-    exclusive: bool = Field(True, description="give the job whole nodes")
-    requeue: bool = Field(True, description="let Slurm requeue the job after a node failure or `scontrol requeue`")
+    exclusive: bool = Field(True, strict=True, description="give the job whole nodes")
+    requeue: bool = Field(True, strict=True,
+                          description="let Slurm requeue the job after a node failure or `scontrol requeue`")
     sbatch_options: list[str] = Field(default_factory=list, description="more #SBATCH options, e.g. --mem=0")
 
     @field_validator("job_name")
     @classmethod
     def _job_name(cls, value: str) -> str:
-        if not _NAME.match(value) or len(value) > 64:
+        if validate.slurm_name_problem(value):
             raise ValueError("must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
         return value
 
     @field_validator("partition", "account")
     @classmethod
     def _slurm_name(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.match(r"^[A-Za-z0-9_.,-]+$", value):
+        if value is not None and validate.slurm_list_problem(value):
             raise ValueError("must be letters, digits, '_', '.', ',' or '-'")
         return value
 
     @field_validator("time")
     @classmethod
     def _time_limit(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not _TIME.match(value.strip()):
+        if value is not None and not _TIME.fullmatch(value.strip()):
             raise ValueError("must be a Slurm time limit: MINUTES, HH:MM:SS, DAYS-HH:MM:SS or unlimited")
         return value.strip() if value is not None else None
 
@@ -102,11 +103,22 @@ class SlurmJob(BaseModel):
             raise ValueError(f"unknown instance type{suggestion}")
         return name
 
-    @field_validator("output_dir", "workdir", "python")
+    @field_validator("output_dir", "workdir")
     @classmethod
-    def _plain_path(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and (not value or UNSAFE_PATH.search(value)):
-            raise ValueError("must be a path without spaces, quotes, backslashes or '%'")
+    def _sbatch_path(cls, value: Optional[str]) -> Optional[str]:
+        # Both end up on #SBATCH lines (--chdir, --output), which sbatch parses itself.
+        problem = validate.sbatch_path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _interpreter(cls, value: Optional[str]) -> Optional[str]:
+        # Quoted in the srun command; a leading '-' would still be an option of srun.
+        problem = validate.path_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("env_setup", mode="before")
@@ -117,19 +129,31 @@ class SlurmJob(BaseModel):
             return [line for line in value.splitlines() if line.strip()]
         return value
 
+    @field_validator("env_setup")
+    @classmethod
+    def _setup_code(cls, value: list[str]) -> list[str]:
+        # Shell code by design (it runs after every #SBATCH line); only a NUL byte, which
+        # bash cannot read, is refused.
+        if any("\x00" in line for line in value):
+            raise ValueError("must not contain NUL characters")
+        return value
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not _ENV_NAME.match(name)]
+        bad = [name for name in value if validate.env_name_problem(name)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a valid environment variable name")
+        values = [text for text in value.values() if validate.text_problem(text)]
+        if values:
+            raise ValueError(f"the value {values[0]!r} must not contain control characters such as newlines")
         return value
 
     @field_validator("sbatch_options")
     @classmethod
     def _sbatch_options(cls, value: list[str]) -> list[str]:
         for option in value:
-            if not option.startswith("-") or "\n" in option:
+            if not option.startswith("-") or validate.text_problem(option):
                 raise ValueError(f"{option!r} must be one sbatch option starting with '-', e.g. --mem=0")
         return value
 

@@ -17,7 +17,7 @@ def _split_config(argv: list[str]) -> tuple[Path | None, list[str]]:
     i = 0
     while i < len(argv):
         token = argv[i]
-        if token == "--config" and i + 1 < len(argv):
+        if token == "--config" and i + 1 < len(argv):  # nosec B105: a command-line option, not a password
             config, i = Path(argv[i + 1]), i + 2
             continue
         if token.startswith("--config="):

@@ -164,6 +164,9 @@ def check_hf_matches(config: dict[str, Any], args, hf_dir: Path) -> None:
     theirs = model_args_from_hf(config)
     fields = ["dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim", "rope_theta"]
     differing = [f for f in fields if getattr(theirs, f) != getattr(args, f)]
+    # A different epsilon changes every RMSNorm output: the same weights, another model.
+    if not math.isclose(theirs.norm_eps, args.norm_eps, rel_tol=1e-6):
+        differing.append("norm_eps")
     if hf_head_dim != theirs.dim // theirs.n_heads:
         differing.append("head_dim")
     if differing:

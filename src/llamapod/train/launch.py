@@ -35,8 +35,11 @@ def prepare(spec: TrainSpec) -> TrainSpec:
     gets its name, so every worker agrees on it.
     """
     from llamapod.data import load_tokenizer
-    from llamapod.train.loop import build_datasets, default_run_dir
+    from llamapod.train.loop import build_datasets, default_run_dir, with_reachable_defaults
 
+    spec, notices = with_reachable_defaults(spec)
+    for notice in notices:
+        ui.warn(notice)
     with ui.status("preparing tokenizer and data (cached after the first run)"):
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)

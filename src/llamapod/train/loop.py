@@ -51,6 +51,27 @@ def source_options(spec: TrainSpec, split: str | None = None, max_documents: int
     return options
 
 
+def with_reachable_defaults(spec: TrainSpec) -> tuple[TrainSpec, list[str]]:
+    """The spec with the built-in corpus/tokenizer for reference defaults the hub cannot serve.
+
+    The reference's defaults (allenai/c4, EleutherAI/gpt-neox-20b) come from the Hugging Face
+    hub. A job that did not name them, run where the hub is out of reach (a laptop offline,
+    a test machine), trains on the built-in corpus and tokenizer instead, and says so; a
+    dataset or tokenizer the user named is never replaced.
+    """
+    from llamapod.data.hub import hub_reachable
+
+    defaults = TrainSpec.model_fields
+    unnamed = [name for name in ("dataset", "tokenizer")
+               if getattr(spec, name) == defaults[name].default and name not in spec.model_fields_set]
+    if not unnamed or hub_reachable():
+        return spec, []
+    notices = [f"--{name} not given and its reference default {defaults[name].default} needs the Hugging Face hub, "
+               f"which is out of reach: using the built-in {'corpus' if name == 'dataset' else 'tokenizer'} "
+               f"(pass --{name} to choose)" for name in unnamed]
+    return spec.model_copy(update={name: "default" for name in unnamed}), notices
+
+
 def build_datasets(spec: TrainSpec, tokenizer, *, seq_len: int, rank: int, world_size: int):
     """(train, validation or None) for one rank.
 
@@ -119,6 +140,11 @@ class Trainer:
     def setup(self) -> None:
         from llamapod.data import load_tokenizer
 
+        # Decided once, on rank 0: every rank must read the same data with the same tokenizer.
+        self.spec, notices = broadcast_value(with_reachable_defaults(self.spec) if self.env.is_main else None)
+        if self.env.is_main:
+            for notice in notices:
+                ui.warn(notice)
         spec, env = self.spec, self.env
         self.tokenizer = load_tokenizer(spec.tokenizer)
         self.args: ModelArgs = resolve_model_args(spec, self.tokenizer.vocab_size)
@@ -146,13 +172,14 @@ class Trainer:
         with torch.device("meta"):
             model = Transformer(self.args)
         mesh = build_mesh(env, spec.sharding_strategy)
-        offload = spec.cpu_offload and self.device.type == "cuda"
-        if spec.cpu_offload and not offload and env.is_main:
-            ui.warn("--cpu_offload has no effect without a GPU: parameters already live in CPU memory")
+        if spec.cpu_offload and self.device.type == "cpu" and env.is_main:
+            ui.warn("--cpu_offload saves no memory without a GPU: parameters already live in CPU memory")
+        # On a CPU the offload policy still runs (its copies are to the same memory), so this
+        # path is the one CPU tests exercise, not a GPU-only branch.
         parallelize(model, mesh, param_dtype=self.param_dtype, activation_checkpointing=spec.activation_checkpointing,
-                    compile_blocks=spec.compile, cpu_offload=offload)
+                    compile_blocks=spec.compile, cpu_offload=spec.cpu_offload)
         # Only now, sharded, does each rank allocate memory: its shard of every tensor.
-        model.to_empty(device="cpu" if offload else self.device)
+        model.to_empty(device="cpu" if spec.cpu_offload else self.device)
         model.init_weights(seed=spec.seed, buffer_device=self.device, std=spec.initializer_range)
         if spec.init_from:
             from llamapod.train.hf import load_hf_weights
@@ -198,13 +225,13 @@ class Trainer:
         if self.env.is_main:
             ui.info(f"resumed from {self.resumed_from} (step {self.step})")
 
-    def _peak_flops(self) -> float | None:
+    def _peak_flops(self) -> m.PeakFlops:
         if self.device.type == "cuda":
             return m.gpu_peak_flops(self.device)
         # Measured by one rank while the others wait, so the probe runs on an idle machine.
         peak = None
         if self.env.is_main:
-            peak = m.cpu_peak_flops(self.param_dtype, torch.get_num_threads())
+            peak = m.cpu_peak(self.param_dtype, torch.get_num_threads())
         return broadcast_value(peak)
 
     # ---- steps ----------------------------------------------------------------
@@ -295,7 +322,10 @@ class Trainer:
         if main:
             self._announce()
         global_batch = spec.train_batch_size * spec.grad_accum * env.world_size
-        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops)
+        meter = m.ThroughputMeter(self.flops_per_token, env.world_size, self.peak_flops.flops)
+        if main:
+            log.write({"event": "start", "step": self.step, "peak_flops": self.peak_flops.flops,
+                       "peak_flops_source": self.peak_flops.source, "recipe": spec.recipe})
         first_loss = last_loss = val_loss = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -356,9 +386,12 @@ class Trainer:
         ui.step(f"model {spec.preset if _is_plain_preset(spec) else 'custom'}: {params:,} parameters "
                 f"({self.args.n_layers} layers, width {self.args.dim}, {self.args.n_heads} heads, "
                 f"{self.args.n_kv_heads} kv heads, vocab {self.tokenizer.vocab_size})")
-        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}; "
+        checkpointing = ("" if spec.activation_checkpointing == "none"
+                         else f", {spec.activation_checkpointing} activation checkpointing")
+        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}{checkpointing}; "
                 f"batch {spec.train_batch_size}x{spec.grad_accum}x{env.world_size} sequences of {self.seq_len} tokens; "
-                f"{spec.max_steps} steps")
+                f"{spec.max_steps} steps; {spec.recipe} recipe (lr {spec.lr:g}, weight decay {spec.weight_decay:g})")
+        ui.info(f"  {self.peak_flops.describe()}")
         ui.info(f"  data: {self.train_data.num_sequences:,} training sequences"
                 + (f", {self.val_data.num_sequences:,} validation" if self.val_data is not None else "")
                 + f"; run folder {self.paths.run_dir}")

@@ -20,25 +20,41 @@ from typing import Any
 import torch
 
 from llamapod.errors import TrainingError
-from llamapod.instances import PEAK_BF16_FLOPS
+from llamapod.instances import PEAK_BF16_FLOPS, PEAK_CAVEATS
 from llamapod.paths import cache_dir
 
 PROBE_SIZE = 1024
 PROBE_SECONDS = 1.0
 
 
-def gpu_peak_flops(device: torch.device) -> float | None:
+@dataclass(frozen=True)
+class PeakFlops:
+    """MFU's divisor, and what it is, so a reader knows what the percentage means."""
+
+    flops: float | None
+    source: str
+
+    def describe(self) -> str:
+        if self.flops is None:
+            return f"MFU not reported: {self.source}"
+        rate = f"{self.flops / 1e12:,.1f} TFLOPS" if self.flops >= 1e12 else f"{self.flops / 1e9:,.1f} GFLOPS"
+        return f"MFU against {rate} per device: {self.source}"
+
+
+def gpu_peak_flops(device: torch.device) -> PeakFlops:
     return peak_flops_for_gpu_name(torch.cuda.get_device_name(device))
 
 
-def peak_flops_for_gpu_name(name: str) -> float | None:
+def peak_flops_for_gpu_name(name: str) -> PeakFlops:
     """Dense bf16 peak of a GPU from its name ("NVIDIA H100 80GB HBM3" -> H100)."""
-    name = name.upper()
+    upper = name.upper()
     # Longest names first so "L40S" is not taken for "L4", nor "A10G" for "A10".
     for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key.upper() in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
+        if key.upper() in upper:
+            caveat = PEAK_CAVEATS.get(key)
+            source = f"{key} dense bf16 data-sheet peak" + (f" ({caveat})" if caveat else "")
+            return PeakFlops(PEAK_BF16_FLOPS[key], source)
+    return PeakFlops(None, f"no known peak for {name}")
 
 
 def _cpu_name() -> str:
@@ -72,6 +88,13 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, threads: int | None 
         return best
     finally:
         torch.set_num_threads(previous)
+
+
+def cpu_peak(dtype: torch.dtype, threads: int) -> PeakFlops:
+    flops = cpu_peak_flops(dtype, threads)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return PeakFlops(flops, f"this CPU's measured {dtype_name} matmul rate with {threads} thread(s) "
+                            f"(a CPU has no data-sheet peak)")
 
 
 def cpu_peak_flops(dtype: torch.dtype, threads: int) -> float:

@@ -63,11 +63,22 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of each head; x is [B, T, H, hd], rotation [T, hd // 2].
 
     Each pair is a complex number multiplied by its position's e^{i·angle}, in fp32 whatever
-    x's dtype: one complex kernel forward and backward, several times faster than the same
-    rotation spelled out in real arithmetic.
+    x's dtype. Eager, that is one complex kernel forward and backward, several times faster
+    than the same rotation in real arithmetic; inductor generates no code for complex
+    numbers, so a compiled block spells it out in real numbers, which it fuses.
     """
+    if torch.compiler.is_compiling():
+        return _apply_rotary_real(x, rotation)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation[None, :, None, :]).flatten(-2).type_as(x)
+
+
+def _apply_rotary_real(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    cos_sin = torch.view_as_real(rotation)[None, :, None, :, :]
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    return torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):

@@ -61,11 +61,6 @@ PRESETS: dict[str, ModelArgs] = {
     # ~1B parameters (with a 32k vocabulary) with 128-wide heads: sized for MFU on one GPU.
     "llama-1b": ModelArgs(dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, vocab_size=32000, ffn_dim=8192,
                           max_seq_len=2048),
-    # The reference FSDP example's default shape (--hidden_width 768 --num_layers 12
-    # --num_heads 12 --intermediate_size 11008 --max_context_width 2048): the base a command
-    # line written against the reference starts from when it names only some sizes.
-    "reference-default": ModelArgs(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=50432,
-                                   ffn_dim=11008, max_seq_len=2048),
     "llama2-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, ffn_dim=11008,
                            rope_theta=1e4, max_seq_len=4096),
     "llama2-13b": ModelArgs(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32000, ffn_dim=13824,
@@ -76,6 +71,11 @@ PRESETS: dict[str, ModelArgs] = {
                            rope_theta=5e5, max_seq_len=8192),
     "llama3-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, ffn_dim=28672,
                             rope_theta=5e5, max_seq_len=8192),
+    # The reference FSDP example's default shape (--hidden_width 768 --num_layers 12
+    # --num_heads 12 --intermediate_size 11008 --max_context_width 2048): the base a command
+    # line written against the reference starts from when it names only some sizes.
+    "reference-default": ModelArgs(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=50432,
+                                   ffn_dim=11008, max_seq_len=2048),
 }
 
 DEFAULT_PRESET = "small"

@@ -45,14 +45,14 @@ class _KVCache:
 def _forward_cached(model: Transformer, tokens: torch.Tensor, start: int, cache: _KVCache) -> torch.Tensor:
     """Logits of the last position, appending this chunk's keys/values to the cache."""
     seqlen = tokens.shape[1]
-    cos, sin = model.rope_cos[start:start + seqlen], model.rope_sin[start:start + seqlen]
+    rotation = model.rotation[start:start + seqlen]
     h = model.tok_embeddings(tokens)
     for index, layer in enumerate(model.layers.values()):
         attn = layer.attention
         x = layer.attention_norm(h)
         b = x.shape[0]
-        q = apply_rotary(attn.wq(x).view(b, seqlen, attn.n_heads, attn.head_dim), cos, sin).transpose(1, 2)
-        k = apply_rotary(attn.wk(x).view(b, seqlen, attn.n_kv_heads, attn.head_dim), cos, sin).transpose(1, 2)
+        q = apply_rotary(attn.wq(x).view(b, seqlen, attn.n_heads, attn.head_dim), rotation).transpose(1, 2)
+        k = apply_rotary(attn.wk(x).view(b, seqlen, attn.n_kv_heads, attn.head_dim), rotation).transpose(1, 2)
         v = attn.wv(x).view(b, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
         cache.k[index][:, :, start:start + seqlen] = k
         cache.v[index][:, :, start:start + seqlen] = v
@@ -81,7 +81,7 @@ def _chunk_mask(seqlen: int, start: int, device) -> torch.Tensor | None:
 def generate(model: Transformer, tokenizer, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = 50, seed: int = 0) -> str:
     """The prompt's continuation (without the prompt), stopping at EOS or the context length."""
-    device = model.rope_cos.device
+    device = model.rotation.device
     ids = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt)
     if not ids:
         ids = [tokenizer.eos_id]

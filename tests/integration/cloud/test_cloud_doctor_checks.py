@@ -17,7 +17,7 @@ from llamapod.cloud.session import AwsSession
 from llamapod.config.cluster import spec_from_table
 from llamapod.errors import CloudError
 
-from fixtures.aws_answers import ACCOUNT, SEED_QUOTAS, inject, quotas_answer, simulation_answer
+from fixtures.aws_answers import ACCOUNT, SEED_QUOTAS, inject, inject_quotas, quotas_answer, simulation_answer
 
 
 @pytest.fixture
@@ -84,12 +84,32 @@ def test_quotas_are_summed_per_type_and_total(session):
     assert checks[f"quota: {preflight.TOTAL_QUOTA}"].detail == "5 allowed in us-east-1, 7 needed"
 
 
-def test_a_type_without_a_quota_is_not_offered(session):
-    inject(session, "service-quotas", "ListServiceQuotas",
-           quotas_answer({k: v for k, v in SEED_QUOTAS.items() if not k.startswith("ml.g5")}))
-    check = by_name(preflight.check_quotas(session, seed()))["quota: ml.g5.48xlarge for cluster usage"]
-    assert (check.status, check.detail) == ("fail", "us-east-1 has no SageMaker quota named "
-                                                    "'ml.g5.48xlarge for cluster usage'")
+G5 = "ml.g5.48xlarge for cluster usage"
+
+
+def test_a_quota_still_at_its_default_is_read_from_the_defaults(session):
+    applied = {k: v for k, v in SEED_QUOTAS.items() if k != G5}  # ListServiceQuotas leaves it out
+    defaults = {"other": ("L-1", 1.0), "another": ("L-2", 1.0), G5: ("L-6A1B0C3D", 0.0)}  # on the second page
+    _, default_calls = inject_quotas(session, applied, defaults)
+    check = by_name(preflight.check_quotas(session, seed()))[f"quota: {G5}"]
+    assert (check.status, check.detail) == ("fail", "0 allowed in us-east-1 (the AWS default), 4 needed")
+    assert check.fix.startswith(f"request an increase of '{G5}' to at least 4 in Service Quotas")
+    assert default_calls == [{"ServiceCode": "sagemaker"}, {"ServiceCode": "sagemaker", "NextToken": "2"}]
+
+
+def test_a_quota_listed_nowhere_is_unknown_not_a_failure(session):
+    inject_quotas(session, {k: v for k, v in SEED_QUOTAS.items() if k != G5}, {})
+    checks = preflight.check_quotas(session, seed())
+    check = by_name(checks)[f"quota: {G5}"]
+    assert (check.status, check.detail) == ("unknown", f"us-east-1 lists no SageMaker quota named '{G5}', "
+                                                       "applied or default")
+    preflight.enforce(checks)  # unknown warns, it does not stop `up`
+
+
+def test_defaults_are_not_asked_for_when_every_quota_is_applied(session):
+    _, default_calls = inject_quotas(session, SEED_QUOTAS, {})
+    assert all(c.status == "ok" for c in preflight.check_quotas(session, seed()))
+    assert default_calls == []
 
 
 def test_what_the_emulator_cannot_answer_is_unknown_and_only_strict_blocks(session, capsys):
@@ -181,3 +201,14 @@ def test_a_role_iam_cannot_find_leaves_permissions_unknown(session):
         "unknown", "permissions of arn:aws:iam::123456789012:role/Admin could not be simulated: "
                    "simulate_principal_policy: IAM does not know the principal (NoSuchEntity); "
                    "is it a role with a path?")
+
+
+def test_up_picks_a_zone_that_offers_every_group_type(session):
+    from llamapod.cloud import network
+
+    # In the emulator's us-east-1, g5.48xlarge is offered in use1-az1/2/4/5/6 and trn1.32xlarge only
+    # in use1-az4/5/6: the largest group's type alone would pick use1-az1, where trn1 is not offered.
+    spec = seed(workers=[{"name": "g5", "instance_type": "ml.g5.48xlarge", "count": 4},
+                         {"name": "trn", "instance_type": "ml.trn1.32xlarge", "count": 1}])
+    assert network.resolve_az_id(session, None, spec.instance_types) == "use1-az4"
+    assert network.resolve_az_id(session, None, seed().instance_types) == "use1-az1"

@@ -62,6 +62,15 @@ def test_init_seed_train_section_is_accepted_by_the_trainer(tmp_path, run_cli, m
     assert (spec.hidden_width, spec.num_layers, spec.num_heads, spec.num_key_value_heads,
             spec.intermediate_size, spec.max_context_width) == (4096, 32, 32, 32, 11008, 2048)
     assert spec.tokenizer == "hf-internal-testing/llama-tokenizer"
+    # The table is the seed's TRAINING_ARGS exactly (step 7 of the guide), no more, no less;
+    # the rest is the reference's defaults.
+    table = tomllib.loads((tmp_path / "llamapod.toml").read_text())["train"]
+    assert table == {
+        "max_context_width": 2048, "num_key_value_heads": 32, "llama_intermediate_size": 11008, "hidden_width": 4096,
+        "num_layers": 32, "num_heads": 32, "model_type": "llama_v2", "tokenizer": "hf-internal-testing/llama-tokenizer",
+        "checkpoint_freq": 500, "validation_freq": 500, "checkpoint_dir": "./checkpoints", "train_batch_size": 1,
+        "val_batch_size": 4, "epochs": 1, "validation_batches": 1, "resume_from_checkpoint": "./checkpoints"}
+    assert (spec.recipe, spec.lr, spec.activation_checkpointing, spec.max_steps) == ("reference", 1e-4, "full", 5000)
     job = load_slurm_job(tmp_path / "llamapod.toml")
     assert (job.nodes, job.instance_type, job.rdzv_port) == (4, "ml.g5.48xlarge", 29500)
 

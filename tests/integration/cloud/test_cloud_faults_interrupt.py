@@ -83,7 +83,7 @@ def test_failed_cluster_shows_aws_message_and_what_to_do(aws_gaps, cluster_name,
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, err = run_cli("down", cluster_name)
     assert code == 2
-    assert err.endswith("error: refusing to delete 5 resources without confirmation (no terminal to ask on)\n"
+    assert err.endswith("error: refusing to delete 6 resources without confirmation (no terminal to ask on)\n"
                         "  hint: re-run with --yes to delete without asking\n")
     assert counts(resources_for(aws_gaps.endpoint, cluster_name))["cluster"] == 1
 

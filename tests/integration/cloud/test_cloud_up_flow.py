@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 
-from fixtures.aws import NOTHING, ONE_CLUSTER, _mount_name, _raw, counts, resources_for
+from llamapod.cloud import plan
+from llamapod.config.cluster import load_cluster_spec
+
+from fixtures.aws import NOTHING, ONE_CLUSTER, CallLog, _mount_name, _raw, counts, install_on_sessions, resources_for
 
 SEED_GROUP_KEYS = {"InstanceGroupName", "InstanceType", "InstanceCount", "LifeCycleConfig", "ExecutionRole",
                    "ThreadsPerCore"}
 
 
 def test_init_plan_up_status_down_with_the_seed_cluster(aws_gaps, cluster_name, run_cli, tmp_path, monkeypatch):
+    calls = CallLog()
+    install_on_sessions(monkeypatch, calls.install)
     monkeypatch.chdir(tmp_path)
     name, endpoint = cluster_name, aws_gaps.endpoint
     code, _, err = run_cli("init", "--name", name)
@@ -60,7 +65,14 @@ def test_init_plan_up_status_down_with_the_seed_cluster(aws_gaps, cluster_name, 
     assert params == {"version": "1.0.0", "workload_manager": "slurm", "controller_group": "controller-machine",
                       "worker_groups": [{"instance_group_name": "worker-group-1", "partition_name": "ml.g5.48xlarge"}],
                       "fsx_dns_name": f"{fs_id}.fsx.us-east-1.amazonaws.com",
-                      "fsx_mountname": _mount_name(fs_id)}
+                      "fsx_mountname": _mount_name(fs_id), "cluster_user": "ubuntu"}
+    # The file system was asked for with the cluster's idempotency token and the reference's metadata mode.
+    assert fsx_request["ClientRequestToken"] == plan.fsx_client_token(load_cluster_spec(None, {"name": name}),
+                                                                      stack["StackId"])
+    assert fsx_request["LustreConfiguration"]["MetadataConfiguration"] == {"Mode": "AUTOMATIC"}
+    # HyperPod's log group exists, untagged, as HyperPod creates it.
+    (log_group,) = found["log_group"]
+    assert log_group == f"/aws/sagemaker/Clusters/{name}/{request_arn_id(endpoint, name)}"
     assert s3.head_object(Bucket=bucket, Key="src/on_create.sh")["ContentLength"] > 0
     # The bucket is secure by default: public access blocked, encrypted, TLS-only policy as sent.
     block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
@@ -91,8 +103,25 @@ def test_init_plan_up_status_down_with_the_seed_cluster(aws_gaps, cluster_name, 
     assert len(aws_gaps.requests["CreateCluster"]) == 1 and len(aws_gaps.requests["CreateStack"]) == 1
     assert len(aws_gaps.requests["CreateFileSystem"]) == 1
 
+    calls.operations.clear()
     code, out, err = run_cli("down", name, "--yes")
     assert code == 0, err
-    assert f"✓ deleted cluster {name}: nothing tagged llamapod:cluster={name} is left in us-east-1" in err
+    listed = [line.split("  ")[0] for line in out.splitlines()[1:]]
+    assert listed == ["HyperPod cluster", "FSx for Lustre file system", "S3 bucket (all versions)",
+                      "CloudWatch log group (HyperPod's node logs)",
+                      "CloudFormation stack (VPC, subnets, NAT, security group)", "IAM role (and its policies)"]
+    assert log_group in out
+    assert (f"✓ deleted cluster {name}: nothing tagged llamapod:cluster={name} or made by HyperPod for it is left "
+            f"in us-east-1") in err
     assert counts(resources_for(endpoint, name)) == NOTHING
     assert not (tmp_path / "llamapod-home" / "clusters" / f"{name}.json").exists()
+    # The role goes last: HyperPod needs it to remove the nodes' network interfaces, which keep
+    # the VPC from deletion until they are gone.
+    deletes = [op for op in calls.operations if op.startswith("Delete") and op != "DeleteObjects"]
+    assert deletes == ["DeleteCluster", "DeleteFileSystem", "DeleteBucket", "DeleteLogGroup", "DeleteStack",
+                       "DeleteRolePolicy", "DeleteRolePolicy", "DeleteRole"]
+
+
+def request_arn_id(endpoint: str, name: str) -> str:
+    """The id at the end of the cluster's ARN (12 characters on AWS; the name in the emulator)."""
+    return _raw(endpoint, "sagemaker").describe_cluster(ClusterName=name)["ClusterArn"].rsplit("/", 1)[-1]

@@ -1,5 +1,6 @@
 """Builds what HyperPod gives a node: a root with the AMI's users, /opt/ml/config, and a copy
-of the lifecycle prefix (on_create.sh, node_*.py, provisioning_parameters.json)."""
+of the lifecycle prefix (on_create.sh, node_*.py, provisioning.py and the
+provisioning_parameters.json that `llamapod up` would upload for the cluster below)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,26 @@ import subprocess
 import time
 from pathlib import Path
 
+from llamapod.cloud import plan
+from llamapod.config.cluster import spec_from_table
 from llamapod.lifecycle import upload_files
 
 CONTROLLER = ("ip-10-1-0-1", "10.1.0.1")
-WORKERS = (("ip-10-1-0-2", "10.1.0.2"), ("ip-10-1-0-3", "10.1.0.3"))
+WORKERS = (("ip-10-1-0-2", "10.1.0.2"),)
+LOGIN = ("ip-10-1-0-3", "10.1.0.3")
 UBUNTU_UID = 1000
 EXTRA_USER, EXTRA_UID = "alice", 2001
+# What create_file_system returns, and the address the VPC's DNS gives its name.
+FSX_DNS, FSX_MOUNTNAME, FSX_ADDRESS = "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com", "abcdefgh", "10.1.200.5"
+
+# The [cluster] table of the llamapod.toml these nodes were built from.
+CLUSTER = {
+    "name": "llama-test",
+    "login": {"name": "login-group", "instance_type": "ml.m5.4xlarge"},
+    "workers": [{"name": "worker-group-1", "instance_type": "ml.g5.48xlarge", "count": 1, "partition": "dev"},
+                {"name": "spare-group", "instance_type": "ml.g5.48xlarge", "count": 1, "partition": "spare"}],
+    "shared_users": [{"name": EXTRA_USER, "uid": EXTRA_UID}],
+}
 
 
 def resource_config() -> dict:
@@ -29,6 +44,9 @@ def resource_config() -> dict:
             {"Name": "controller-machine", "InstanceType": "ml.c5.xlarge",
              "Instances": [{"InstanceName": "controller-machine-1", "CustomerIpAddress": CONTROLLER[1],
                             "InstanceId": "i-0000000000000001"}]},
+            {"Name": "login-group", "InstanceType": "ml.m5.4xlarge",
+             "Instances": [{"InstanceName": "login-group-1", "CustomerIpAddress": LOGIN[1],
+                            "InstanceId": "i-0000000000000009"}]},
             {"Name": "worker-group-1", "InstanceType": "ml.g5.48xlarge",
              "Instances": [{"InstanceName": f"worker-group-1-{i + 1}", "CustomerIpAddress": address,
                             "InstanceId": f"i-00000000000000{i + 2:02d}"} for i, (_, address) in enumerate(WORKERS)]},
@@ -37,27 +55,38 @@ def resource_config() -> dict:
     }
 
 
-def provisioning_parameters() -> dict:
-    return {
-        "version": "1.0.0",
-        "workload_manager": "slurm",
-        "controller_group": "controller-machine",
-        "worker_groups": [{"instance_group_name": "worker-group-1", "partition_name": "dev"},
-                          {"instance_group_name": "spare-group", "partition_name": "spare"}],
-        "fsx_dns_name": "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com",
-        "fsx_mountname": "abcdefgh",
-    }
+def provisioning_parameters(**cluster: object) -> str:
+    """The provisioning_parameters.json `llamapod up` uploads for CLUSTER (with ``cluster`` changes)."""
+    spec = spec_from_table({**CLUSTER, **cluster})
+    return plan.provisioning_file(spec, FSX_DNS, FSX_MOUNTNAME)
 
 
-def write_lifecycle_dir(base: Path) -> Path:
-    """What HyperPod copies from the bucket prefix: exactly the files `upload_files()` lists."""
+def write_lifecycle_dir(base: Path, **cluster: object) -> Path:
+    """What HyperPod copies from the bucket prefix: the files `upload_files()` lists, and the
+    provisioning_parameters.json plan writes for CLUSTER (with ``cluster`` changes)."""
     target = base / "lifecycle"
     target.mkdir(parents=True, exist_ok=True)
     for local, key in upload_files():
         shutil.copy2(local, target / key)
-    (target / "provisioning_parameters.json").write_text(json.dumps(provisioning_parameters(), indent=2))
-    (target / "shared_users.txt").write_text(f"# extra users\n{EXTRA_USER},{EXTRA_UID}\n")
+    (target / "provisioning_parameters.json").write_text(provisioning_parameters(**cluster))
     return target
+
+
+def fsx_resolves(node, base: Path) -> None:
+    """The VPC's DNS inside ``node``: the file system's name resolves to its address."""
+    hosts = base / f"hosts-{node.hostname}"
+    hosts.write_text(f"127.0.0.1 localhost\n{node.address} {node.hostname}\n{FSX_ADDRESS} {FSX_DNS}\n")
+    node.bind(hosts, "/etc/hosts")
+
+
+def lustre_mount_table(path: Path, fsx_dir: Path, source: str) -> Path:
+    """/proc/mounts as the kernel shows it after mount.lustre: the source with the IP address,
+    never the DNS name (mount.lustre resolves it first: the kernel cannot)."""
+    path.write_text("sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
+                    "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+                    "/dev/nvme0n1p1 / ext4 rw,relatime,discard 0 0\n"
+                    f"{source} {fsx_dir} lustre rw,flock,lazystatfs,encrypt 0 0\n")
+    return path
 
 
 def make_node_root(base: Path, name: str) -> Path:

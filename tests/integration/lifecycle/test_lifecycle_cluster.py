@@ -1,8 +1,10 @@
-"""Three nodes as network namespaces (controller + 2 workers, each with its address from
-resource_config.json, one shared directory as /fsx), each booting with the lifecycle at the
-same time, as HyperPod boots them. Afterwards Slurm runs a job on both workers, and the
-cluster user reaches one worker from the other over SSH with the generated key, through a
-real OpenSSH server checking the generated known hosts."""
+"""Three nodes as network namespaces (controller, worker and login node, each with its address
+from resource_config.json, one shared directory as /fsx), each booting with the lifecycle at
+the same time, as HyperPod boots them. slurm.conf lists no login node, as HyperPod's does not:
+the login node must still boot, run no slurmd, and have working Slurm client commands.
+Afterwards Slurm runs a job on the worker, submitted from the login node, and the cluster user
+reaches the worker from the login node over SSH with the generated key, through a real
+OpenSSH server checking the generated known hosts."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.netns import processes_in_net_ns
 from integration.lifecycle.lifecycle_helpers import (
     CONTROLLER,
+    LOGIN,
     UBUNTU_UID,
     WORKERS,
     lifecycle_env,
@@ -47,13 +51,24 @@ def start_sshd(node, root: Path, base: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_three_node_cluster_runs_srun_on_both_workers_and_ssh_between_nodes(netns_network, world_readable_tmp):
+def running(node, executable: str) -> bool:
+    for pid in processes_in_net_ns(node.net_ns):
+        try:
+            if Path(f"/proc/{pid}/exe").resolve() == Path(executable).resolve():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_controller_worker_and_login_node_boot_and_the_login_node_is_no_slurm_node(netns_network,
+                                                                                   world_readable_tmp):
     base = world_readable_tmp
     lifecycle = write_lifecycle_dir(base)
     fsx = base / "fsx"
     fsx.mkdir()
-    names = ["controller", "worker1", "worker2"]
-    nodes = {name: netns_network.add_node(*spec) for name, spec in zip(names, [CONTROLLER, *WORKERS])}
+    names = ["controller", "worker", "login"]
+    nodes = {name: netns_network.add_node(*spec) for name, spec in zip(names, [CONTROLLER, WORKERS[0], LOGIN])}
     roots = {name: make_node_root(base, name) for name in names}
 
     runs = {
@@ -65,31 +80,37 @@ def test_three_node_cluster_runs_srun_on_both_workers_and_ssh_between_nodes(netn
     for name, proc in runs.items():
         assert proc.returncode == 0, f"{name}:\n{outputs[name]}"
     assert "ready as controller" in outputs["controller"]
-    assert "ip-10-1-0-2 registered with the controller" in outputs["worker1"]
-    assert "ip-10-1-0-3 registered with the controller" in outputs["worker2"]
+    assert "ip-10-1-0-2 registered with the controller" in outputs["worker"]
+    assert "node ip-10-1-0-3 ready as login" in outputs["login"]
+    assert "registered" not in outputs["login"]
     # Every node found the one key pair and munge key made by whichever node came first.
     assert sum("created the cluster key pair" in out and "ubuntu/.ssh" in out for out in outputs.values()) == 1
     assert sum("created the cluster munge key" in out for out in outputs.values()) == 1
 
     slurm = {"SLURM_CONF": str(roots["controller"] / "opt/slurm/etc/slurm.conf")}
-    job = nodes["controller"].run(["srun", "-N", "2", "hostname"], env=slurm, timeout=60)
-    assert job.returncode == 0, job.stderr
-    assert sorted(job.stdout.split()) == ["ip-10-1-0-2", "ip-10-1-0-3"]
-    # Registered with the hardware their slurmd found (slurmd -C), not a guessed CPU count.
+    # Registered with the hardware their slurmd found (slurmd -C), not a guessed CPU count; the
+    # login node is not a Slurm node and no slurmd stays on it.
     listed = nodes["controller"].run(["sinfo", "-h", "-N", "-o", "%N %c %P"], env=slurm).stdout.split()
-    found = re.search(r"CPUs=(\d+)", nodes["worker1"].run(["slurmd", "-C"]).stdout).group(1)
-    assert listed == ["ip-10-1-0-2", found, "dev*", "ip-10-1-0-3", found, "dev*"]
+    found = re.search(r"CPUs=(\d+)", nodes["worker"].run(["slurmd", "-C"]).stdout).group(1)
+    assert listed == ["ip-10-1-0-2", found, "dev*"]
+    assert not running(nodes["login"], "/usr/sbin/slurmd") and running(nodes["worker"], "/usr/sbin/slurmd")
+
+    # Client commands on the login node read the configuration slurmd fetched from the controller.
+    client = {"SLURM_CONF": "/run/slurm/conf/slurm.conf"}
+    job = nodes["login"].run(["srun", "-N", "1", "hostname"], env=client, timeout=60)
+    assert job.returncode == 0, job.stderr
+    assert job.stdout.split() == ["ip-10-1-0-2"]
 
     known_hosts = (fsx / ".llamapod/ssh_known_hosts").read_text().splitlines()
     assert [line.split()[0] for line in known_hosts] == [
         "ip-10-1-0-1,10.1.0.1", "ip-10-1-0-2,10.1.0.2", "ip-10-1-0-3,10.1.0.3"]
 
-    start_sshd(nodes["worker2"], roots["worker2"], base)
+    start_sshd(nodes["worker"], roots["worker"], base)
     for name in ("passwd", "group"):
-        nodes["worker1"].bind(roots["worker1"] / "etc" / name, f"/etc/{name}")
-    login = nodes["worker1"].run(
+        nodes["login"].bind(roots["login"] / "etc" / name, f"/etc/{name}")
+    login = nodes["login"].run(
         ["setpriv", f"--reuid={UBUNTU_UID}", f"--regid={UBUNTU_UID}", "--init-groups",
-         "env", f"HOME={fsx}/ubuntu", "ssh", "-o", "BatchMode=yes", WORKERS[1][1], "hostname; id -un; pwd"],
+         "env", f"HOME={fsx}/ubuntu", "ssh", "-o", "BatchMode=yes", WORKERS[0][1], "hostname; id -un; pwd"],
         timeout=30)
     assert login.returncode == 0, login.stderr
-    assert login.stdout.split() == ["ip-10-1-0-3", "ubuntu", f"{fsx}/ubuntu"]
+    assert login.stdout.split() == ["ip-10-1-0-2", "ubuntu", f"{fsx}/ubuntu"]

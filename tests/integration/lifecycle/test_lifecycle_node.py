@@ -17,9 +17,14 @@ from integration.lifecycle.lifecycle_helpers import (
     CONTROLLER,
     EXTRA_UID,
     EXTRA_USER,
+    FSX_ADDRESS,
+    FSX_DNS,
+    FSX_MOUNTNAME,
     UBUNTU_UID,
     WORKERS,
+    fsx_resolves,
     lifecycle_env,
+    lustre_mount_table,
     make_node_root,
     on_create,
     run_until_line_then_kill,
@@ -136,12 +141,18 @@ BAD_INPUTS = {
         "Expecting value (line 1, column 21)"),
     "malformed provisioning parameters": (
         lambda root, lc: (lc / "provisioning_parameters.json").write_text(json.dumps({"worker_groups": []})),
-        "step role FAILED: {lc}/provisioning_parameters.json: controller_group must be a non-empty string, "
-        "found None"),
+        "step role FAILED: {lc}/provisioning_parameters.json: version must be '1.0.0', found None; workload_manager "
+        "must be 'slurm', found None; controller_group must be a string, found None; fsx_dns_name must be a string, "
+        "found None; fsx_mountname must be a string, found None; worker_groups must list at least one worker group"),
+    "a line break in a value": (
+        lambda root, lc: (lc / "provisioning_parameters.json").write_text(
+            (lc / "provisioning_parameters.json").read_text().replace('"abcdefgh"', '"abcdefgh /fsx lustre\\n#"')),
+        "step role FAILED: {lc}/provisioning_parameters.json: fsx_mountname must be an FSx for Lustre mount name "
+        "(1-8 lowercase letters or digits), found 'abcdefgh /fsx lustre\\n#'"),
     "address not in the resource config": (
         lambda root, lc: None,
         "step role FAILED: this node's address 10.9.9.9 is not in {root}/opt/ml/config/resource_config.json "
-        "(known: 10.1.0.1, 10.1.0.2, 10.1.0.3)"),
+        "(known: 10.1.0.1, 10.1.0.3, 10.1.0.2)"),
 }
 
 
@@ -189,28 +200,78 @@ def test_fsx_that_never_mounts_fails_in_bounded_time(netns_network, layout):
     assert "ubuntu" not in os.listdir(root / "fsx")
 
 
-def test_mount_already_in_the_mount_table_is_recognised(netns_network, layout):
-    base, lifecycle, fsx = layout
+def test_rerun_on_a_node_whose_mount_table_shows_the_ip_form_succeeds_and_changes_nothing(netns_network, layout):
+    """After mount.lustre, /proc/mounts holds <ip>@tcp:/<mountname>, never the DNS name given to it.
+    The node's DNS resolves the file system's name as the VPC's does (its own /etc/hosts)."""
+    base, lifecycle, _ = layout
+    node = netns_network.add_node(*CONTROLLER)
+    fsx_resolves(node, base)
+    root = make_node_root(base, "controller")
+    fsx = root / "fsx"
+    fsx.mkdir()
+    table = lustre_mount_table(base / "mounts", fsx, f"{FSX_ADDRESS}@tcp:/{FSX_MOUNTNAME}")
+    env = lifecycle_env(root, fsx, LLAMAPOD_FSX_MODE="lustre", LLAMAPOD_MOUNT_TABLE=str(table),
+                        LLAMAPOD_MOUNT="/bin/false")  # a mount attempt would fail the run
+    env.pop("LLAMAPOD_FSX_DIR")
+    first = node.run(on_create(lifecycle), env=env, timeout=120)
+    assert first.returncode == 0, first.stdout
+    source = f"{FSX_DNS}@tcp:/{FSX_MOUNTNAME}"
+    assert f"{source} already mounted at {fsx} (as {FSX_ADDRESS}@tcp:/{FSX_MOUNTNAME})" in first.stdout
+    assert f"{source} {fsx} lustre defaults,noatime,flock,_netdev," in (root / "etc/fstab").read_text()
+
+    before = snapshot(root)
+    second = node.run(on_create(lifecycle), env=env, timeout=120)
+    assert second.returncode == 0, second.stdout
+    assert "ready as controller" in second.stdout
+    assert snapshot(root) == before
+
+    # Another file system, or another address for the same mount name, is not ours.
+    for other in (f"{FSX_ADDRESS}@tcp:/zzzzzzzz", f"10.1.200.99@tcp:/{FSX_MOUNTNAME}"):
+        lustre_mount_table(table, fsx, other)
+        wrong = node.run(on_create(lifecycle), env={**env, "LLAMAPOD_ONLY": "fsx"}, timeout=60)
+        assert wrong.returncode == 1
+        assert (f"step fsx FAILED: {fsx} already has {other} (lustre) mounted, not {source}; unmount it and re-run"
+                in wrong.stdout)
+
+
+def test_plans_cluster_user_gets_a_shared_home_on_fsx(netns_network, world_readable_tmp, run_cli, monkeypatch):
+    """`llamapod plan` with cluster_user = "alice", and the file `up` uploads for that config, run on a node."""
+    import tomllib
+
+    from llamapod.cloud import plan
+    from llamapod.config.cluster import load_cluster_spec
+
+    base = world_readable_tmp
+    config = base / "llamapod.toml"
+    config.write_text('[cluster]\nname = "llama-test"\ncluster_user = "alice"\n'
+                      '[cluster.login]\nname = "login-group"\ninstance_type = "ml.m5.4xlarge"\n'
+                      '[[cluster.workers]]\nname = "worker-group-1"\ninstance_type = "ml.g5.48xlarge"\npartition = "dev"\n'
+                      '[[cluster.workers]]\nname = "spare-group"\ninstance_type = "ml.g5.48xlarge"\n'
+                      'partition = "spare"\n')
+    assert tomllib.loads(config.read_text())["cluster"]["cluster_user"] == "alice"
+    monkeypatch.setenv("LLAMAPOD_AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # plan's look-ups fail fast
+    code, _, err = run_cli("plan", "--config", str(config), "--out", str(base / "plan"))
+    assert code == 0, err
+    planned = json.loads((base / "plan/provisioning_parameters.json").read_text())
+    assert planned["cluster_user"] == "alice"
+
+    uploaded = plan.provisioning_file(load_cluster_spec(config), FSX_DNS, FSX_MOUNTNAME)
+    assert json.loads(uploaded) == {**planned, "fsx_dns_name": FSX_DNS, "fsx_mountname": FSX_MOUNTNAME}
+    lifecycle = write_lifecycle_dir(base)
+    (lifecycle / "provisioning_parameters.json").write_text(uploaded)
+    fsx = base / "fsx"
+    fsx.mkdir()
     node = netns_network.add_node(*CONTROLLER)
     root = make_node_root(base, "controller")
-    (root / "fsx").mkdir()
-    table = base / "mounts"
-    source = "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com@tcp:/abcdefgh"
-    table.write_text(f"proc /proc proc rw 0 0\n{source} {root}/fsx lustre rw,flock 0 0\n")
-    env = lifecycle_env(root, fsx, LLAMAPOD_FSX_MODE="lustre", LLAMAPOD_MOUNT_TABLE=str(table),
-                        LLAMAPOD_ONLY="fsx")
-    env.pop("LLAMAPOD_FSX_DIR")
-    result = node.run(on_create(lifecycle), env=env, timeout=60)
+    result = node.run(on_create(lifecycle), env=lifecycle_env(root, fsx, LLAMAPOD_ONLY="fsx,users,home,ssh"),
+                      timeout=120)
     assert result.returncode == 0, result.stdout
-    assert f"{source} already mounted at {root}/fsx" in result.stdout
-    fstab = (root / "etc/fstab").read_text()
-    assert f"{source} {root}/fsx lustre defaults,noatime,flock,_netdev," in fstab
-
-    table.write_text(f"tmpfs {root}/fsx tmpfs rw 0 0\n")
-    wrong = node.run(on_create(lifecycle), env=env, timeout=60)
-    assert wrong.returncode == 1
-    assert f"step fsx FAILED: {root}/fsx already has tmpfs (tmpfs) mounted, not {source}; unmount it and re-run" \
-        in wrong.stdout
+    alice = next(line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+                 if line.startswith("alice:"))
+    assert alice[5] == f"{fsx}/alice"
+    assert (fsx / "alice").is_dir() and (fsx / "alice").stat().st_uid == int(alice[2])
+    assert (fsx / "alice/.ssh/id_ed25519.pub").read_text().strip().endswith("alice@llama-test")
+    assert f":{UBUNTU_UID}:Ubuntu:{root}/home/ubuntu:" in (root / "etc/passwd").read_text()  # ubuntu left alone
 
 
 def test_worker_whose_controller_never_answers_fails_then_rerun_succeeds(netns_network, layout):

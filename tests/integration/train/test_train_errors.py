@@ -11,8 +11,9 @@ import socket
 
 import pytest
 
+# --max_context_width makes these jobs the reference's: name the built-in data offline.
 TINY = ["--preset", "tiny", "--max_context_width", "32", "--train_batch_size", "2", "--validation_batches", "1",
-        "--val_batch_size", "2", "--logging_freq", "1"]
+        "--val_batch_size", "2", "--logging_freq", "1", "--dataset", "default", "--tokenizer", "default"]
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def _worker(capsys, *argv: str) -> tuple[int, str, str]:
         "  hint: pick --num_key_value_heads that divides --num_heads (each key/value head serves a group of query heads)"]),
     (["--preset", "llama-7b"], ["error: unknown preset 'llama-7b'",
                                 "  hint: did you mean 'llama2-7b'? choose one of: tiny, small, llama-1b, llama2-7b, "
-                                "llama2-13b, llama2-70b, llama3-8b, llama3-70b"]),
+                                "llama2-13b, llama2-70b, llama3-8b, llama3-70b, reference-default"]),
     (["--lerning_rate", "3e-4"], ["error: unknown flag --lerning_rate", "  hint: did you mean --learning_rate?"]),
     (["--dry_run"], ["error: unknown flag --dry_run", "  hint: did you mean --dry-run?"]),
 ])

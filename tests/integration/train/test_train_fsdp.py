@@ -105,7 +105,10 @@ def test_seed_command_line_runs_to_completion_and_resumes(runs):
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("step 20/20 | loss "))
     for part in ("| lr ", "| grad_norm ", "tok/s", "TFLOPS/dev", "MFU ", "GiB", "| data "):
         assert part in line
+    # Each run (and each resume) opens with what its MFU divides by; then the step lines.
+    assert records[0]["event"] == "start" and records[0]["peak_flops"] > 0
+    assert records[0]["peak_flops_source"].startswith("this CPU's measured float32 matmul rate")
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_per_s_per_device", "tflops_per_device",
                 "mfu", "peak_mem_gib", "data_wait_frac"):
-        assert key in records[0]
+        assert key in records[1]
     assert "llamapod sample --checkpoint checkpoints" in r.stdout

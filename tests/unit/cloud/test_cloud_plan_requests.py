@@ -67,6 +67,7 @@ def test_a_full_cluster_request_is_valid_for_the_service_model():
         "name": "big", "login": {"name": "login", "instance_type": "ml.m5.4xlarge"},
         "workers": [{"name": "g5", "instance_type": "ml.g5.48xlarge", "count": 2, "partition": "gpu"},
                     {"name": "p5", "instance_type": "ml.p5.48xlarge", "count": 1}],
+        "cluster_user": "alice", "shared_users": [{"name": "bob", "uid": 2001}], "containers": True,
         "ebs_volume_gb": 500, "deep_health_checks": ["InstanceStress", "InstanceConnectivity"],
         "node_recovery": "None", "threads_per_core": 2, "tags": {"team": "ml"},
     })
@@ -74,42 +75,69 @@ def test_a_full_cluster_request_is_valid_for_the_service_model():
     assert _validate("sagemaker", "CreateCluster", request) == ""
     groups = {g["InstanceGroupName"]: g for g in request["InstanceGroups"]}
     assert list(groups) == ["controller-machine", "login", "g5", "p5"]
-    # Deep health checks only on accelerator groups; the EBS volume on every group.
+    # Deep health checks only on accelerator groups, and the connectivity check only where the
+    # group has 2 or more instances to connect; the EBS volume on every group.
     assert "OnStartDeepHealthChecks" not in groups["controller-machine"]
     assert "OnStartDeepHealthChecks" not in groups["login"]
-    assert groups["p5"]["OnStartDeepHealthChecks"] == ["InstanceStress", "InstanceConnectivity"]
+    assert groups["g5"]["OnStartDeepHealthChecks"] == ["InstanceStress", "InstanceConnectivity"]
+    assert groups["p5"]["OnStartDeepHealthChecks"] == ["InstanceStress"]
     assert all(g["InstanceStorageConfigs"] == [{"EbsVolumeConfig": {"VolumeSizeInGB": 500}}] for g in groups.values())
     assert request["Tags"] == [{"Key": "llamapod:cluster", "Value": "big"}, {"Key": "team", "Value": "ml"}]
-    assert plan.provisioning_parameters(spec, "fs-1.fsx.us-east-1.amazonaws.com", "abcd") == {
+    assert json.loads(plan.provisioning_file(spec, "fs-1.fsx.us-east-1.amazonaws.com", "abcd")) == {
         "version": "1.0.0", "workload_manager": "slurm", "controller_group": "controller-machine",
         "login_group": "login",
         "worker_groups": [{"instance_group_name": "g5", "partition_name": "gpu"},
                           {"instance_group_name": "p5", "partition_name": "ml.p5.48xlarge"}],
         "fsx_dns_name": "fs-1.fsx.us-east-1.amazonaws.com", "fsx_mountname": "abcd",
+        "cluster_user": "alice", "shared_users": [{"name": "bob", "uid": 2001}], "containers": True,
     }
 
 
 def test_provisioning_parameters_are_the_seeds(seed):
-    assert plan.provisioning_parameters(seed, "fs-0123.fsx.us-east-1.amazonaws.com", "xyzab") == {
+    assert json.loads(plan.provisioning_file(seed, "fs-0123.fsx.us-east-1.amazonaws.com", "xyzab")) == {
         "version": "1.0.0",
         "workload_manager": "slurm",
         "controller_group": "controller-machine",
         "worker_groups": [{"instance_group_name": "worker-group-1", "partition_name": "ml.g5.48xlarge"}],
         "fsx_dns_name": "fs-0123.fsx.us-east-1.amazonaws.com",
         "fsx_mountname": "xyzab",
+        "cluster_user": "ubuntu",
     }
 
 
+def test_provisioning_file_refuses_what_the_nodes_would_refuse(seed):
+    from llamapod.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        plan.provisioning_file(seed, "fs-0123.fsx.us-east-1.amazonaws.com\n/dev/sda /", "xyzab")
+    assert info.value.message.startswith("provisioning_parameters.json would break the node contract: "
+                                         "fsx_dns_name must be a DNS host name")
+
+
 def test_fsx_request_is_valid_and_persistent_2(seed):
-    request = plan.fsx_request(seed, SUBNET, SG, plan.resource_tags(seed))
+    token = plan.fsx_client_token(seed, "arn:aws:cloudformation:us-east-1:123456789012:stack/x/1234")
+    request = plan.fsx_request(seed, SUBNET, SG, plan.resource_tags(seed), token)
     assert _validate("fsx", "CreateFileSystem", request) == ""
     assert request["StorageCapacity"] == 1200
+    # The reference's FSx templates give PERSISTENT_2 automatic metadata IOPS.
     assert request["LustreConfiguration"] == {"DeploymentType": "PERSISTENT_2", "DataCompressionType": "LZ4",
-                                              "PerUnitStorageThroughput": 250}
+                                              "PerUnitStorageThroughput": 250,
+                                              "MetadataConfiguration": {"Mode": "AUTOMATIC"}}
+    assert request["ClientRequestToken"] == token and re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", token)
     scratch = spec_from_table({"fsx": {"deployment_type": "SCRATCH_2", "capacity_gib": 2400}})
     request = plan.fsx_request(scratch, SUBNET, SG, [])
     assert _validate("fsx", "CreateFileSystem", request) == ""
     assert "PerUnitStorageThroughput" not in request["LustreConfiguration"]
+    assert "MetadataConfiguration" not in request["LustreConfiguration"]
+    assert "ClientRequestToken" not in request
+
+
+def test_fsx_token_is_the_same_for_every_run_on_one_network_and_new_for_a_new_one(seed):
+    stack = "arn:aws:cloudformation:us-east-1:123456789012:stack/llamapod-x-network/1111"
+    again = plan.fsx_client_token(seed, stack)
+    assert plan.fsx_client_token(seed, stack) == again
+    assert plan.fsx_client_token(seed, stack.replace("1111", "2222")) != again
+    assert plan.fsx_client_token(spec_from_table({"name": "other"}), stack) != again
 
 
 def test_network_parameters_name_every_template_parameter(seed):
@@ -163,7 +191,7 @@ def test_artifacts_with_account_are_exact(seed, tmp_path):
         "cluster-config.json", "provisioning_parameters.json", "fsx-request.json", "network.yaml",
         "network-parameters.json", "execution-role-trust-policy.json",
         "execution-role-policy-llamapod-network-interfaces.json",
-        "execution-role-policy-llamapod-lifecycle-read.json", "bucket-policy.json", "operator-policy.json",
+        "execution-role-policy-llamapod-lifecycle-read.json", "bucket-policy.json", "operator-policy.json", "operator-policy-network.json", "operator-policy-cluster.json",
         "plan.json"])
     config = json.loads((tmp_path / "cluster-config.json").read_text())
     assert config == _cluster_request(seed) | {"VpcConfig": {"SecurityGroupIds": [plan.PLACEHOLDER_SG],
@@ -173,7 +201,7 @@ def test_artifacts_with_account_are_exact(seed, tmp_path):
     assert summary["names"]["lifecycle_bucket"] == plan.lifecycle_bucket_name(seed, ACCOUNT)
     assert summary["availability_zone_id"] == "use1-az4"
     assert set(summary["placeholders"]) == {"VpcConfig.Subnets", "VpcConfig.SecurityGroupIds", "fsx_dns_name",
-                                            "fsx_mountname"}
+                                            "fsx_mountname", "ClientRequestToken"}
     params = json.loads((tmp_path / "provisioning_parameters.json").read_text())
     assert params["fsx_dns_name"] == plan.PLACEHOLDER_FSX_DNS
 
@@ -211,6 +239,9 @@ def valid_tables(draw):
              "node_recovery": draw(st.sampled_from(["Automatic", "None"])),
              "deep_health_checks": draw(st.sampled_from([[], ["InstanceStress"],
                                                          ["InstanceStress", "InstanceConnectivity"]]))}
+    if "InstanceConnectivity" in table["deep_health_checks"]:
+        # Only valid with an accelerator group of 2 or more (the config refuses it otherwise).
+        workers[0].update(instance_type="ml.g5.48xlarge", count=max(2, workers[0]["count"]))
     if draw(st.booleans()):
         table["login"] = {"name": "login", "instance_type": draw(st.sampled_from(types))}
     if draw(st.booleans()):

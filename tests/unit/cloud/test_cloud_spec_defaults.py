@@ -51,7 +51,7 @@ team = "research"
     spec = load_cluster_spec(path, {})
     assert [g.name for g in spec.instance_groups] == ["controller-machine", "login", "g5", "g5-small"]
     assert [w.partition for w in spec.workers] == ["ml.g5.48xlarge", "small"]
-    assert spec.primary_worker_type == "ml.g5.12xlarge"
+    assert spec.instance_types == ["ml.c5.xlarge", "ml.g5.12xlarge", "ml.g5.48xlarge", "ml.m5.4xlarge"]
     assert spec.tags == {"team": "research"}
     assert spec.availability_zone_kind == "id"
     assert spec.total_instances == 1 + 1 + 2 + 3

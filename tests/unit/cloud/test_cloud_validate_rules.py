@@ -110,9 +110,51 @@ RULES = [
      "cluster.network.public_subnet_cidr and private_subnet_cidr must not overlap "
      "(got '10.1.128.0/24' and '10.1.128.0/17')"),
     ({"tags": {"aws:owner": "me"}},
-     "cluster.tags keys must be 1-128 characters and not start with aws: or llamapod: (got 'aws:owner')"),
+     "cluster.tags keys must be 1-128 letters, digits, spaces and _ . : / = + - @ and not start with aws: or "
+     "llamapod: (got 'aws:owner')"),
+    ({"tags": {"team": "ml;rm -rf"}},
+     "cluster.tags.team must be 1-256 letters, digits, spaces and _ . : / = + - @ (got 'ml;rm -rf')"),
+    ({"tags": {"cost#center": "ml"}},
+     "cluster.tags keys must be 1-128 letters, digits, spaces and _ . : / = + - @ and not start with aws: or "
+     "llamapod: (got 'cost#center')"),
+    ({"tags": {"team": ""}},
+     "cluster.tags.team must be 1-256 letters, digits, spaces and _ . : / = + - @ (got '')"),
     ({"cluster_user": "Root User"},
-     "cluster.cluster_user must be a Linux user name (lowercase letters, digits, _ or -) (got 'Root User')"),
+     "cluster.cluster_user must be a Linux user name (up to 32 lowercase letters, digits, _ or -, not starting "
+     "with a digit or -) (got 'Root User')"),
+    ({"cluster_user": "-oProxyCommand"},
+     "cluster.cluster_user must be a Linux user name (up to 32 lowercase letters, digits, _ or -, not starting "
+     "with a digit or -) (got '-oProxyCommand')"),
+    ({"shared_users": [{"name": "bob", "uid": 999}]},
+     "cluster.shared_users[0].uid must be a whole number from 1000 to 60000 (got 999)"),
+    ({"shared_users": [{"name": "bob\nroot", "uid": 2001}]},
+     "cluster.shared_users[0].name must be a Linux user name (up to 32 lowercase letters, digits, _ or -, not "
+     "starting with a digit or -) (got 'bob\\nroot')"),
+    ({"shared_users": [{"name": "ubuntu", "uid": 2001}]},
+     "cluster.shared_users[0].name must differ from cluster.cluster_user and the other shared users "
+     "(got 'ubuntu')"),
+    ({"shared_users": [{"name": "bob", "uid": 2001}, {"name": "eve", "uid": 2001}]},
+     "cluster.shared_users[1].uid must differ from the other shared users' uids (got 2001)"),
+    ({"shared_users": [{"name": "bob", "uid": 2001, "shell": "/bin/sh"}]},
+     "cluster.shared_users[0].shell is not a setting llamapod knows (known: name, uid)"),
+    ({"containers": "yes"}, "cluster.containers must be true or false (got 'yes')"),
+    ({"accounting": {"storage_host": "db.internal", "storage_user": "slurm"}},
+     "cluster.accounting.storage_pass must be set"),
+    ({"accounting": {"storage_host": "db.internal\nStorageHost=evil", "storage_user": "slurm",
+                     "storage_pass": "pw"}},
+     "cluster.accounting.storage_host must be a DNS host name (lowercase letters, digits, hyphens and dots) or an "
+     "IPv4 address (got 'db.internal\\nStorageHost=evil')"),
+    ({"accounting": {"storage_host": "db.internal", "storage_user": "slurm", "storage_pass": "pw#comment"}},
+     "cluster.accounting.storage_pass must be a password of 1-128 printable ASCII characters without spaces, "
+     "quotes, backslash, ` or #, not starting with - (got a value that breaks it)"),
+    ({"accounting": {"storage_host": "db.internal", "storage_user": "slurm", "storage_pass": "pw",
+                     "storage_port": 0}},
+     "cluster.accounting.storage_port must be a TCP port number (1-65535) (got 0)"),
+    ({"deep_health_checks": ["InstanceConnectivity"], "workers": [
+        {"name": "w", "instance_type": "ml.g5.48xlarge", "count": 1},
+        {"name": "c", "instance_type": "ml.c5.xlarge", "count": 8}]},
+     "cluster.deep_health_checks: InstanceConnectivity needs a GPU or Trainium group of at least 2 instances, "
+     "and no group has that; remove it or raise a group's count"),
     ({"workers__0__instance_tpye": "ml.g5.48xlarge"},
      "cluster.workers[0].instance_tpye is not a setting llamapod knows (known: name, instance_type, count, "
      "partition); did you mean instance_type?"),
@@ -125,9 +167,22 @@ RULES = [
 
 @pytest.mark.parametrize("changes,message", RULES, ids=[m.split(" ")[0] + f"-{i}" for i, (_, m) in enumerate(RULES)])
 def test_each_rule_has_its_exact_message(changes, message):
-    table = with_changes(**changes) if not any(k in ("network", "tags", "workers", "controller")
-                                              for k in changes) else {**copy.deepcopy(SEED), **changes}
+    table = with_changes(**changes) if not any(k in ("network", "tags", "workers", "controller", "shared_users",
+                                                     "accounting") for k in changes) else {**copy.deepcopy(SEED),
+                                                                                           **changes}
     assert validate_cluster_table(table) == [message]
+
+
+def test_users_containers_and_accounting_reach_the_spec():
+    spec = spec_from_table({**SEED, "cluster_user": "alice", "shared_users": [{"name": "bob", "uid": 2001}],
+                            "containers": True,
+                            "accounting": {"storage_host": "10.1.0.9", "storage_user": "slurm", "storage_pass": "s3cr3t!"}})
+    assert (spec.cluster_user, [(u.name, u.uid) for u in spec.shared_users], spec.containers) == (
+        "alice", [("bob", 2001)], True)
+    assert spec.accounting.storage_port == 3306 and spec.accounting.storage_loc == "slurm_acct_db"
+    assert "s3cr3t" not in repr(spec)  # the password never shows up in a log or traceback
+    tags = spec_from_table({**SEED, "tags": {"Équipe ML": "données/été 2026", "cost-center": "a+b=c@d:e_f.g"}})
+    assert tags.tags == {"Équipe ML": "données/été 2026", "cost-center": "a+b=c@d:e_f.g"}
 
 
 def test_az_may_be_a_name_or_an_id():
@@ -195,6 +250,15 @@ _cluster = st.fixed_dictionaries({}, optional={
     "tags": st.one_of(st.dictionaries(st.text(max_size=5), st.one_of(st.text(max_size=5), _values), max_size=2),
                       _values),
     "cluster_user": st.one_of(st.sampled_from(["ubuntu", "Bad"]), _values),
+    "shared_users": st.one_of(st.lists(st.fixed_dictionaries({}, optional={
+        "name": st.one_of(st.sampled_from(["bob", "ubuntu", "-x"]), _values),
+        "uid": st.one_of(st.sampled_from([2001, 2002, 5]), _values)}), max_size=2), _values),
+    "containers": _values,
+    "accounting": st.one_of(st.fixed_dictionaries({}, optional={
+        "storage_host": st.one_of(st.sampled_from(["db", "10.0.0.1", "a b"]), _values),
+        "storage_user": st.one_of(st.sampled_from(["slurm", "-u"]), _values),
+        "storage_pass": st.one_of(st.sampled_from(["pw", "p w", "#"]), _values),
+        "storage_port": st.one_of(st.sampled_from([3306, 0, 70000]), _values)}), _values),
     "unexpected": _values,
 })
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -89,10 +90,15 @@ def test_roles_come_from_the_group_of_each_address(tmp_path):
      "{rc}: InstanceGroups[0].Instances[0].CustomerIpAddress must be a non-empty string, found None"),
     (RESOURCES, {**PARAMS, "worker_groups": {"a": 1}}, "{pp}: worker_groups must be a list, found {{'a': 1}}"),
     (RESOURCES, {**PARAMS, "worker_groups": [{"instance_group_name": "gpu"}]},
-     "{pp}: worker_groups[0].partition_name must be a non-empty string, found None"),
+     "{pp}: worker_groups[0].partition_name must be a string, found None"),
     (RESOURCES, {**PARAMS, "containers": "yes"}, "{pp}: containers must be true or false, found 'yes'"),
-    (RESOURCES, {**PARAMS, "accounting": {"storage_host": "db"}},
-     "{pp}: accounting.storage_user must be a non-empty string, found None"),
+    (RESOURCES, {**PARAMS, "accounting": {"storage_host": "db", "storage_pass": "x y"}},
+     "{pp}: accounting.storage_user must be a string, found None; accounting.storage_pass must be a password of "
+     "1-128 printable ASCII characters without spaces, quotes, backslash, ` or #, not starting with -, "
+     "found (hidden)"),
+    (RESOURCES, {**PARAMS, "fsx_dns_name": "fs-1.example.com\n/dev/sda1 /"},
+     "{pp}: fsx_dns_name must be a DNS host name (lowercase letters, digits, hyphens and dots), "
+     "found 'fs-1.example.com\\n/dev/sda1 /'"),
 ])
 def test_malformed_inputs_name_the_file_and_the_key(tmp_path, resources, params, message):
     rc, pp = write_inputs(tmp_path, resources, params)
@@ -154,18 +160,15 @@ def test_bad_settings_exit_2_with_one_line(tmp_path):
 # --- users ------------------------------------------------------------------------------------------
 
 
-def test_users_file_lines_and_errors(tmp_path):
-    users = tmp_path / "users.txt"
-    users.write_text("# team\nalice,2001\n\nbob , 2002 # comment\n")
-    assert node_users.read_users_file(users) == [node_users.UserRequest("alice", 2001),
-                                                 node_users.UserRequest("bob", 2002)]
-    assert node_users.read_users_file(tmp_path / "missing.txt") == []
-    users.write_text("alice,2001\nBob,x\n")
-    with pytest.raises(StepError, match=r"users\.txt line 2: expected `name,uid` .* found 'Bob,x'$"):
-        node_users.read_users_file(users)
-    users.write_text("carol,99\n")
-    with pytest.raises(StepError, match=r"line 1: uid 99 must be between 1000 and 60000$"):
-        node_users.read_users_file(users)
+def test_cluster_user_and_shared_users_come_from_the_parameters_and_a_flag_overrides(tmp_path):
+    params = {**PARAMS, "cluster_user": "alice", "shared_users": [{"name": "bob", "uid": 2002}]}
+    cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
+    assert node_users.cluster_users(settings_for(tmp_path), cluster) == [
+        node_users.UserRequest("alice", None), node_users.UserRequest("bob", 2002)]
+    assert node_users.cluster_users(settings_for(tmp_path, LLAMAPOD_CLUSTER_USER="carol"), cluster) == [
+        node_users.UserRequest("carol", None), node_users.UserRequest("bob", 2002)]
+    with pytest.raises(StepError, match=r"^--cluster-user must be a Linux user name .*, found '-oops'$"):
+        node_users.cluster_users(settings_for(tmp_path, LLAMAPOD_CLUSTER_USER="-oops"), cluster)
 
 
 def write_passwd(etc: Path) -> str:
@@ -233,6 +236,27 @@ def test_write_file_reports_changes_only(tmp_path):
     assert not list(path.parent.glob(".conf.*"))
 
 
+def test_our_lustre_mount_is_recognised_by_ip_or_name_and_mount_name(tmp_path):
+    # "localhost" resolves here as a file system's DNS name does in its VPC.
+    params = {**PARAMS, "fsx_dns_name": "localhost", "fsx_mountname": "abcdefgh"}
+    cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
+
+    def entry(source, fstype="lustre"):
+        return node_storage.MountEntry(source, "/fsx", fstype)
+
+    assert node_storage.is_our_lustre_mount(entry("127.0.0.1@tcp:/abcdefgh"), cluster)  # what mount.lustre leaves
+    assert node_storage.is_our_lustre_mount(entry("localhost@tcp:/abcdefgh"), cluster)
+    assert node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:127.0.0.1@tcp:/abcdefgh"), cluster)  # failover nids
+    assert not node_storage.is_our_lustre_mount(entry("127.0.0.1@tcp:/zzzzzzzz"), cluster)  # another file system
+    assert not node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/abcdefgh"), cluster)  # another address
+    assert not node_storage.is_our_lustre_mount(entry("127.0.0.1@tcp:/abcdefgh", "tmpfs"), cluster)
+    assert not node_storage.is_our_lustre_mount(entry("/dev/sda1"), cluster)
+    # A name that does not resolve right now: the mount name alone identifies the file system.
+    unresolved = node_cluster.load_cluster(*write_inputs(tmp_path, params={**params, "fsx_dns_name": "fs-1.invalid"}))
+    assert node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/abcdefgh"), unresolved)
+    assert not node_storage.is_our_lustre_mount(entry("10.9.9.9@tcp:/zzzzzzzz"), unresolved)
+
+
 def test_mount_table_paths_are_unescaped_and_the_last_mount_wins(tmp_path):
     table = tmp_path / "mounts"
     target = tmp_path / "my fsx"
@@ -288,8 +312,31 @@ def test_slurm_conf_has_partitions_for_dynamic_nodes_and_configless(tmp_path):
     assert not any("Accounting" in line for line in lines)
     assert node_slurm.slurmd_options(cluster, cluster.nodes[2], managed=True) == [
         "--conf-server", "10.1.0.10:6817", "-Z", "--conf", "NodeAddr=10.1.1.1 Feature=dev", "-N", "ip-10-1-1-1"]
-    assert node_slurm.slurmd_options(cluster, cluster.nodes[1], managed=True)[4] == "NodeAddr=10.1.0.20 Feature=login"
     assert node_slurm.slurmd_options(cluster, cluster.nodes[2], managed=False) == ["--conf-server", "10.1.0.10:6817"]
+    # A login node is no Slurm node (HyperPod's slurm.conf does not list it): slurmd only
+    # fetches the configuration, under the node's name, and never registers (-Z).
+    for managed in (True, False):
+        assert node_slurm.slurmd_options(cluster, cluster.nodes[1], managed=managed) == [
+            "--conf-server", "10.1.0.10:6817", "-N", "ip-10-1-0-20"]
+
+
+def test_accounting_on_hyperpod_adds_its_lines_to_hyperpods_slurm_conf_once(tmp_path):
+    # No daemon of this machine is touched: slurmdbd is /bin/true, and no slurmctld runs from this path.
+    s = settings_for(tmp_path, LLAMAPOD_SLURMDBD="/bin/true", LLAMAPOD_SLURMCTLD=str(tmp_path / "no-slurmctld"))
+    (tmp_path / "opt/sagemaker_cluster").mkdir(parents=True)  # on HyperPod
+    params = {**PARAMS, "accounting": {"storage_host": "db.internal", "storage_user": "slurm", "storage_pass": "pw"}}
+    cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
+    hyperpods = "# written by HyperPod\nSlurmctldHost=ip-10-1-0-10(10.1.0.10)\n"
+    s.slurm_conf.parent.mkdir(parents=True)
+    s.slurm_conf.write_text(hyperpods)
+    services = node_system.ServiceManager("direct", "systemctl", s.etc_dir)
+    s.hostname = "ip-10-1-0-10"
+    for _ in range(2):
+        node_slurm.ensure_accounting(s, cluster, cluster.controller, services)
+    assert s.slurm_conf.read_text() == hyperpods + (
+        "\n# BEGIN llamapod accounting\nAccountingStorageType=accounting_storage/slurmdbd\n"
+        "AccountingStorageHost=ip-10-1-0-10\nJobAcctGatherType=jobacct_gather/linux\n# END llamapod accounting\n")
+    assert oct((s.slurm_dir / "etc/slurmdbd.conf").stat().st_mode & 0o777) == "0o600"
 
 
 def test_accounting_adds_slurmdbd_and_its_private_config(tmp_path):
@@ -331,10 +378,78 @@ def test_systemd_gets_the_quoted_slurmd_options_through_a_drop_in(tmp_path):
     assert drop_in == ("[Service]\nExecStart=\nExecStart=/opt/slurm/sbin/slurmd -D -s --conf-server 10.1.0.10:6817 "
                        "-Z --conf 'NodeAddr=10.1.1.1 Feature=dev'\n")
     assert not services.write_unit_override(service)
-    node_slurm.write_slurmd_defaults(s, options[:2], managed=False)
-    assert (tmp_path / "etc/default/slurmd").read_text() == 'SLURMD_OPTIONS="--conf-server 10.1.0.10:6817"\n'
-    # On HyperPod its own units stay as installed.
-    assert not services.write_unit_override(node_slurm.slurmd_service(s, options[:2], managed=False))
+    assert not (tmp_path / "etc/default/slurmd").exists()  # the packaged unit's environment file stays as it is
+
+
+# HyperPod's slurmd unit as the reference's start_slurm.sh finds it: $SLURMD_OPTIONS in ExecStart,
+# filled in by envsubst there (the unit reads no /etc/default/slurmd).
+HYPERPOD_SLURMD_UNIT = """[Unit]
+Description=Slurm node daemon
+After=munge.service network-online.target remote-fs.target
+[Service]
+Type=simple
+ExecStart=/usr/sbin/slurmd -D -s \\
+    $SLURMD_OPTIONS
+ExecReload=/bin/kill -HUP $MAINPID
+KillMode=process
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_verify(unit_dir: Path) -> subprocess.CompletedProcess:
+    """systemd's own unit loader (no running systemd needed): unit plus drop-ins, as systemd would load them."""
+    return subprocess.run(["systemd-analyze", "verify", "slurmd.service"], capture_output=True, text=True,
+                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"}, timeout=60)
+
+
+def test_hyperpod_slurmd_gets_its_conf_server_through_a_drop_in_systemd_accepts(tmp_path):
+    s = settings_for(tmp_path)
+    unit_dir = tmp_path / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "slurmd.service").write_text(HYPERPOD_SLURMD_UNIT)
+    services = node_system.ServiceManager("systemd", "systemctl", s.etc_dir)
+    service = node_slurm.slurmd_service(s, ["--conf-server", "10.1.0.10:6817"], managed=False)
+    assert services.write_unit_override(service)
+    drop_in = unit_dir / "slurmd.service.d/llamapod.conf"
+    assert drop_in.read_text() == "[Service]\nExecStart=\nExecStart=/usr/sbin/slurmd -D -s --conf-server 10.1.0.10:6817\n"
+    assert (unit_dir / "slurmd.service").read_text() == HYPERPOD_SLURMD_UNIT  # HyperPod's unit is untouched
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    verified = systemd_verify(unit_dir)
+    assert verified.returncode == 0, verified.stderr
+    # systemd really reads the drop-in: without its `ExecStart=` reset the unit would have two.
+    drop_in.write_text(drop_in.read_text().replace("ExecStart=\n", "", 1))
+    assert "more than one ExecStart= setting" in systemd_verify(unit_dir).stderr
+
+
+def test_a_unit_without_the_variable_gets_the_options_appended_and_no_unit_a_plain_command(tmp_path):
+    s = settings_for(tmp_path, LLAMAPOD_SLURMD="/opt/slurm/sbin/slurmd")
+    options = ["--conf-server", "10.1.0.10:6817"]
+    assert node_slurm.hyperpod_slurmd_command(s, options) == ("/opt/slurm/sbin/slurmd", "-D", "-s", *options)
+    unit = tmp_path / "lib/systemd/system/slurmd.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\nExecStart=-/opt/slurm/sbin/slurmd -D\n")
+    assert node_slurm.hyperpod_slurmd_command(s, options) == ("/opt/slurm/sbin/slurmd", "-D", *options)
+
+
+def test_the_controller_waits_for_hyperpods_slurm_conf_within_its_deadline(tmp_path):
+    import threading
+
+    s = settings_for(tmp_path, LLAMAPOD_SLURM_TIMEOUT="5")
+    cluster = node_cluster.load_cluster(*write_inputs(tmp_path))
+    s.slurm_conf.parent.mkdir(parents=True)
+    writer = threading.Timer(0.5, lambda: s.slurm_conf.write_text("SlurmctldHost=ip-10-1-0-10(10.1.0.10)\n"))
+    writer.start()
+    started = time.monotonic()
+    node_slurm.wait_for_hyperpod_slurm_conf(s, cluster)
+    assert 0.4 < time.monotonic() - started < 4
+    s.slurm_conf.write_text("SlurmctldHost=somewhere-else\n")  # not this cluster's controller yet
+    s.slurm_timeout = 0.3
+    with pytest.raises(StepError, match=r"^HyperPod's .*/opt/slurm/etc/slurm\.conf: gave up after \d+ attempts in 0s; "
+                                        r"last error: .* does not name the controller 10\.1\.0\.10 yet\. "
+                                        r"HyperPod's agent writes it"):
+        node_slurm.wait_for_hyperpod_slurm_conf(s, cluster)
 
 
 def test_managed_slurmctld_unit_reads_llamapods_slurm_conf(tmp_path):

@@ -91,5 +91,6 @@ def test_slurm_run_dir_flag_holds_the_script_and_logs(project, run_cli):
 
     code, out, err = run_cli("train", "--slurm", "--dry-run", "--run_dir", "my run")
     assert code == 2 and out == ""
-    assert err == (f"error: run_dir '{project}/my run' cannot hold a Slurm job's files: it contains a space, "
-                   "quote, backslash or '%'\n  hint: choose a run_dir without them\n")
+    assert err == (f"error: run_dir '{project}/my run' must not contain spaces, quotes, backslashes, '#' or '%' "
+                   "(sbatch reads #SBATCH lines itself)\n"
+                   "  hint: choose a run_dir without spaces, quotes, backslashes, '#', '%' or control characters\n")

@@ -76,8 +76,8 @@ def test_model_type_llama_v3_sets_its_rotary_base():
     (["--num_heads", "8", "--num_key_value_heads", "3"], "num_heads 8 is not divisible by num_key_value_heads 3",
      "pick --num_key_value_heads that divides --num_heads (each key/value head serves a group of query heads)"),
     (["--preset", "llama2-8b"], "unknown preset 'llama2-8b'",
-     "did you mean 'llama3-8b'? choose one of: tiny, small, llama-1b, reference-default, llama2-7b, llama2-13b, "
-     "llama2-70b, llama3-8b, llama3-70b"),
+     "did you mean 'llama3-8b'? choose one of: tiny, small, llama-1b, llama2-7b, llama2-13b, llama2-70b, "
+     "llama3-8b, llama3-70b, reference-default"),
     (["--bf16", "2"], "--bf16: must be 1 or 0 (true or false) (got 2)",
      "see `llamapod train --help` for what --bf16 accepts"),
     (["--sharding_strategy", "zero3"], "--sharding_strategy: must be 'full' or 'hybrid' (got zero3)",

@@ -34,11 +34,17 @@ def test_throughput_meter_reports_per_device_flops_and_mfu():
 
 
 def test_gpu_peaks_come_from_the_table():
-    assert m.peak_flops_for_gpu_name("NVIDIA H100 80GB HBM3") == 989e12
-    assert m.peak_flops_for_gpu_name("NVIDIA A10G") == 125e12
-    assert m.peak_flops_for_gpu_name("NVIDIA L40S") == 362e12
-    assert m.peak_flops_for_gpu_name("NVIDIA L4") == 121e12
-    assert m.peak_flops_for_gpu_name("Tesla T4") is None
+    assert m.peak_flops_for_gpu_name("NVIDIA H100 80GB HBM3").flops == 989e12
+    assert m.peak_flops_for_gpu_name("NVIDIA L40S").flops == 362e12
+    assert m.peak_flops_for_gpu_name("NVIDIA L4").flops == 121e12
+    assert m.peak_flops_for_gpu_name("Tesla T4").flops is None
+    assert m.peak_flops_for_gpu_name("Tesla T4").describe() == "MFU not reported: no known peak for Tesla T4"
+    # Every MFU says what it divides by; the A10G's figure is the A10's, and says so.
+    h100 = m.peak_flops_for_gpu_name("NVIDIA H100 80GB HBM3")
+    assert h100.describe() == "MFU against 989.0 TFLOPS per device: H100 dense bf16 data-sheet peak"
+    a10g = m.peak_flops_for_gpu_name("NVIDIA A10G")
+    assert a10g.flops == 125e12
+    assert "the A10's data-sheet figure, above the A10G's real peak: MFU reads low" in a10g.describe()
 
 
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):

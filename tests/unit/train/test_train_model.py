@@ -72,6 +72,10 @@ def test_rotary_rotates_adjacent_pairs_like_metas_complex_form():
     as_complex = torch.view_as_complex(x.reshape(2, 5, 3, 4, 2))
     reference = torch.view_as_real(as_complex * torch.polar(torch.ones_like(angles), angles)[None, :, None, :])
     torch.testing.assert_close(ours, reference.flatten(3), rtol=1e-5, atol=1e-6)
+    # Compiled blocks use the same rotation in real arithmetic.
+    from llamapod.train.model import _apply_rotary_real
+
+    torch.testing.assert_close(_apply_rotary_real(x, rotary_tables(8, 5, theta)), ours, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_is_causal_and_gqa_matches_repeated_heads():

@@ -1,0 +1,329 @@
+"""The GPU benchmark: what a user of one H100/H200 (or any CUDA GPU) gets from llamapod.
+
+    python benchmarks/gpu_train.py                 # on a GPU machine, about 6-8 minutes
+    python benchmarks/gpu_train.py --device cpu --preset tiny --seq 64 --batch 2 --steps 2   # a dry run on a CPU
+
+Four parts, printed as they finish, then one table:
+
+1. ``llamapod train`` smoke: the tiny preset in bf16 for 20 steps with a checkpoint at 10,
+   then a resume to 30 steps from that checkpoint (the real CLI, the real launcher).
+2. Throughput of llama-1b in bf16 (fp32 master weights, fp32 gradient reduction), eager and
+   ``torch.compile``d, for each activation-checkpointing mode, side by side with transformers'
+   ``LlamaForCausalLM`` under the same FSDP2 wrapping (each decoder block, then the root), the
+   same mixed precision, the same AdamW, batch, sequence length and checkpoint wrapper. Each
+   model computes its loss the way its trainer does: llamapod's fused chunked output
+   projection + loss, transformers' ``labels=`` loss on full logits. tokens/s and MFU (FLOPs
+   per token from FACTS.md's formula, against the GPU's data-sheet bf16 peak, named).
+3. Peak memory of each configuration (``torch.cuda.max_memory_allocated``) beside llamapod's
+   pre-submission estimate for the same job (``llamapod.train.memory``).
+4. Export and logits parity on the GPU: the smoke run's checkpoint exported with ``llamapod
+   export --hf``, loaded by transformers on the GPU, logits compared with llamapod's model.
+
+Targets (issue "Trainer on the hardware people train on"): >= 45% MFU for llama-1b bf16
+compiled on one H100/H200, and >= 1.10x transformers' tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+AC_MODES = ("none", "selective", "full")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="llama-1b")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--skip-compile", action="store_true", help="eager configurations only")
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--parts", default="smoke,throughput,export", help="comma-separated parts to run")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
+
+
+# ---- 1. the CLI smoke run ----------------------------------------------------------
+
+
+def run_cli(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "llamapod.cli.main", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=900)
+    return time.perf_counter() - start, result
+
+
+def smoke(work: Path, device: str) -> dict:
+    flags = ["train", "--nproc", "1", "--preset", "tiny", "--recipe", "quickstart", "--bf16", "1",
+             "--checkpoint_freq", "10", "--run_dir", "smoke", "--device", device, "--logging_freq", "5"]
+    first_s, first = run_cli([*flags, "--max_steps", "20"], work)
+    resumed_s, resumed = run_cli([*flags, "--max_steps", "30", "--resume_from_checkpoint", "smoke/checkpoints"], work)
+    ok = first.returncode == 0 and resumed.returncode == 0 and "resumed from smoke/checkpoints" in resumed.stderr
+    losses = [json.loads(line).get("loss") for line in (work / "smoke" / "metrics.jsonl").read_text().splitlines()
+              if '"tokens_per_s"' in line] if (work / "smoke" / "metrics.jsonl").exists() else []
+    result = {"ok": ok, "train_s": round(first_s, 1), "resume_s": round(resumed_s, 1), "losses": losses}
+    if not ok:
+        result["stderr"] = (first.stderr + resumed.stderr)[-2000:]
+    return result
+
+
+# ---- 2./3. throughput and memory ----------------------------------------------------
+
+
+@dataclass
+class Row:
+    model: str
+    compiled: bool
+    checkpointing: str
+    tokens_per_s: float
+    mfu: float | None
+    peak_gib: float
+    estimate_gib: float | None
+
+
+def model_args(opts):
+    from llamapod.train.presets import get_preset
+
+    return get_preset(opts.preset).replace(max_seq_len=opts.seq)
+
+
+def build_ours(args, mesh, device, checkpointing: str, compiled: bool):
+    import torch
+
+    from llamapod.train.model import Transformer
+    from llamapod.train.parallel import parallelize
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    parallelize(model, mesh, param_dtype=torch.bfloat16, activation_checkpointing=checkpointing,
+                compile_blocks=compiled, cpu_offload=False)
+    model.to_empty(device=device)
+    model.init_weights(seed=0, buffer_device=device)
+    return model
+
+
+def build_transformers(args, mesh, device, checkpointing: str, compiled: bool):
+    """transformers' Llama with exactly llamapod's wrapping: checkpoint wrapper, compile, FSDP2."""
+    import torch
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamapod.train.parallel import _selective_checkpoint_context
+
+    config = LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_dim,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads,
+        max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta}, attention_dropout=0.0,
+        attn_implementation="sdpa")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    layers = model.model.layers
+    if checkpointing != "none":
+        options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT, "preserve_rng_state": False}
+        if checkpointing == "selective":
+            options["context_fn"] = _selective_checkpoint_context
+        for index in range(len(layers)):
+            layers[index] = checkpoint_wrapper(layers[index], **options)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for index, layer in enumerate(layers):
+        if compiled:
+            layer.compile()
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=index < len(layers) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            local = param.to_local()
+            local.fill_(1.0) if name.endswith("norm.weight") else local.normal_(0.0, 0.02)
+        rotary = model.model.rotary_emb
+        inv_freq, scaling = rotary.compute_default_rope_parameters(rotary.config, device=device)
+        rotary.inv_freq, rotary.original_inv_freq, rotary.attention_scaling = inv_freq, inv_freq, scaling
+    return model
+
+
+def ours_loss(model, tokens):
+    return model(tokens[:, :-1], targets=tokens[:, 1:])
+
+
+def transformers_loss(model, tokens):
+    targets = tokens[:, 1:]
+    return model(input_ids=tokens[:, :-1], labels=targets, shift_labels=targets.contiguous(), use_cache=False).loss
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(opts, name: str, build, loss_of, mesh, device, checkpointing: str, compiled: bool, peak) -> Row:
+    import torch
+
+    from llamapod.train.optim import build_optimizer
+    from llamapod.train.presets import flops_per_token
+
+    args = model_args(opts)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build(args, mesh, device, checkpointing, compiled)
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type=device.type)
+    tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq + 1), device=device,
+                           generator=torch.Generator(device=device).manual_seed(0))
+
+    def step():
+        loss = loss_of(model, tokens)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(opts.warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(opts.steps):
+        step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    tokens_per_s = opts.batch * opts.seq * opts.steps / seconds
+    # Both models do the same work: FLOPs counted with the same (unpadded) vocabulary.
+    flops = flops_per_token(args, opts.seq) * tokens_per_s
+    peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    del model, optimizer
+    gc.collect()
+    torch._dynamo.reset()
+    return Row(name, compiled, checkpointing, tokens_per_s, flops / peak.flops if peak.flops else None, peak_gib,
+               estimate_gib(opts, checkpointing))
+
+
+def estimate_gib(opts, checkpointing: str) -> float | None:
+    """llamapod's own pre-submission estimate for this job on one GPU (None if unavailable)."""
+    try:
+        from llamapod.train import memory
+    except ImportError:
+        return None
+    estimate = getattr(memory, "estimate_for_benchmark", None)
+    if estimate is None:
+        return None
+    return estimate(preset=opts.preset, seq=opts.seq, batch=opts.batch, checkpointing=checkpointing)
+
+
+def throughput(opts) -> tuple[list[Row], str]:
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from llamapod.train.metrics import cpu_peak, gpu_peak_flops
+    from llamapod.train.parallel import fill_launch_env, init_distributed, read_env
+
+    fill_launch_env()
+    env = read_env(opts.device)
+    init_distributed(env)
+    device = env.device
+    mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",))
+    peak = gpu_peak_flops(device) if device.type == "cuda" else cpu_peak(torch.bfloat16, torch.get_num_threads())
+    models = [("llamapod", build_ours, ours_loss)]
+    if not opts.skip_transformers:
+        models.append(("transformers", build_transformers, transformers_loss))
+    rows = []
+    for compiled in ((False,) if opts.skip_compile else (False, True)):
+        for checkpointing in AC_MODES:
+            for name, build, loss_of in models:
+                row = measure(opts, name, build, loss_of, mesh, device, checkpointing, compiled, peak)
+                print(f"  {format_row(row)}", flush=True)
+                rows.append(row)
+    torch.distributed.destroy_process_group()
+    return rows, peak.describe()
+
+
+def format_row(row: Row) -> str:
+    mfu = f"{100 * row.mfu:5.1f}%" if row.mfu is not None else "   n/a"
+    estimate = f"{row.estimate_gib:6.1f}" if row.estimate_gib is not None else "   n/a"
+    return (f"{row.model:>12}  {'compiled' if row.compiled else 'eager':>8}  {row.checkpointing:>9}  "
+            f"{row.tokens_per_s:10,.0f}  {mfu}  {row.peak_gib:8.1f}  {estimate}")
+
+
+def ratio_lines(rows: list[Row]) -> list[str]:
+    lines = []
+    by_key = {(r.model, r.compiled, r.checkpointing): r for r in rows}
+    for (model, compiled, checkpointing), row in by_key.items():
+        other = by_key.get(("transformers", compiled, checkpointing))
+        if model == "llamapod" and other is not None:
+            lines.append(f"  llamapod / transformers, {'compiled' if compiled else 'eager'}, AC {checkpointing}: "
+                         f"{row.tokens_per_s / other.tokens_per_s:.2f}x")
+    return lines
+
+
+# ---- 4. export and logits parity ------------------------------------------------------
+
+
+def export_parity(work: Path, device: str) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from llamapod.train.sample import load_for_inference
+
+    seconds, result = run_cli(["export", "--checkpoint", "smoke/checkpoints", "--hf", "smoke/hf", "--force"], work)
+    if result.returncode != 0:
+        seconds, result = run_cli(["export", "--checkpoint", "smoke/checkpoints", "--hf", "smoke/hf"], work)
+    if result.returncode != 0:
+        return {"ok": False, "stderr": result.stderr[-2000:]}
+    ours, tokenizer, _ = load_for_inference(work / "smoke" / "checkpoints", device=device)
+    theirs = LlamaForCausalLM.from_pretrained(work / "smoke" / "hf").to(device).eval()
+    ids = torch.tensor([tokenizer.encode("def fibonacci(n):\n    return")], device=device)
+    with torch.no_grad():
+        difference = (ours(ids)[..., :tokenizer.vocab_size].float() - theirs(ids).logits.float()).abs().max().item()
+    return {"ok": difference < 1e-3, "export_s": round(seconds, 1), "max_logit_difference": difference}
+
+
+# ---- the run ------------------------------------------------------------------------
+
+
+def main() -> int:
+    opts = parse()
+    parts = set(opts.parts.split(","))
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="llamapod-gpu-bench-") as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("LLAMAPOD_HOME", str(work / "home"))
+        if "smoke" in parts:
+            print("1. llamapod train smoke (tiny, bf16, checkpoint at 10, resume to 30)", flush=True)
+            results["smoke"] = smoke(work, opts.device)
+            print(f"  {results['smoke']}", flush=True)
+        if "throughput" in parts:
+            print(f"2./3. {opts.preset} bf16, batch {opts.batch} x {opts.seq} tokens, {opts.steps} timed steps "
+                  f"after {opts.warmup}", flush=True)
+            print(f"  {'model':>12}  {'mode':>8}  {'AC':>9}  {'tokens/s':>10}  {'MFU':>6}  {'peak GiB':>8}  "
+                  f"{'est GiB':>6}", flush=True)
+            rows, peak_text = throughput(opts)
+            results["throughput"] = [asdict(r) for r in rows]
+            print(f"  {peak_text}")
+            for line in ratio_lines(rows):
+                print(line)
+        if "export" in parts and "smoke" in parts:
+            print("4. export to Hugging Face and logits parity on the device", flush=True)
+            results["export"] = export_parity(work, opts.device)
+            print(f"  {results['export']}", flush=True)
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=1))
+    failed = [part for part in ("smoke", "export") if part in results and not results[part]["ok"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    from llamapod.train.parallel import exit_without_teardown
+
+    exit_without_teardown(main())

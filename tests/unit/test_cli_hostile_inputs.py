@@ -1,0 +1,107 @@
+"""The real CLI with broken and hostile inputs of every kind llamapod validates: names that leave
+the state folder, option-looking ssh users and hosts, newlines in names and paths, unknown
+tables, booleans for numbers, non-finite flags.
+
+Each must end in one error line (a hint and a list of problems may follow), an exit code that
+is not 70 (internal error), nothing run, and every file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REMOTE = '[remote]\nhost = "127.0.0.1"\nport = 22\n'
+
+# (name, arguments, llamapod.toml or None, exit code)
+CASES = [
+    ("status-traversal", ["status", "../../x"], None, 2),
+    ("down-traversal", ["down", "--yes", "../../x"], None, 2),
+    ("status-newline", ["status", "demo\nx"], None, 2),
+    ("status-option", ["status", "--region", "us-east-1", "--", "-x"], None, 2),
+    ("status-region-newline", ["status", "demo", "--region", "us-east-1\nx"], None, 2),
+    ("down-region-option", ["down", "demo", "--region", "-x"], None, 2),
+    ("status-config-name", ["status"], '[cluster]\nname = "../../x"\n', 2),
+    ("ssh-user-option", ["ssh", "--cluster", "demo", "--", "true"],
+     REMOTE + 'user = "-oProxyCommand=touch pwned"\n', 2),
+    ("ssh-host-option", ["ssh", "--cluster", "demo", "--", "true"],
+     '[remote]\nhost = "-oProxyCommand=touch pwned"\n', 2),
+    ("ssh-user-newline", ["ssh", "--cluster", "demo"], REMOTE + 'user = "ubuntu\\nProxyCommand touch pwned"\n', 2),
+    ("ssh-port-bool", ["ssh", "--cluster", "demo"], '[remote]\nhost = "127.0.0.1"\nport = true\n', 2),
+    ("ssh-profile-percent", ["ssh", "--cluster", "demo"], REMOTE + 'profile = "a%b"\n', 2),
+    ("ssh-fsx-newline", ["ssh", "--cluster", "demo"], REMOTE + 'fsx_root = "/fsx\\n"\n', 2),
+    ("ssh-remote-typo", ["ssh", "--cluster", "demo"], '[remote]\nhots = "127.0.0.1"\n', 2),
+    ("ssh-config-cluster-newline", ["ssh", "--config", "--cluster", "demo\nHost *\n  ProxyCommand touch pwned"],
+     REMOTE, 2),
+    ("ssh-cluster-user-newline", ["ssh", "--cluster", "demo"], REMOTE + '[cluster]\ncluster_user = "ubuntu\\n"\n', 2),
+    ("jobs-cluster-option", ["jobs", "--cluster", "-oProxyCommand=touch pwned"], None, 2),
+    ("pull-cluster-traversal", ["pull", "--cluster", "../../x", "run1"], None, 2),
+    ("train-cluster-traversal", ["train", "--cluster", "../x", "--max_steps", "1"], None, 2),
+    ("plan-unknown-table", ["plan"], '[clustr]\nname = "mine"\n', 2),
+    ("plan-name-newline", ["plan"], '[cluster]\nname = "nlx\\n"\n', 2),
+    ("plan-user-newline", ["plan"], '[cluster]\ncluster_user = "ubuntu\\n"\n', 2),
+    ("plan-count-bool", ["plan"],
+     '[cluster.controller]\nname = "c"\ninstance_type = "ml.c5.xlarge"\ncount = true\n', 2),
+    ("plan-capacity-inf", ["plan"], "[cluster.fsx]\ncapacity_gib = inf\n", 2),
+    ("plan-login-typo", ["plan"], '[cluster.login]\nname = "l"\ninstance_tpye = "ml.m5.4xlarge"\n', 2),
+    ("up-name-option", ["up", "--name", "-oProxyCommand=x"], None, 2),
+    ("init-name-newline", ["init", "--name", "a\nb"], None, 2),
+    ("train-slurm-checkpoint-newline", ["train", "--slurm", "--dry-run", "--checkpoint_dir", "x\ntouch pwned"],
+     None, 2),
+    ("train-slurm-run-dir-comment", ["train", "--slurm", "--dry-run", "--run_dir", "/tmp/r#SBATCH"], None, 2),
+    ("train-slurm-partition-newline", ["train", "--slurm", "--dry-run", "--partition", "dev\n"], None, 2),
+    ("train-slurm-nodes-bool", ["train", "--slurm", "--dry-run"], "[slurm]\nnodes = true\n", 2),
+    ("train-slurm-unknown-table", ["train", "--slurm", "--dry-run"], "[slrum]\nnodes = 2\n", 2),
+    ("logs-job-newline", ["logs", "1\n2"], None, 1),
+    ("cancel-job-option", ["cancel", "--", "-1"], None, 1),
+    ("sample-temperature-nan", ["sample", "--checkpoint", "ckpt", "--temperature", "nan"], None, 2),
+    ("sample-temperature-inf", ["sample", "--checkpoint", "ckpt", "--temperature", "inf"], None, 2),
+    ("sample-seed-overflow", ["sample", "--checkpoint", "ckpt", "--seed", str(2**64)], None, 2),
+    ("data-shard-inf", ["data", "prepare", "src.txt", "--out", "out", "--shard-mb", "inf"], None, 2),
+]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    # llamapod's cache (facts read from botocore) may be filled by any command; it holds no user data.
+    cache = root / "user" / ".llamapod" / "cache"
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if cache not in (p, *p.parents)}
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A user's machine in a folder: working directory, llamapod state, ~/.ssh, and a ledger
+    just outside the state folder that a traversing name would reach."""
+    work, home, state = tmp_path / "work", tmp_path / "user", tmp_path / "user" / ".llamapod"
+    for folder in (work, home / ".ssh", state / "clusters"):
+        folder.mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host github.com\n    User git\n")
+    (state / "clusters" / "demo.json").write_text(json.dumps({"name": "demo", "region": "us-east-1"}))
+    (tmp_path / "user" / "x.json").write_text(json.dumps({"name": "x", "region": "us-east-1"}))
+    (work / "src.txt").write_text("some text\n")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LLAMAPOD_HOME", str(state))
+    monkeypatch.delenv("LLAMAPOD_CONFIG", raising=False)
+    # An endpoint nothing listens on: a case that got as far as AWS would fail fast, and visibly.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, args, config, code", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, name, args, config, code):
+    if config is not None:
+        (world / "work" / "llamapod.toml").write_text(config)
+    before = _snapshot(world)
+    exit_code, out, err = run_cli(*args)
+    assert exit_code == code != 70, err
+    lines = err.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    # The error is one line: whatever follows it is the hint, then the list of problems.
+    assert all(line.startswith(("  hint: ", "  - ")) for line in lines[errors[0] + 1:]), err
+    assert "Traceback" not in err and "internal error" not in err
+    assert _snapshot(world) == before
+    assert not list(world.rglob("pwned"))
