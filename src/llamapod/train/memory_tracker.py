@@ -110,12 +110,12 @@ def sharded_model(job: MemoryJob, mesh, device: torch.device) -> torch.nn.Module
 
     with torch.device("meta"):
         model = Transformer(job.model)
-    # As the trainer does: parameters stay in CPU memory only when there is a GPU to offload from.
     parallelize(model, mesh, param_dtype=torch.bfloat16 if job.bf16 else torch.float32,
                 activation_checkpointing=job.activation_checkpointing, compile_blocks=False,
-                cpu_offload=job.cpu_offload and device.type == "cuda")
-    # Values do not matter for memory: allocating every shard and buffer is enough.
-    model.to_empty(device="cpu" if job.cpu_offload and device.type == "cuda" else device)
+                cpu_offload=job.cpu_offload)
+    # As the trainer does: offloaded shards live in CPU memory. Values do not matter for
+    # memory: allocating every shard and buffer is enough.
+    model.to_empty(device="cpu" if job.cpu_offload else device)
     return model
 
 
