@@ -210,16 +210,17 @@ def measure(opts, name: str, build, loss_of, mesh, device, checkpointing: str, c
                estimate_gib(opts, checkpointing))
 
 
-def estimate_gib(opts, checkpointing: str) -> float | None:
-    """llamapod's own pre-submission estimate for this job on one GPU (None if unavailable)."""
-    try:
-        from llamapod.train import memory
-    except ImportError:
-        return None
-    estimate = getattr(memory, "estimate_for_benchmark", None)
-    if estimate is None:
-        return None
-    return estimate(preset=opts.preset, seq=opts.seq, batch=opts.batch, checkpointing=checkpointing)
+def estimate_gib(opts, checkpointing: str) -> float:
+    """llamapod's pre-submission estimate of the tensors of this job on one GPU.
+
+    The allocator's ``max_memory_allocated`` counts tensors only, so the estimate's tensors
+    (without its allowance for the CUDA context and fragmentation) is the like-for-like figure.
+    """
+    from llamapod.train.memory import MemoryJob, estimate_memory
+
+    job = MemoryJob(model=model_args(opts), seq_len=opts.seq, batch_size=opts.batch,
+                    activation_checkpointing=checkpointing, device=opts.device)
+    return estimate_memory(job).tensors / 2**30
 
 
 def throughput(opts) -> tuple[list[Row], str]:
