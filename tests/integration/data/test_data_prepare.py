@@ -152,8 +152,8 @@ def test_prepare_errors_are_one_line(tmp_path, run_cli, small_tokenizer_file):
     broken.write_text('{"text": "fine"}\n{"text": "cut off\n{"text": "ok"}\n')
     code, _, stderr = run_cli("data", "prepare", str(broken), *tok, "--out", str(tmp_path / "o3"))
     assert code == 1 and stderr.splitlines()[-2:] == [
-        f"error: {broken}: 1 malformed record(s), first at line 2: not valid JSON",
-        "  hint: fix those lines, or pass --text_field if the text is under another key"]
+        f"error: {broken}: line 2 (byte 17) is not valid JSON",
+        "  hint: fix or remove that record (or pass --text_field if the text is under another key), then re-run"]
     assert not (tmp_path / "o3" / "index.json").exists()
 
     code, _, stderr = run_cli("data", "inspect", str(tmp_path / "nowhere"))

@@ -1,0 +1,149 @@
+"""The state several prepare processes share through the output directory.
+
+Every process of one preparation run (one machine, or one per node of a Slurm job, all
+given the same run id) works in ``OUT/.prepare/``:
+
+- ``lock``: an exclusive ``flock`` held for a moment to claim a part, to set the
+  directory up and to write the index (Lustre mounted with ``flock``, as HyperPod mounts
+  FSx, and NFS both honour it across machines);
+- ``claims-<run>``: the next part number the run hands out; parts go out in corpus order,
+  so a ``--max_tokens`` cut is reached with little work past it;
+- ``parts/part_<k>.json``: written once every shard of part ``k`` is complete, with the run
+  that wrote or re-verified it; only this run's markers count when the index is written;
+- ``progress/<run>.<host>.<pid>.json``: each process's counters, summed for the progress line.
+
+A re-run (another run id) re-verifies what earlier runs finished and redoes the rest; the
+index is written by whichever process finds every needed part complete, and ``.prepare``
+is removed then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from llamapod.data.atomic import file_lock, write_json_atomic
+from llamapod.data.shards import INDEX, ShardInfo
+
+STATE_DIR = ".prepare"
+
+
+@dataclass
+class Counters:
+    """What one process has done so far in this run."""
+
+    run: str
+    host: str
+    pid: int
+    started: float
+    updated: float = 0.0
+    disk_bytes: int = 0          # bytes of input read (reused parts count their size)
+    tokens: int = 0              # tokens in shards written or re-verified
+    new_tokens: int = 0          # of which tokenized by this run
+    new_disk_bytes: int = 0      # bytes read to tokenize them (the rate's numerator)
+    parts_done: int = 0
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    processes: int
+    started: float
+    disk_bytes: int
+    tokens: int
+    new_tokens: int
+    new_disk_bytes: int
+    parts_done: int
+
+
+class WorkDir:
+    """``OUT/.prepare`` for one run id."""
+
+    def __init__(self, out: Path, run: str) -> None:
+        self.out = Path(out)
+        self.run = run
+        self.state = self.out / STATE_DIR
+
+    # ---- locking and claims ------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with file_lock(self.state / "lock"):
+            yield
+
+    def claim_next_part(self, count: int) -> int | None:
+        """The next unclaimed part of this run, or None once all ``count`` are handed out."""
+        path = self.state / f"claims-{self.run}"
+        with self.locked():
+            try:
+                following = int(path.read_text() or 0)
+            except (FileNotFoundError, ValueError):
+                following = 0
+            if following >= count:
+                return None
+            path.write_text(str(following + 1))
+        return following
+
+    # ---- part markers ------------------------------------------------------------
+
+    def _marker(self, part: int) -> Path:
+        return self.state / "parts" / f"part_{part:06d}.json"
+
+    def write_part(self, part: int, shards: list[ShardInfo]) -> None:
+        write_json_atomic(self._marker(part), {"part": part, "run": self.run, "shards": [s.to_dict() for s in shards]})
+
+    def read_part(self, part: int, *, this_run_only: bool) -> list[ShardInfo] | None:
+        try:
+            record = json.loads(self._marker(part).read_text())
+        except (OSError, ValueError):
+            return None
+        if this_run_only and record.get("run") != self.run:
+            return None
+        try:
+            return [ShardInfo.from_dict(d) for d in record["shards"]]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    # ---- progress ----------------------------------------------------------------
+
+    def new_counters(self) -> Counters:
+        now = time.time()
+        return Counters(run=self.run, host=socket.gethostname(), pid=os.getpid(), started=now, updated=now)
+
+    def _progress_path(self, counters: Counters) -> Path:
+        return self.state / "progress" / f"{self.run}.{counters.host}.{counters.pid}.json"
+
+    def publish(self, counters: Counters) -> None:
+        counters.updated = time.time()
+        write_json_atomic(self._progress_path(counters), asdict(counters))
+
+    def totals(self, own: Counters) -> RunTotals:
+        """This run's counters summed over its processes (``own`` taken as it is now)."""
+        everyone = {self._progress_path(own).name: asdict(own)}
+        folder = self.state / "progress"
+        for path in folder.glob(f"{self.run}.*.json") if folder.is_dir() else []:
+            if path.name not in everyone:
+                try:
+                    everyone[path.name] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+        values = list(everyone.values())
+        return RunTotals(processes=len(values), started=min(v["started"] for v in values),
+                         **{key: sum(int(v.get(key, 0)) for v in values)
+                            for key in ("disk_bytes", "tokens", "new_tokens", "new_disk_bytes", "parts_done")})
+
+    # ---- the end -----------------------------------------------------------------
+
+    def index_exists(self) -> bool:
+        return (self.out / INDEX).is_file()
+
+    def remove_run_state(self) -> None:
+        """All of ``.prepare``, once the index exists (or before starting over). The lock
+        goes too: every step that takes it afterwards first sees the index, and does nothing."""
+        shutil.rmtree(self.state, ignore_errors=True)
