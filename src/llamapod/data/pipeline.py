@@ -363,10 +363,10 @@ class ShardAssembler:
         try:
             info = write_shard_arrays(self.workdir.out, chunk, name, ids, offsets)
         except FileNotFoundError:
-            if not self.workdir.index_exists():
+            if not self.workdir.finished():
                 raise
-            info = None   # the index was written meanwhile, its writer removed our temporary file
-        if info is None or self.workdir.index_exists():
+            info = None   # the index writer removed our temporary file
+        if info is None or self.workdir.finished():
             self._discard(name)   # the index was written meanwhile: this shard lies past the cut
             return
         self._record(part, chunk, info, new=True)
@@ -385,10 +385,8 @@ class ShardAssembler:
 
     def _maybe_finish_part(self, part: int) -> None:
         state = self.states[part]
-        if not state.complete or self.workdir.index_exists():
-            return
-        self.workdir.write_part(part, [state.shards[c] for c in range(state.chunks)])
-        self.counters.parts_done += 1
+        if state.complete and self.workdir.write_part(part, [state.shards[c] for c in range(state.chunks)]):
+            self.counters.parts_done += 1
 
 
 # ---- the --max_tokens cut ------------------------------------------------------------------
@@ -431,10 +429,11 @@ def readers_for(workers: int) -> int:
 
 
 class NodeRun:
-    """This process's share of the run; ``report`` is called with the counters now and then."""
+    """This process's share of the run; ``report(counters, final)`` is called now and then,
+    and once at the end with ``final``."""
 
     def __init__(self, job: NodeJob, tokenizer, workers: int, max_tokens: int | None,
-                 report: Callable[[Counters], None], report_every_s: float = 5.0) -> None:
+                 report: Callable[[Counters, bool], None], report_every_s: float = 5.0) -> None:
         self.job, self.tokenizer, self.workers = job, tokenizer, workers
         self.workdir = WorkDir(Path(job.out), job.run)
         self.counters = self.workdir.new_counters()
@@ -443,14 +442,14 @@ class NodeRun:
         self.max_tokens = max_tokens
         self._last_report = 0.0
 
-    def tick(self, cut: "CutTracker", force: bool = False) -> None:
+    def tick(self, cut: "CutTracker", final: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_report < self.report_every_s:
+        if not final and now - self._last_report < self.report_every_s:
             return
         self._last_report = now
         cut.update()
         self.workdir.publish(self.counters)
-        self.report(self.counters)
+        self.report(self.counters, final)
 
     def run(self) -> None:
         payload = pickled(self.tokenizer) if self.workers > 1 else None
@@ -458,8 +457,6 @@ class NodeRun:
             self._run_here()
         else:
             self._run_with_processes(payload)
-        if not self.workdir.index_exists():
-            self.workdir.publish(self.counters)
 
     def _run_here(self) -> None:
         cut_view = CutView()
@@ -476,7 +473,7 @@ class NodeRun:
             self.tick(cut)
 
         PartReader(self.job, cut_view, send_batch, send_event).run()
-        self.tick(cut, force=True)
+        self.tick(cut, final=True)
 
     def _run_with_processes(self, payload: bytes) -> None:
         context = multiprocessing.get_context("spawn")  # the parent may run the Rust tokenizer's threads
@@ -526,7 +523,7 @@ class NodeRun:
                 if isinstance(message, PartEnd):
                     cut.update()
             self.tick(cut)
-        self.tick(cut, force=True)
+        self.tick(cut, final=True)
 
 
 def _check_alive(processes) -> None:

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,17 @@ class PrepareStatus:
     eta_s: float | None
     processes: int
     max_tokens: int | None = None
+    final: bool = False        # this process's last report
+    complete: bool = False     # the index is written: the run's last report
 
     @property
     def fraction(self) -> float:
+        if self.complete:
+            return 1.0
+        return self._fraction
+
+    @property
+    def _fraction(self) -> float:
         by_bytes = self.input_bytes / self.total_bytes if self.total_bytes else 0.0
         if self.max_tokens:
             return min(1.0, max(by_bytes, self.tokens / self.max_tokens))
@@ -87,7 +95,8 @@ class PrepareReporter:
         log.debug("prepare: %s tokens, %.0f%%", status.tokens, 100 * status.fraction)
 
 
-def run_status(parts: list[Part], counters: Counters, workdir: WorkDir, max_tokens: int | None) -> PrepareStatus:
+def run_status(parts: list[Part], counters: Counters, workdir: WorkDir, max_tokens: int | None,
+               final: bool = False) -> PrepareStatus:
     totals = workdir.totals(counters)
     elapsed = max(time.time() - totals.started, 1e-6)
     total_bytes = sum(part.size for part in parts)
@@ -100,7 +109,7 @@ def run_status(parts: list[Part], counters: Counters, workdir: WorkDir, max_toke
     return PrepareStatus(parts=len(parts), parts_done=totals.parts_done, tokens=totals.tokens,
                          input_bytes=totals.disk_bytes, total_bytes=total_bytes, tokens_per_s=token_rate,
                          eta_s=None if eta is None else max(0.0, eta), processes=totals.processes,
-                         max_tokens=max_tokens)
+                         max_tokens=max_tokens, final=final)
 
 
 # ---- the plan: what this directory is being prepared from -----------------------------------
@@ -143,12 +152,22 @@ def _start_over(out: Path, workdir: WorkDir) -> None:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
+def _read_index(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def claim_directory(out: Path, plan: dict, overwrite: bool, workdir: WorkDir, reporter: PrepareReporter) -> dict | None:
     """Make ``out`` ready for ``plan`` (under the directory's lock: the processes of a run
     arrive together); returns the index if it is already fully prepared."""
     out.mkdir(parents=True, exist_ok=True)
     index_path, plan_path = out / INDEX, out / PLAN
-    with workdir.locked():
+    finished = _read_index(index_path)
+    if finished is not None and finished.get("plan_digest") == plan["digest"]:
+        return finished   # read-only: taking the lock would leave .prepare/ in a finished dataset
+    with workdir.locked(setting_up=True):
         if index_path.is_file():
             index = json.loads(index_path.read_text())
             if index.get("plan_digest") == plan["digest"]:
@@ -273,9 +292,15 @@ def prepare_opened(source: DocumentSource, out: Path, tokenizer: Tokenizer, *, w
                   batch_chars=batch_chars, source=source_spec or str(source.description.get("source")),
                   source_options={k: v for k, v in (source_options or {}).items() if v is not None})
     run = NodeRun(job, tokenizer, max(1, workers or cpu_count()), max_tokens,
-                  report=lambda counters: reporter.progress(run_status(parts, counters, workdir, max_tokens)))
+                  report=lambda counters, final: reporter.progress(run_status(parts, counters, workdir, max_tokens,
+                                                                              final)))
     run.run()
-    return finalize(out, workdir, plan, len(parts), max_tokens, tokenizer, source)
+    last = run_status(parts, run.counters, workdir, max_tokens, final=True)
+    index = finalize(out, workdir, plan, len(parts), max_tokens, tokenizer, source)
+    if index is not None:
+        reporter.progress(replace(last, parts_done=len(parts), tokens=int(index["num_tokens"]),
+                                  input_bytes=last.total_bytes, eta_s=0.0, complete=True))
+    return index
 
 
 def cached_shards_for_raw_source(source: str, tokenizer: Tokenizer, **options: Any) -> ShardSet:

@@ -3,8 +3,8 @@
 Every process of one preparation run (one machine, or one per node of a Slurm job, all
 given the same run id) works in ``OUT/.prepare/``:
 
-- ``lock``: an exclusive ``flock`` held for a moment to claim a part, to set the
-  directory up and to write the index (Lustre mounted with ``flock``, as HyperPod mounts
+- ``lock``: an exclusive ``flock`` held for a moment to claim a part, mark one complete, to
+  set the directory up and to write the index (Lustre mounted with ``flock``, as HyperPod mounts
   FSx, and NFS both honour it across machines);
 - ``claims-<run>``: the next part number the run hands out; parts go out in corpus order,
   so a ``--max_tokens`` cut is reached with little work past it;
@@ -73,7 +73,13 @@ class WorkDir:
     # ---- locking and claims ------------------------------------------------------
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, *, setting_up: bool = False) -> Iterator[None]:
+        """``setting_up``: the lock of a (re)start, taken even on a finished directory."""
+        if not setting_up and not self.state.is_dir() and self.index_exists():
+            # Finished and cleaned up: every locked step then sees the index and does nothing,
+            # so there is nothing to protect, and taking the lock would re-create .prepare.
+            yield
+            return
         with file_lock(self.state / "lock"):
             yield
 
@@ -81,6 +87,8 @@ class WorkDir:
         """The next unclaimed part of this run, or None once all ``count`` are handed out."""
         path = self.state / f"claims-{self.run}"
         with self.locked():
+            if self.index_exists():
+                return None
             try:
                 following = int(path.read_text() or 0)
             except (FileNotFoundError, ValueError):
@@ -95,8 +103,14 @@ class WorkDir:
     def _marker(self, part: int) -> Path:
         return self.state / "parts" / f"part_{part:06d}.json"
 
-    def write_part(self, part: int, shards: list[ShardInfo]) -> None:
-        write_json_atomic(self._marker(part), {"part": part, "run": self.run, "shards": [s.to_dict() for s in shards]})
+    def write_part(self, part: int, shards: list[ShardInfo]) -> bool:
+        """Mark ``part`` complete; False (nothing written) once the index exists."""
+        with self.locked():
+            if self.index_exists():
+                return False
+            write_json_atomic(self._marker(part), {"part": part, "run": self.run,
+                                                   "shards": [s.to_dict() for s in shards]})
+        return True
 
     def read_part(self, part: int, *, this_run_only: bool) -> list[ShardInfo] | None:
         try:
@@ -121,7 +135,9 @@ class WorkDir:
 
     def publish(self, counters: Counters) -> None:
         counters.updated = time.time()
-        write_json_atomic(self._progress_path(counters), asdict(counters))
+        with self.locked():
+            if not self.index_exists():
+                write_json_atomic(self._progress_path(counters), asdict(counters))
 
     def totals(self, own: Counters) -> RunTotals:
         """This run's counters summed over its processes (``own`` taken as it is now)."""
@@ -142,6 +158,13 @@ class WorkDir:
 
     def index_exists(self) -> bool:
         return (self.out / INDEX).is_file()
+
+    def finished(self) -> bool:
+        """Whether the index exists, asked under the lock: the index writer lists the shards
+        and writes the index while holding it, so a shard written before this answer is
+        either in its listing or answered True here."""
+        with self.locked():
+            return self.index_exists()
 
     def remove_run_state(self) -> None:
         """All of ``.prepare``, once the index exists (or before starting over). The lock
