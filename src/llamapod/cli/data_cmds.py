@@ -61,7 +61,7 @@ class CliReporter:
             self._bar.update(round(100 * status.fraction, 1), progress_line(status))
             return
         now = time.monotonic()
-        if not status.complete and (self.quiet_progress or (now - self._last < self.interval and not status.final)):
+        if not status.complete and (self.quiet_progress or now - self._last < self.interval):
             return
         self._last = now
         ui.info(progress_line(status))

@@ -8,10 +8,10 @@ Work is cut twice, for two reasons:
   alone), and each chunk into **batches** of about ``batch_chars`` characters: the unit
   handed to a tokenizer process, small enough to keep every core busy to the end.
 
-With one worker everything runs in this process. With more, reader processes (one per
-``READERS_PER_WORKERS`` workers) decompress and parse, tokenizer processes turn batches
-into numpy ids, and this process assembles batches into shards, writes them, and marks
-parts complete. A reader checks, before each chunk, whether the ``--max_tokens`` cut is
+With one worker everything runs in this process. With more, readers (one per
+``READERS_PER_WORKERS`` workers: a thread of this process, then processes) decompress and
+parse, tokenizer processes turn batches into numpy ids, and this process assembles batches
+into shards, writes them, and marks parts complete. A reader checks, before each chunk, whether the ``--max_tokens`` cut is
 known to lie before it, and stops there.
 """
 
@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -482,23 +483,31 @@ class NodeRun:
         results = context.Queue()
         shared_cut = context.Array("q", [-1, -1])
         cut = CutTracker(self.max_tokens, self.workdir, self.assembler, CutView(shared_cut))
+        # The first reader is a thread of this process (reading is ~1% of the work, and one
+        # process fewer to start); more readers, for many workers, are processes.
+        stop = threading.Event()
+        thread = threading.Thread(target=_reader_main, args=(self.job, shared_cut, _StoppablePut(batches, stop), results),
+                                  daemon=True)
         processes = [context.Process(target=_reader_main, args=(self.job, shared_cut, batches, results), daemon=True)
-                     for _ in range(readers)]
+                     for _ in range(readers - 1)]
         processes += [context.Process(target=_tokenizer_main, args=(payload, batches, results), daemon=True)
                       for _ in range(self.workers)]
         try:
             for process in processes:
                 process.start()
+            thread.start()
             self._collect(results, processes, readers, cut)
             for _ in range(self.workers):
                 batches.put(None)
             for process in processes:
                 process.join(timeout=30)
         finally:
-            for process in processes:
+            stop.set()
+            started = [process for process in processes if process.pid is not None]
+            for process in started:
                 if process.is_alive():
                     process.terminate()
-            for process in processes:
+            for process in started:
                 process.join(timeout=10)
             for q in (batches, results):
                 q.cancel_join_thread()
@@ -526,6 +535,27 @@ class NodeRun:
         self.tick(cut, final=True)
 
 
+class _StoppablePut:
+    """``queue.put`` for the reader thread that gives up once the run is stopping (the
+    tokenizers that would empty the queue may be gone)."""
+
+    def __init__(self, target, stop: threading.Event) -> None:
+        self.target, self.stop = target, stop
+
+    def put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.target.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped()
+
+
+class _Stopped(Exception):
+    pass
+
+
 def _check_alive(processes) -> None:
     for process in processes:
         if process.exitcode not in (None, 0):
@@ -551,6 +581,8 @@ def _failure(exc: BaseException) -> Failed:
 def _reader_main(job: NodeJob, shared_cut, batches, results) -> None:
     try:
         PartReader(job, CutView(shared_cut), batches.put, results.put).run()
+    except _Stopped:
+        return
     except BaseException as exc:  # reported to the parent, which stops the run
         results.put(_failure(exc))
 

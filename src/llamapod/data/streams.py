@@ -107,8 +107,11 @@ class _ZstdDecoder(_Decoder):
     name = "zstd"
 
     def __init__(self, path: Path) -> None:
-        import zstandard
-
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{path} is Zstandard-compressed, and reading it needs the `zstandard` package",
+                            "pip install 'llamapod[train]' (or pip install zstandard)") from None
         self.path = path
         self._zstd = zstandard
         self._decompressor = zstandard.ZstdDecompressor()
