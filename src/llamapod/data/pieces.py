@@ -183,6 +183,7 @@ def _jsonl_documents(piece: Piece, field_name: str, meter: Meter) -> Iterator[st
         offset = open_at
         if piece.start > 0:
             offset += len(handle.readline())
+        first_line = offset
         end = piece.end
         number = 0
         for line in handle:
@@ -198,7 +199,7 @@ def _jsonl_documents(piece: Piece, field_name: str, meter: Meter) -> Iterator[st
                 if text.strip():
                     yield text
             else:
-                line_number = _lines_before(path, piece.start, stream) + number
+                line_number = _lines_before(path, first_line, stream) + number
                 raise DataError(f"{path}: line {line_number:,} ({stream.describe_offset(line_offset)}) {text[0]}",
                                 _FIX_RECORDS)
 
@@ -218,7 +219,8 @@ def _record_text(line: bytes, field_name: str) -> str | tuple[str]:
 
 
 def _lines_before(path: Path, start: int, stream: ByteStream) -> int:
-    """Line count of the file before byte ``start`` (only asked for an error message)."""
+    """Lines of the file before the line that starts at byte ``start`` (only asked for an
+    error message)."""
     if start == 0 or stream.compression is not None:
         return 0
     lines = 0
