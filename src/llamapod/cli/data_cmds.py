@@ -151,7 +151,7 @@ def prepare_here(source: str, out: Path, *, tokenizer_spec: str | None, options:
             f"({workers or cpu_count()} worker process(es){f', run {run_id}' if run_id else ''})")
     with CliReporter() as reporter:
         index = run_prepare(source, out, tokenizer=tokenizer, workers=workers, overwrite=overwrite, run_id=run_id,
-                            shard_chars=int(shard_mb * 1_000_000) if shard_mb else DEFAULT_SHARD_CHARS,
+                            shard_chars=round(shard_mb * 1_000_000) if shard_mb else DEFAULT_SHARD_CHARS,
                             reporter=reporter, **options)
     if index is None:
         ui.success(f"this process has no part left to prepare; the other processes of run {run_id} "

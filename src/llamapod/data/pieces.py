@@ -21,6 +21,7 @@ offset.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class Piece:
 class Part:
     number: int
     pieces: tuple[Piece, ...]
+    # Changes when a file of the part changes (size, modification time): an earlier run's
+    # shards of the part are then redone, the other parts' kept (a re-downloaded file).
+    fingerprint: str = ""
 
     @property
     def size(self) -> int:
@@ -106,18 +110,28 @@ def parquet_pieces(path: Path, size: int, part_bytes: int) -> list[Piece]:
 
 
 def group_into_parts(pieces: list[Piece], part_bytes: int) -> list[Part]:
-    parts: list[Part] = []
+    groups: list[list[Piece]] = []
     current: list[Piece] = []
     held = 0
     for piece in pieces:
         current.append(piece)
         held += piece.size
         if held >= part_bytes:
-            parts.append(Part(len(parts), tuple(current)))
+            groups.append(current)
             current, held = [], 0
     if current:
-        parts.append(Part(len(parts), tuple(current)))
-    return parts
+        groups.append(current)
+    return [Part(number, tuple(group), _fingerprint(group)) for number, group in enumerate(groups)]
+
+
+def _fingerprint(pieces: list[Piece]) -> str:
+    from llamapod.data.tokenizer import digest_bytes
+
+    described = []
+    for piece in pieces:
+        stat = os.stat(piece.path)
+        described.append([piece.path, piece.kind, piece.start, piece.end, stat.st_size, stat.st_mtime_ns])
+    return digest_bytes(json.dumps(described).encode())
 
 
 def plan_file_parts(files: list[Path], part_bytes: int) -> list[Part]:

@@ -197,8 +197,10 @@ class PartReader:
             number = self.workdir.claim_next_part(len(self.job.parts))
             if number is None or self.cut.excludes(number, 0):
                 break
-            reused = verified_part(self.workdir, number)
             part = self.job.parts[number]
+            if self.workdir.part_source_changed(number, part.fingerprint):
+                self.workdir.forget_part(number)
+            reused = verified_part(self.workdir, number)
             if reused is not None:
                 self.send_event(PartEnd(number, len(reused), part.size, reused))
             else:

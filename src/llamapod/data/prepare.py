@@ -119,12 +119,15 @@ def source_parts(source: DocumentSource, part_bytes: int) -> list[Part]:
     """File sources are cut into parts; any other source is read by one reader as one part."""
     if isinstance(source, FileSource):
         return source.parts(part_bytes)
-    return [Part(0, (Piece(str(source.description.get("source")), SOURCE_PIECE, source.total_bytes or 0),))]
+    piece = Piece(str(source.description.get("source")), SOURCE_PIECE, source.total_bytes or 0)
+    return [Part(0, (piece,), source.fingerprint)]
 
 
 def make_plan(source: DocumentSource, tokenizer: Tokenizer, shard_chars: int, parts: int) -> dict:
-    plan = {"version": PLAN_VERSION, "source": source.description, "source_fingerprint": source.fingerprint,
-            "tokenizer": tokenizer.describe(), "shard_chars": shard_chars, "parts": parts}
+    """What is prepared: the files by name (each part keeps the fingerprint of its own files,
+    so replacing one file redoes only its parts), the options, tokenizer and shard size."""
+    plan = {"version": PLAN_VERSION, "source": source.description, "tokenizer": tokenizer.describe(),
+            "shard_chars": shard_chars, "parts": parts}
     plan["digest"] = digest_bytes(json.dumps(plan, sort_keys=True).encode())
     return plan
 
@@ -159,18 +162,25 @@ def _read_index(path: Path) -> dict | None:
         return None
 
 
-def claim_directory(out: Path, plan: dict, overwrite: bool, workdir: WorkDir, reporter: PrepareReporter) -> dict | None:
+def _same_dataset(index: dict | None, plan: dict, source_fingerprint: str) -> bool:
+    """A finished index of this plan, made from the files as they are now."""
+    return (index is not None and index.get("plan_digest") == plan["digest"]
+            and index.get("source_fingerprint") == source_fingerprint)
+
+
+def claim_directory(out: Path, plan: dict, overwrite: bool, workdir: WorkDir, reporter: PrepareReporter,
+                    source_fingerprint: str) -> dict | None:
     """Make ``out`` ready for ``plan`` (under the directory's lock: the processes of a run
     arrive together); returns the index if it is already fully prepared."""
     out.mkdir(parents=True, exist_ok=True)
     index_path, plan_path = out / INDEX, out / PLAN
     finished = _read_index(index_path)
-    if finished is not None and finished.get("plan_digest") == plan["digest"]:
+    if _same_dataset(finished, plan, source_fingerprint):
         return finished   # read-only: taking the lock would leave .prepare/ in a finished dataset
     with workdir.locked(setting_up=True):
         if index_path.is_file():
             index = json.loads(index_path.read_text())
-            if index.get("plan_digest") == plan["digest"]:
+            if _same_dataset(index, plan, source_fingerprint):
                 return index
             if not overwrite:
                 raise DataError(f"{out} already holds a dataset prepared from another source or tokenizer",
@@ -183,7 +193,8 @@ def claim_directory(out: Path, plan: dict, overwrite: bool, workdir: WorkDir, re
                 previous = None
             if previous == plan["digest"]:
                 return None   # resuming, or joining the other processes of this run
-            reporter.warn(f"{out} holds an unfinished preparation of another source or tokenizer; starting over")
+            reporter.warn(f"{out} holds an unfinished preparation of another source, tokenizer or shard size "
+                          "(or small files changed size, which moves part boundaries); starting over")
             _start_over(out, workdir)
         else:
             foreign = [p.name for p in out.iterdir() if p not in _our_files(out)]
@@ -246,7 +257,8 @@ def finalize(out: Path, workdir: WorkDir, plan: dict, parts: int, max_tokens: in
             if (path.name.startswith("shard_") and stem not in keep) or (path.name.startswith(".") and path.name.endswith(".tmp")):
                 path.unlink(missing_ok=True)
         index = write_index(out, [info.renumbered(number) for number, info in enumerate(shards)], tokenizer,
-                            source.description, extra={"plan_digest": plan["digest"], "tokenizer_spec": tokenizer.spec})
+                            source.description, extra={"plan_digest": plan["digest"], "tokenizer_spec": tokenizer.spec,
+                                                       "source_fingerprint": source.fingerprint})
         workdir.remove_run_state()
     return index
 
@@ -284,7 +296,7 @@ def prepare_opened(source: DocumentSource, out: Path, tokenizer: Tokenizer, *, w
     parts = source_parts(source, shard_chars)
     plan = make_plan(source, tokenizer, shard_chars, len(parts))
     workdir = WorkDir(out, run_id or f"local-{uuid.uuid4().hex[:12]}")
-    done = claim_directory(out, plan, overwrite, workdir, reporter)
+    done = claim_directory(out, plan, overwrite, workdir, reporter, source.fingerprint)
     if done is not None:
         reporter.note(f"{out} is already prepared ({done['num_tokens']:,} tokens)")
         return done

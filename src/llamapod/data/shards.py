@@ -45,6 +45,11 @@ def part_shard_stem(part: int, chunk: int) -> str:
     return f"shard_{part:06d}_{chunk:05d}"
 
 
+def part_shard_pattern(part: int) -> str:
+    """A glob for every file of every shard of ``part``."""
+    return f"shard_{part:06d}_*"
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     number: int               # position in the dataset (the index lists shards in this order)

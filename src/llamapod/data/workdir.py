@@ -10,6 +10,8 @@ given the same run id) works in ``OUT/.prepare/``:
   so a ``--max_tokens`` cut is reached with little work past it;
 - ``parts/part_<k>.json``: written once every shard of part ``k`` is complete, with the run
   that wrote or re-verified it; only this run's markers count when the index is written;
+- ``sources/part_<k>``: the fingerprint of the files part ``k`` was read from: a re-run after
+  a file was replaced (a damaged download fetched again) redoes that part only;
 - ``progress/<run>.<host>.<pid>.json``: each process's counters, summed for the progress line.
 
 A re-run (another run id) re-verifies what earlier runs finished and redoes the rest; the
@@ -29,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from llamapod.data.atomic import file_lock, write_json_atomic
-from llamapod.data.shards import INDEX, ShardInfo
+from llamapod.data.atomic import file_lock, write_bytes_atomic, write_json_atomic
+from llamapod.data.shards import INDEX, ShardInfo, part_shard_pattern
 
 STATE_DIR = ".prepare"
 
@@ -123,6 +125,26 @@ class WorkDir:
             return [ShardInfo.from_dict(d) for d in record["shards"]]
         except (KeyError, TypeError, ValueError):
             return None
+
+    # ---- which files a part was read from ------------------------------------------
+
+    def part_source_changed(self, part: int, fingerprint: str) -> bool:
+        """Whether an earlier run read part ``part`` from other files (a re-downloaded one);
+        records ``fingerprint`` as what this part is read from now."""
+        path = self.state / "sources" / f"part_{part:06d}"
+        try:
+            recorded = path.read_text().strip()
+        except FileNotFoundError:
+            recorded = None
+        if recorded != fingerprint:
+            write_bytes_atomic(path, fingerprint.encode())
+        return recorded is not None and recorded != fingerprint
+
+    def forget_part(self, part: int) -> None:
+        """Remove an earlier run's marker and shards of ``part``."""
+        self._marker(part).unlink(missing_ok=True)
+        for path in self.out.glob(part_shard_pattern(part)):
+            path.unlink(missing_ok=True)
 
     # ---- progress ----------------------------------------------------------------
 
