@@ -54,7 +54,7 @@ class PrepareRequest:
         if self.workers:
             groups.append(["--workers", str(self.workers)])
         if self.shard_mb:
-            groups.append(["--shard-mb", f"{self.shard_mb:g}"])
+            groups.append(["--shard-mb", str(self.shard_mb)])
         if self.overwrite:
             groups.append(["--overwrite"])
         return groups
