@@ -185,12 +185,12 @@ class PartReader:
     """Claims parts and turns each into batches and chunk/part ends."""
 
     def __init__(self, job: NodeJob, cut: CutView, send_batch: Callable[[Batch], None],
-                 send_event: Callable[[Any], None]) -> None:
+                 send_event: Callable[[Any], None], opened_source=None) -> None:
         self.job, self.cut = job, cut
         self.send_batch, self.send_event = send_batch, send_event
         self.workdir = WorkDir(Path(job.out), job.run)
         self._source_options = None
-        self._opened_source = None
+        self._opened_source = opened_source   # a non-file source already opened in this process
 
     def run(self) -> None:
         while not self.workdir.index_exists():
@@ -436,8 +436,9 @@ class NodeRun:
     and once at the end with ``final``."""
 
     def __init__(self, job: NodeJob, tokenizer, workers: int, max_tokens: int | None,
-                 report: Callable[[Counters, bool], None], report_every_s: float = 5.0) -> None:
+                 report: Callable[[Counters, bool], None], report_every_s: float = 5.0, opened_source=None) -> None:
         self.job, self.tokenizer, self.workers = job, tokenizer, workers
+        self.opened_source = opened_source
         self.workdir = WorkDir(Path(job.out), job.run)
         self.counters = self.workdir.new_counters()
         self.assembler = ShardAssembler(self.workdir, self.counters, job.parts)
@@ -475,7 +476,7 @@ class NodeRun:
                 cut.update()
             self.tick(cut)
 
-        PartReader(self.job, cut_view, send_batch, send_event).run()
+        PartReader(self.job, cut_view, send_batch, send_event, self.opened_source).run()
         self.tick(cut, final=True)
 
     def _run_with_processes(self, payload: bytes) -> None:
@@ -488,8 +489,8 @@ class NodeRun:
         # The first reader is a thread of this process (reading is ~1% of the work, and one
         # process fewer to start); more readers, for many workers, are processes.
         stop = threading.Event()
-        thread = threading.Thread(target=_reader_main, args=(self.job, shared_cut, _StoppablePut(batches, stop), results),
-                                  daemon=True)
+        thread = threading.Thread(target=_reader_main, daemon=True,
+                                  args=(self.job, shared_cut, _StoppablePut(batches, stop), results, self.opened_source))
         processes = [context.Process(target=_reader_main, args=(self.job, shared_cut, batches, results), daemon=True)
                      for _ in range(readers - 1)]
         processes += [context.Process(target=_tokenizer_main, args=(payload, batches, results), daemon=True)
@@ -580,9 +581,9 @@ def _failure(exc: BaseException) -> Failed:
                   crashed=True)
 
 
-def _reader_main(job: NodeJob, shared_cut, batches, results) -> None:
+def _reader_main(job: NodeJob, shared_cut, batches, results, opened_source=None) -> None:
     try:
-        PartReader(job, CutView(shared_cut), batches.put, results.put).run()
+        PartReader(job, CutView(shared_cut), batches.put, results.put, opened_source).run()
     except _Stopped:
         return
     except BaseException as exc:  # reported to the parent, which stops the run

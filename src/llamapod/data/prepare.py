@@ -303,7 +303,7 @@ def prepare_opened(source: DocumentSource, out: Path, tokenizer: Tokenizer, *, w
     job = NodeJob(out=str(out), run=workdir.run, parts=tuple(parts), shard_chars=shard_chars,
                   batch_chars=batch_chars, source=source_spec or str(source.description.get("source")),
                   source_options={k: v for k, v in (source_options or {}).items() if v is not None})
-    run = NodeRun(job, tokenizer, max(1, workers or cpu_count()), max_tokens,
+    run = NodeRun(job, tokenizer, max(1, workers or cpu_count()), max_tokens, opened_source=source,
                   report=lambda counters, final: reporter.progress(run_status(parts, counters, workdir, max_tokens,
                                                                               final)))
     run.run()

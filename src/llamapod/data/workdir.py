@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -33,8 +34,10 @@ from typing import Iterator
 
 from llamapod.data.atomic import file_lock, write_bytes_atomic, write_json_atomic
 from llamapod.data.shards import INDEX, ShardInfo, part_shard_pattern
+from llamapod.errors import DataError
 
 STATE_DIR = ".prepare"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -68,6 +71,9 @@ class WorkDir:
     """``OUT/.prepare`` for one run id."""
 
     def __init__(self, out: Path, run: str) -> None:
+        if not _RUN_ID.fullmatch(run):
+            raise DataError(f"run id {run!r} is not usable: it names files in {Path(out) / STATE_DIR}",
+                            "use letters, digits, '.', '_' or '-' (at most 64)")
         self.out = Path(out)
         self.run = run
         self.state = self.out / STATE_DIR
