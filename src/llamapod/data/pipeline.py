@@ -17,6 +17,7 @@ known to lie before it, and stops there.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -45,6 +46,7 @@ DEFAULT_BATCH_CHARS = 256 * 1024
 # decompresses and parses ~60x faster than one process tokenizes; half of that, for margin).
 READERS_PER_WORKERS = 32
 POLL_S = 0.5
+_PARALLELISM = "TOKENIZERS_PARALLELISM"   # read by the Rust tokenizers library at every batch
 SOURCE_PIECE = "source"    # a part that is a whole non-file source (a Hugging Face dataset)
 
 
@@ -476,7 +478,8 @@ class NodeRun:
                 cut.update()
             self.tick(cut)
 
-        PartReader(self.job, cut_view, send_batch, send_event, self.opened_source).run()
+        with _one_tokenizer_thread():
+            PartReader(self.job, cut_view, send_batch, send_event, self.opened_source).run()
         self.tick(cut, final=True)
 
     def _run_with_processes(self, payload: bytes) -> None:
@@ -559,6 +562,22 @@ class _Stopped(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _one_tokenizer_thread():
+    """One worker is one core: without this the Rust tokenizer spreads a batch over every
+    core of the machine (and N single-worker processes on N nodes of one machine, or beside
+    other jobs, would fight for them)."""
+    previous = os.environ.get(_PARALLELISM)
+    os.environ[_PARALLELISM] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_PARALLELISM, None)
+        else:
+            os.environ[_PARALLELISM] = previous
+
+
 def _check_alive(processes) -> None:
     for process in processes:
         if process.exitcode not in (None, 0):
@@ -592,7 +611,7 @@ def _reader_main(job: NodeJob, shared_cut, batches, results, opened_source=None)
 
 def _tokenizer_main(payload: bytes, batches, results) -> None:
     # One process per core already: the Rust tokenizer's own thread pool would oversubscribe.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ[_PARALLELISM] = "false"
     try:
         tokenizer = pickle.loads(payload)
         while True:
