@@ -28,7 +28,8 @@ from typing import Any
 
 from llamapod.data.atomic import file_lock, write_json_atomic
 from llamapod.data.pieces import Part, Piece
-from llamapod.data.pipeline import DEFAULT_BATCH_CHARS, SOURCE_PIECE, NodeJob, NodeRun
+from llamapod.data.messages import DEFAULT_BATCH_CHARS, SOURCE_PIECE, NodeJob
+from llamapod.data.pipeline import NodeRun
 from llamapod.data.shards import INDEX, ShardInfo, ShardSet, part_shard_stem, read_complete_shard, write_index
 from llamapod.data.sources import DocumentSource, FileSource, open_source
 from llamapod.data.tokenizer import Tokenizer, digest_bytes, load_tokenizer
