@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -75,13 +76,19 @@ def test_every_download_format_gives_the_documents_own_tokens(tmp_path, small_to
         np.testing.assert_array_equal(stream_of(tmp_path / f"out-{name}"), expected, err_msg=name)
 
 
-def test_worker_processes_and_shared_runs_write_the_same_bytes(tmp_path, small_tokenizer_file):
+def test_worker_processes_and_shared_runs_write_the_same_bytes(tmp_path, small_tokenizer_file, monkeypatch):
     c4 = c4_folder(tmp_path)
     tok = load_tokenizer(str(small_tokenizer_file))
     prepare(str(c4), tmp_path / "one", tokenizer=tok, workers=1, shard_chars=SHARD_CHARS)
     # A reader thread and two tokenizer processes, batches small enough to interleave.
     prepare(str(c4), tmp_path / "pool", tokenizer=tok, workers=2, shard_chars=SHARD_CHARS, batch_chars=3_000)
     assert tree(tmp_path / "pool") == tree(tmp_path / "one")
+    # Two readers (the thread and a reader process), as on a node with many cores.
+    import llamapod.data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "READERS_PER_WORKERS", 1)
+    prepare(str(c4), tmp_path / "readers", tokenizer=tok, workers=2, shard_chars=SHARD_CHARS, batch_chars=3_000)
+    assert tree(tmp_path / "readers") == tree(tmp_path / "one")
 
     # Two processes given one run id split the parts between them, as the nodes of a job do.
     shared = tmp_path / "shared"
@@ -120,15 +127,19 @@ def test_a_damaged_member_is_one_line_and_the_rerun_keeps_what_was_done(tmp_path
     out = tmp_path / "out"
     # Each file bigger than a part, as C4's are: one part per file, whatever its size.
     part_bytes = len(intact) // 4
-    args = ["data", "prepare", str(c4), "--tokenizer", str(small_tokenizer_file), "--out", str(out),
-            "--shard-mb", str(part_bytes / 1e6), "--workers", "1"]
-    code, _, stderr = run_cli(*args)
-    assert code == 1
-    assert stderr.splitlines()[-2:] == [
+    command = ["data", "prepare", str(c4), "--tokenizer", str(small_tokenizer_file), "--shard-mb", str(part_bytes / 1e6)]
+    args = [*command, "--out", str(out), "--workers", "1"]
+    expected = [
         f"error: {victim} is truncated: the file ends at compressed byte {len(intact) // 2:,} before the end of "
         "its gzip data",
         "  hint: re-download the file (or move it out of the corpus), then re-run the same command: finished "
         "shards are kept"]
+    # Found by a reader beside tokenizer processes: the same line, and the processes are gone.
+    code, _, stderr = run_cli(*command, "--out", str(tmp_path / "pool"), "--workers", "2")
+    assert code == 1 and stderr.splitlines()[-2:] == expected
+    assert not multiprocessing.active_children()
+    code, _, stderr = run_cli(*args)
+    assert code == 1 and stderr.splitlines()[-2:] == expected
     # The damaged file's shards before the damage were written too.
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.tokens")}
     assert {name.split("_")[1] for name in written} == {"000000", "000001", "000002", "000003", "000004"}
