@@ -127,6 +127,8 @@ def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str 
     overrides = {key: value for key, value in (("nodes", nodes), ("partition", partition), ("time", time_limit),
                                                ("account", account)) if value is not None}
     if use_slurm or cluster:
+        if run_id:
+            raise click.UsageError("--run-id is chosen by the job (its job id); drop it with --slurm or --cluster")
         from llamapod.cli.data_jobs import submit_prepare_job
 
         submit_prepare_job(source, out, tokenizer_spec=tokenizer_spec, options=options, workers=workers,

@@ -76,6 +76,8 @@ def test_launch_flags_need_slurm_or_a_cluster(project, run_cli):
     assert code == 2 and "--nodes only applies with --slurm or --cluster" in err
     code, _, err = run_cli("data", "prepare", "my corpus", "--out", "x", "--dry-run")
     assert code == 2 and "--dry-run only applies with --slurm or --cluster" in err
+    code, _, err = run_cli("data", "prepare", "my corpus", "--out", "x", "--slurm", "--run-id", "mine")
+    assert code == 2 and "--run-id is chosen by the job (its job id); drop it with --slurm or --cluster" in err
 
 
 def test_submitting_without_slurm_is_one_line(project, run_cli, monkeypatch):
