@@ -27,7 +27,7 @@ import re
 import shutil
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +37,7 @@ from llamapod.data.shards import INDEX, ShardInfo, part_shard_pattern
 from llamapod.errors import DataError
 
 STATE_DIR = ".prepare"
+LOCK_ATTEMPTS = 5
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -88,8 +89,25 @@ class WorkDir:
             # so there is nothing to protect, and taking the lock would re-create .prepare.
             yield
             return
-        with file_lock(self.state / "lock"):
+        with self._lock_file():
             yield
+        if self.index_exists():
+            # A process that took the lock as the index writer removed .prepare re-created it;
+            # whoever holds it last once the index exists clears it again.
+            shutil.rmtree(self.state, ignore_errors=True)
+
+    def _lock_file(self) -> ExitStack:
+        """The held lock; retried when .prepare vanishes between creating it and opening the
+        lock (the index writer removing it)."""
+        stack = ExitStack()
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                stack.enter_context(file_lock(self.state / "lock"))
+                return stack
+            except FileNotFoundError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise
+        return stack
 
     def claim_next_part(self, count: int) -> int | None:
         """The next unclaimed part of this run, or None once all ``count`` are handed out."""

@@ -118,6 +118,17 @@ def test_max_tokens_is_the_same_cut_however_the_work_is_spread(tmp_path, small_t
     # Same files, nothing past the cut left behind.
     assert tree(tmp_path / "cut-pool") == tree(tmp_path / "cut-one")
 
+    # Two processes of one run: each learns where the cut lies from the parts the other finished.
+    shared = tmp_path / "cut-shared"
+    command = [sys.executable, "-m", "llamapod", "data", "prepare", str(c4), "--tokenizer", str(small_tokenizer_file),
+               "--out", str(shared), "--shard-mb", str(SHARD_CHARS / 1e6), "--workers", "1", "--run-id", "cut",
+               "--max-tokens", str(limit)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err + second.stderr
+    assert tree(shared) == tree(tmp_path / "cut-one")
+
 
 def test_a_damaged_member_is_one_line_and_the_rerun_keeps_what_was_done(tmp_path, run_cli, small_tokenizer_file):
     c4 = c4_folder(tmp_path)
