@@ -21,11 +21,16 @@ class CutView:
 
     def set(self, part: int, chunk: int) -> None:
         if self._shared is not None:
-            self._shared[0], self._shared[1] = part, chunk
+            with self._shared.get_lock():   # a half-written pair would cut a part short
+                self._shared[0], self._shared[1] = part, chunk
         self._local = [part, chunk]
 
     def get(self) -> tuple[int, int] | None:
-        part, chunk = (self._shared[0], self._shared[1]) if self._shared is not None else self._local
+        if self._shared is not None:
+            with self._shared.get_lock():
+                part, chunk = self._shared[0], self._shared[1]
+        else:
+            part, chunk = self._local
         return None if part < 0 else (part, chunk)
 
     def excludes(self, part: int, chunk: int) -> bool:
