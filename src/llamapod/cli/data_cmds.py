@@ -1,18 +1,83 @@
-"""``llamapod data prepare`` and ``llamapod data inspect``."""
+"""``llamapod data prepare`` (here, as a Slurm job, or on a cluster) and ``llamapod data inspect``."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Any, Optional
 
 import click
 
 from llamapod.cli import ui
 from llamapod.cli.params import FiniteFloatRange
 
+PROGRESS_INTERVAL_S = 10.0
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def progress_line(status) -> str:
+    """The line `llamapod jobs` and `logs` show for a preparation (see slurm/jobs.py)."""
+    processes = f" | {status.processes} processes" if status.processes > 1 else ""
+    return (f"prepare | {status.parts_done}/{status.parts} parts | {status.tokens:,} tokens | "
+            f"{status.tokens_per_s:,.0f} tokens/s | {100 * status.fraction:.0f}% | "
+            f"ETA {format_duration(status.eta_s)}{processes}")
+
+
+class CliReporter:
+    """Renders a preparation: a live bar on a terminal, a progress line every
+    ``interval`` seconds otherwise (a Slurm job's log); only the job's first task
+    prints progress, so N nodes do not print N copies."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.interval = interval
+        self.quiet_progress = os.environ.get("SLURM_PROCID", "0") != "0"
+        self._bar: ui.Progress | None = None
+        self._last = 0.0
+
+    def __enter__(self) -> "CliReporter":
+        if ui.is_tty():
+            self._bar = ui.Progress("tokenizing", total=100).__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def note(self, message: str) -> None:
+        ui.info(message)
+
+    def warn(self, message: str) -> None:
+        ui.warn(message)
+
+    def progress(self, status) -> None:
+        if self._bar is not None:
+            self._bar.update(round(100 * status.fraction, 1), progress_line(status))
+            return
+        now = time.monotonic()
+        if not status.complete and (self.quiet_progress or now - self._last < self.interval):
+            return
+        self._last = now
+        ui.info(progress_line(status))
+
 
 @click.group()
 def data() -> None:
     """Prepare and inspect pre-tokenized datasets."""
+
+
+def _source_options(text_field, txt_document, dataset_config_name, dataset_split, streaming, data_files,
+                    max_tokens) -> dict[str, Any]:
+    return {"text_field": text_field, "txt_document": txt_document, "dataset_config_name": dataset_config_name,
+            "dataset_split": dataset_split, "streaming": streaming, "max_tokens": max_tokens,
+            "data_files": list(data_files) or None}
 
 
 @data.command()
@@ -30,32 +95,71 @@ def data() -> None:
 @click.option("--data-files", "--data_files", "data_files", multiple=True,
               help="files for a datasets builder SOURCE such as json, parquet or text (repeatable)")
 @click.option("--max-tokens", "--max_tokens", "max_tokens", type=click.IntRange(min=1), default=None,
-              help="stop after about this many tokens (whole shards)")
+              help="stop after about this many tokens (whole shards, the same cut on any number of nodes)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="tokenizer processes [all cores]")
 @click.option("--shard-mb", type=FiniteFloatRange(min=0.001), default=None, help="MB of text per shard [8]")
 @click.option("--overwrite", is_flag=True, help="replace a dataset already prepared in --out from another source")
+@click.option("--run-id", default=None, metavar="ID",
+              help="prepare processes started with the same ID share the work (the Slurm job passes its job id)")
+@click.option("--slurm", "use_slurm", is_flag=True, help="run as a Slurm job over --nodes nodes (from a login node)")
+@click.option("--cluster", default=None, metavar="NAME", help="run as a Slurm job on the HyperPod cluster NAME (from a laptop)")
+@click.option("--dry-run", is_flag=True, help="with --slurm/--cluster: write (and show) the job script, submit nothing")
+@click.option("--detach", is_flag=True, help="with --slurm/--cluster: return once the job is submitted")
+@click.option("--nodes", type=click.IntRange(min=1), default=None, help="with --slurm/--cluster: nodes [1]")
+@click.option("--partition", default=None, help="with --slurm/--cluster: partition")
+@click.option("--time", "time_limit", default=None, help="with --slurm/--cluster: time limit (e.g. 4:00:00)")
+@click.option("--account", default=None, help="with --slurm/--cluster: account")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="llamapod.toml to read [slurm] (and [remote]) from")
 def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str | None, txt_document: str | None,
             dataset_config_name: str | None, dataset_split: str | None, streaming: bool | None,
-            data_files: tuple[str, ...], max_tokens: int | None,
-            workers: int | None, shard_mb: float | None, overwrite: bool) -> None:
+            data_files: tuple[str, ...], max_tokens: int | None, workers: int | None, shard_mb: float | None,
+            overwrite: bool, run_id: str | None, use_slurm: bool, cluster: str | None, dry_run: bool, detach: bool,
+            nodes: int | None, partition: str | None, time_limit: str | None, account: str | None,
+            config_path: Path | None) -> None:
     """Tokenize SOURCE once into memory-mapped token shards in --out.
 
-    SOURCE: a .txt/.jsonl/.parquet file, a folder or a quoted glob of them, a folder saved with
-    `datasets`, or a Hugging Face dataset name. Interrupted? Run the same command again.
+    SOURCE: a .txt/.jsonl/.parquet file (also .json.gz, .jsonl.gz, .jsonl.zst), a folder or a
+    quoted glob of them, a folder saved with `datasets`, or a Hugging Face dataset name.
+    Interrupted? Run the same command again: finished shards are kept.
     """
-    import time
+    options = _source_options(text_field, txt_document, dataset_config_name, dataset_split, streaming, data_files,
+                              max_tokens)
+    overrides = {key: value for key, value in (("nodes", nodes), ("partition", partition), ("time", time_limit),
+                                               ("account", account)) if value is not None}
+    if use_slurm or cluster:
+        if run_id:
+            raise click.UsageError("--run-id is chosen by the job (its job id); drop it with --slurm or --cluster")
+        from llamapod.cli.data_jobs import submit_prepare_job
 
-    from llamapod.data.prepare import DEFAULT_SHARD_CHARS, prepare as run_prepare
+        submit_prepare_job(source, out, tokenizer_spec=tokenizer_spec, options=options, workers=workers,
+                           shard_mb=shard_mb, overwrite=overwrite, cluster=cluster, config_path=config_path,
+                           slurm_overrides=overrides, dry_run=dry_run, detach=detach)
+        return
+    if overrides or dry_run or detach:
+        flag = "--dry-run" if dry_run else "--detach" if detach else f"--{next(iter(overrides))}"
+        raise click.UsageError(f"{flag} only applies with --slurm or --cluster")
+    prepare_here(source, out, tokenizer_spec=tokenizer_spec, options=options, workers=workers, shard_mb=shard_mb,
+                 overwrite=overwrite, run_id=run_id)
+
+
+def prepare_here(source: str, out: Path, *, tokenizer_spec: str | None, options: dict[str, Any],
+                 workers: int | None, shard_mb: float | None, overwrite: bool, run_id: str | None) -> None:
+    from llamapod.data.prepare import DEFAULT_SHARD_CHARS, cpu_count, prepare as run_prepare
     from llamapod.data.tokenizer import load_tokenizer
 
     started = time.monotonic()
     tokenizer = load_tokenizer(tokenizer_spec)
-    ui.step(f"preparing {source} with tokenizer {tokenizer.name} into {out}")
-    index = run_prepare(source, out, tokenizer=tokenizer, workers=workers, overwrite=overwrite,
-                        shard_chars=int(shard_mb * 1_000_000) if shard_mb else DEFAULT_SHARD_CHARS,
-                        text_field=text_field, txt_document=txt_document, dataset_config_name=dataset_config_name,
-                        dataset_split=dataset_split, streaming=streaming, max_tokens=max_tokens,
-                        data_files=list(data_files) or None)
+    ui.step(f"preparing {source} with tokenizer {tokenizer.name} into {out} "
+            f"({workers or cpu_count()} worker process(es){f', run {run_id}' if run_id else ''})")
+    with CliReporter() as reporter:
+        index = run_prepare(source, out, tokenizer=tokenizer, workers=workers, overwrite=overwrite, run_id=run_id,
+                            shard_chars=round(shard_mb * 1_000_000) if shard_mb else DEFAULT_SHARD_CHARS,
+                            reporter=reporter, **options)
+    if index is None:
+        ui.success(f"this process has no part left to prepare; the other processes of run {run_id} "
+                   "finish the rest and write the index")
+        return
     elapsed = time.monotonic() - started
     ui.success(f"{index['num_tokens']:,} tokens in {index['num_documents']:,} documents, {len(index['shards'])} shard(s) "
                f"({index['num_tokens'] / max(elapsed, 1e-9):,.0f} tokens/s)")
@@ -72,7 +176,7 @@ def prepare(source: str, tokenizer_spec: str | None, out: Path, text_field: str 
 @click.option("--tokens", "sample_tokens", type=click.IntRange(min=1), default=200, help="tokens to decode [200]")
 @click.option("--verify", is_flag=True, help="re-check every shard's checksum")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def inspect(directory: Path, tokenizer_spec: str | None, document: int, sample_tokens: int, verify: bool,
+def inspect(directory: Path, tokenizer_spec: Optional[str], document: int, sample_tokens: int, verify: bool,
             as_json: bool) -> None:
     """Show token counts, documents and a decoded sample of prepared shards."""
     from llamapod.data.inspect import inspect_shards

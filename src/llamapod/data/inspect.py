@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llamapod.data.shards import ShardSet, shard_stem
+from llamapod.data.shards import ShardSet
 from llamapod.data.tokenizer import Tokenizer, load_tokenizer
 from llamapod.errors import DataError
 
 
 def verify_checksums(shards: ShardSet) -> None:
     for info in shards.shards:
-        stem = shard_stem(info.number)
         for suffix, expected in ((".tokens", info.tokens_sha256), (".docs", info.docs_sha256)):
-            path = shards.directory / f"{stem}{suffix}"
+            path = shards.directory / f"{info.stem}{suffix}"
             if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
                 raise DataError(f"{path} does not match its checksum: the file was modified or damaged",
                                 "re-run `llamapod data prepare` into a new directory")

@@ -1,15 +1,17 @@
 """Token shards: the on-disk format shared by ``data prepare``, the default corpus cache and
 the loader.
 
-A shard directory holds, per shard ``k``:
-- ``shard_<k>.tokens``: the documents' ids back to back (each [BOS] + ids + [EOS]), raw
+A shard directory holds, per shard (its ``stem``: ``shard_<part>_<chunk>`` from ``data prepare``,
+``shard_<k>`` from older versions and the default corpus):
+- ``<stem>.tokens``: the documents' ids back to back (each [BOS] + ids + [EOS]), raw
   little-endian uint16 (vocabulary <= 65536) or uint32, memory-mapped by the loader;
-- ``shard_<k>.docs``: uint64 start offsets of the documents in that shard, plus the end,
+- ``<stem>.docs``: uint64 start offsets of the documents in that shard, plus the end,
   so document boundaries survive (validation split by whole documents, boundary masks);
-- ``shard_<k>.json``: the shard's manifest (counts, sha256 of both files), written after
+- ``<stem>.json``: the shard's manifest (counts, sha256 of both files), written after
   both files are renamed into place: a shard without its manifest is incomplete.
-``index.json`` is written last, once every shard is complete; a directory without it is not
-a dataset. Every file is written under a temporary name and renamed.
+``index.json`` is written last, once every shard is complete, and lists the shards in
+corpus order; a directory without it is not a dataset. Every file is written under a
+temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -38,22 +40,43 @@ def shard_stem(number: int) -> str:
     return f"shard_{number:05d}"
 
 
+def part_shard_stem(part: int, chunk: int) -> str:
+    """Shard ``chunk`` of corpus part ``part``: names sort in corpus order."""
+    return f"shard_{part:06d}_{chunk:05d}"
+
+
+def part_shard_pattern(part: int) -> str:
+    """A glob for every file of every shard of ``part``."""
+    return f"shard_{part:06d}_*"
+
+
 @dataclass(frozen=True)
 class ShardInfo:
-    number: int
+    number: int               # position in the dataset (the index lists shards in this order)
     tokens: int
     documents: int
     tokens_sha256: str
     docs_sha256: str
+    name: str | None = None   # file stem; None: shard_<number>
+
+    @property
+    def stem(self) -> str:
+        return self.name or shard_stem(self.number)
 
     def to_dict(self) -> dict:
-        return {"number": self.number, "tokens": self.tokens, "documents": self.documents,
-                "tokens_sha256": self.tokens_sha256, "docs_sha256": self.docs_sha256}
+        d = {"number": self.number, "tokens": self.tokens, "documents": self.documents,
+             "tokens_sha256": self.tokens_sha256, "docs_sha256": self.docs_sha256}
+        if self.name is not None:
+            d["name"] = self.name
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardInfo":
         return cls(int(d["number"]), int(d["tokens"]), int(d["documents"]),
-                   str(d["tokens_sha256"]), str(d["docs_sha256"]))
+                   str(d["tokens_sha256"]), str(d["docs_sha256"]), d.get("name"))
+
+    def renumbered(self, number: int) -> "ShardInfo":
+        return ShardInfo(number, self.tokens, self.documents, self.tokens_sha256, self.docs_sha256, self.name)
 
 
 def pack_documents(token_lists: Sequence[Sequence[int]], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -67,27 +90,35 @@ def pack_documents(token_lists: Sequence[Sequence[int]], dtype: np.dtype) -> tup
     return tokens, offsets
 
 
-def write_shard(directory: Path, number: int, token_lists: Sequence[Sequence[int]], vocab_size: int) -> ShardInfo:
-    """Write one complete shard (tokens, offsets, then its manifest)."""
-    dtype = token_dtype(vocab_size)
-    tokens, offsets = pack_documents(token_lists, dtype)
+def check_vocabulary(tokens: np.ndarray, vocab_size: int) -> None:
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise DataError(f"token id {int(tokens.max())} is beyond the vocabulary ({vocab_size} ids)",
                         "the tokenizer's vocab_size is wrong; use the tokenizer's own files")
-    token_bytes, doc_bytes = tokens.tobytes(), offsets.tobytes()
-    stem = shard_stem(number)
+
+
+def write_shard(directory: Path, number: int, token_lists: Sequence[Sequence[int]], vocab_size: int) -> ShardInfo:
+    """Write one complete shard ``shard_<number>`` (tokens, offsets, then its manifest)."""
+    tokens, offsets = pack_documents(token_lists, token_dtype(vocab_size))
+    check_vocabulary(tokens, vocab_size)
+    return write_shard_arrays(directory, number, None, tokens, offsets)
+
+
+def write_shard_arrays(directory: Path, number: int, name: str | None, tokens: np.ndarray,
+                       offsets: np.ndarray) -> ShardInfo:
+    """Write a shard from its packed tokens and document offsets (start of each, then the end)."""
+    token_bytes, doc_bytes = tokens.tobytes(), np.asarray(offsets, dtype="<u8").tobytes()
+    info = ShardInfo(number, int(tokens.size), len(offsets) - 1, hashlib.sha256(token_bytes).hexdigest(),
+                     hashlib.sha256(doc_bytes).hexdigest(), name)
     # No fsync per shard: a resumed run re-verifies both checksums before trusting a shard.
-    write_bytes_atomic(directory / f"{stem}.tokens", token_bytes, durable=False)
-    write_bytes_atomic(directory / f"{stem}.docs", doc_bytes, durable=False)
-    info = ShardInfo(number, int(tokens.size), len(token_lists),
-                     hashlib.sha256(token_bytes).hexdigest(), hashlib.sha256(doc_bytes).hexdigest())
-    write_json_atomic(directory / f"{stem}.json", info.to_dict())
+    write_bytes_atomic(directory / f"{info.stem}.tokens", token_bytes, durable=False)
+    write_bytes_atomic(directory / f"{info.stem}.docs", doc_bytes, durable=False)
+    write_json_atomic(directory / f"{info.stem}.json", info.to_dict())
     return info
 
 
-def read_complete_shard(directory: Path, number: int) -> ShardInfo | None:
+def read_complete_shard(directory: Path, number: int, name: str | None = None) -> ShardInfo | None:
     """The shard's manifest if the shard is complete and intact on disk, else None."""
-    stem = shard_stem(number)
+    stem = name or shard_stem(number)
     manifest = directory / f"{stem}.json"
     try:
         info = ShardInfo.from_dict(json.loads(manifest.read_text()))
@@ -146,9 +177,8 @@ class ShardSet:
         self._tokens: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         for info in self.shards:
-            stem = shard_stem(info.number)
-            self._tokens.append(self._map(f"{stem}.tokens", self.dtype, info.tokens))
-            self._offsets.append(self._map(f"{stem}.docs", np.dtype("<u8"), info.documents + 1))
+            self._tokens.append(self._map(f"{info.stem}.tokens", self.dtype, info.tokens))
+            self._offsets.append(self._map(f"{info.stem}.docs", np.dtype("<u8"), info.documents + 1))
 
     def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
         path = self.directory / name

@@ -16,8 +16,6 @@ first N documents).
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import json
 import os
 import re
@@ -27,18 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from llamapod.data.pieces import Meter, Part, Piece, kind_of, plan_file_parts, read_piece
 from llamapod.data.shards import ShardSet, is_shard_dir
 from llamapod.data.tokenizer import digest_bytes
 from llamapod.errors import DataError
 
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst", ".md")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson", ".ndjson.gz", ".ndjson.zst")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 TXT_DOCUMENTS = ("file", "paragraph", "line")
 SOURCE_OPTIONS = ("text_field", "txt_document", "dataset_config_name", "dataset_split", "streaming",
                   "data_files", "max_tokens", "max_documents")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 @dataclass
@@ -117,13 +115,9 @@ def _suffix_of(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
-
-
 class FileSource(DocumentSource):
+    """Local files, read in sorted order; ``parts()`` cuts them for parallel readers."""
+
     def __init__(self, label: str, files: list[Path], options: SourceOptions) -> None:
         stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         description = {"kind": "files", "source": label, "files": [str(p) for p in files], **options.key()}
@@ -132,82 +126,16 @@ class FileSource(DocumentSource):
         self.files = files
         self.options = options
 
+    def parts(self, part_bytes: int) -> list[Part]:
+        return plan_file_parts(self.files, part_bytes)
+
     def documents(self) -> Iterator[str]:
+        meter = Meter()
         for path in self.files:
-            suffix = _suffix_of(path)
-            if suffix in PARQUET_SUFFIXES:
-                yield from self._parquet(path)
-            elif suffix in JSONL_SUFFIXES:
-                yield from self._jsonl(path)
-            else:
-                yield from self._txt(path)
-
-    def _txt(self, path: Path) -> Iterator[str]:
-        with _open_text(path) as handle:
-            text = handle.read()
-        self.consumed += path.stat().st_size
-        if self.options.txt_document == "file":
-            parts = [text]
-        elif self.options.txt_document == "paragraph":
-            parts = _PARAGRAPH_BREAK.split(text)
-        else:
-            parts = text.splitlines()
-        yield from (part for part in parts if part.strip())
-
-    def _jsonl(self, path: Path) -> Iterator[str]:
-        field_name = self.options.text_field
-        bad = MalformedRecords(path, "line")
-        compressed = path.name.lower().endswith(".gz")
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not compressed:
-                    self.consumed += len(line.encode("utf-8", errors="replace"))
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    bad.add(number, "not valid JSON")
-                    continue
-                if not isinstance(record, dict) or field_name not in record:
-                    bad.add(number, f"no {field_name!r} field")
-                elif not isinstance(record[field_name], str):
-                    bad.add(number, f"{field_name!r} is not a string")
-                elif record[field_name].strip():
-                    yield record[field_name]
-        if compressed:
-            self.consumed += path.stat().st_size
-        bad.raise_if_any("fix those lines, or pass --text_field if the text is under another key")
-
-    def _parquet(self, path: Path) -> Iterator[str]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}",
-                            "check the file is complete (re-download or re-export it)") from None
-        field_name = self.options.text_field
-        columns = parquet.schema_arrow.names
-        if field_name not in columns:
-            raise DataError(f"{path} has no column {field_name!r} (columns: {', '.join(columns)})",
-                            "pass --text_field with the column that holds the text")
-        column_type = parquet.schema_arrow.field(field_name).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-            raise DataError(f"{path}: column {field_name!r} holds {column_type}, not text",
-                            "pass --text_field with the column that holds the text")
-        bad = MalformedRecords(path, "row")
-        row = 0
-        for batch in parquet.iter_batches(columns=[field_name], batch_size=4096):
-            for value in batch.column(0).to_pylist():
-                row += 1
-                if value is None:
-                    bad.add(row, f"{field_name!r} is null")
-                elif value.strip():
-                    yield value
-        self.consumed += path.stat().st_size
-        bad.raise_if_any("drop or fill the rows without text")
+            for text in read_piece(Piece(str(path), kind_of(path), path.stat().st_size), self.options, meter):
+                self.consumed = meter.value
+                yield text
+            self.consumed = meter.value
 
 
 class HFDatasetSource(DocumentSource):
@@ -345,7 +273,7 @@ def _open_source(source: str, parsed: SourceOptions) -> DocumentSource:
     if path.is_file():
         if _suffix_of(path) not in SUPPORTED:
             raise DataError(f"{path}: unsupported file type {_suffix_of(path) or '(none)'}",
-                            "use .txt, .jsonl (.jsonl.gz) or .parquet files")
+                            "use .txt, .jsonl or .parquet files (.gz or .zst compressed: .jsonl.gz, .json.gz, .jsonl.zst)")
         return FileSource(source, [path], parsed)
     if glob.has_magic(source):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True)

@@ -23,7 +23,8 @@ ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_F
                           "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
 
 _JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch): "12\n" is not a job id
-_METRICS = re.compile(r"(step \d+/\d+ \|.*)$")
+# A trainer's `step n/N | loss ...` line, or a tokenizing job's `prepare | parts | tokens | ETA` line.
+_METRICS = re.compile(r"((?:step \d+/\d+|prepare) \|.*)$")
 # `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
 _SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "Reason", "Partition",
@@ -72,7 +73,8 @@ def check_job_id(job_id: str) -> str:
 
 
 def last_metrics_line(text: str) -> Optional[str]:
-    """The newest `step n/N | loss ...` line the trainer logged, without any prefix."""
+    """The newest `step n/N | loss ...` line the trainer logged (or `prepare | ...` line of a
+    tokenizing job), without any prefix."""
     for line in reversed(text.splitlines()):
         match = _METRICS.search(line.strip())
         if match:

@@ -31,7 +31,8 @@ def write_corpus(path: Path, count: int, seed: int = 5) -> Path:
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file below ``directory``, hidden ones (run state) included."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_prepare_and_inspect_from_the_command_line(tmp_path, run_cli, small_tokenizer_file):
@@ -54,10 +55,12 @@ def test_prepare_and_inspect_from_the_command_line(tmp_path, run_cli, small_toke
     assert lines[-1] == load_tokenizer(str(small_tokenizer_file)).decode(
         load_tokenizer(str(small_tokenizer_file)).encode(make_documents(400, seed=5)[0])[:12])
 
-    # Same command again: nothing redone.
+    # Same command again: nothing redone, nothing left behind.
+    before = tree_bytes(out)
     code, _, stderr = run_cli("data", "prepare", str(corpus), "--tokenizer", str(small_tokenizer_file),
                               "--out", str(out), "--shard-mb", "0.01")
     assert code == 0 and f"{out} is already prepared ({index['num_tokens']:,} tokens)" in stderr
+    assert tree_bytes(out) == before
 
 
 def test_prepare_killed_midway_then_rerun_is_byte_identical(tmp_path, run_cli, small_tokenizer_file):
@@ -152,8 +155,8 @@ def test_prepare_errors_are_one_line(tmp_path, run_cli, small_tokenizer_file):
     broken.write_text('{"text": "fine"}\n{"text": "cut off\n{"text": "ok"}\n')
     code, _, stderr = run_cli("data", "prepare", str(broken), *tok, "--out", str(tmp_path / "o3"))
     assert code == 1 and stderr.splitlines()[-2:] == [
-        f"error: {broken}: 1 malformed record(s), first at line 2: not valid JSON",
-        "  hint: fix those lines, or pass --text_field if the text is under another key"]
+        f"error: {broken}: line 2 (byte 17) is not valid JSON",
+        "  hint: fix or remove that record (or pass --text_field if the text is under another key), then re-run"]
     assert not (tmp_path / "o3" / "index.json").exists()
 
     code, _, stderr = run_cli("data", "inspect", str(tmp_path / "nowhere"))

@@ -56,16 +56,21 @@ def test_parquet_column(tmp_path):
     assert err.value.hint == "pass --text_field with the column that holds the text"
 
 
-def test_malformed_jsonl_names_count_and_first_line(tmp_path):
+def test_a_malformed_jsonl_record_is_one_line_with_its_line_and_byte_offset(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n\n{not json\n{"text": "fine"}\n{"body": "x"}\n[1, 2]\n')
     with pytest.raises(DataError) as err:
         docs_of(path)
-    assert err.value.message == f"{path}: 3 malformed record(s), first at line 3: not valid JSON"
+    assert err.value.message == f"{path}: line 3 (byte 16) is not valid JSON"
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"text": "a"}, {"content": "b"}, {"text": 3}])
     with pytest.raises(DataError) as err:
         docs_of(missing)
-    assert err.value.message == f"{missing}: 2 malformed record(s), first at line 2: no 'text' field"
+    assert err.value.message == f"{missing}: line 2 (byte 14) has no 'text' field"
+    not_text = write_jsonl(tmp_path / "number.jsonl", [{"text": "a"}, {"text": 3}])
+    with pytest.raises(DataError) as err:
+        docs_of(not_text)
+    assert err.value.message == f"{not_text}: line 2 (byte 14) has a 'text' that is not a string"
+    assert err.value.hint.startswith("fix or remove that record")
 
 
 def test_missing_empty_and_unsupported_sources(tmp_path):

@@ -58,6 +58,9 @@ def test_slurm_last_metrics_line_ignores_prefixes_and_other_lines():
     ])
     assert last_metrics_line(text) == "step 10/20 | val_loss 3.3000 | val_ppl 27.11"
     assert last_metrics_line("nothing yet\n") is None
+    # A tokenizing job's progress line (llamapod data prepare --slurm).
+    preparing = text + "\nprepare | 12/64 parts | 1,234,567 tokens | 412,345 tokens/s | 19% | ETA 0:01:23\n• next"
+    assert last_metrics_line(preparing) == "prepare | 12/64 parts | 1,234,567 tokens | 412,345 tokens/s | 19% | ETA 0:01:23"
 
 
 @pytest.mark.parametrize("job_id", ["12", "12_3", " 7 "])
