@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from llamapod.cli import ui
 from llamapod.config.train import TrainSpec, resolve_model_args
-from llamapod.errors import CheckpointError
+from llamapod.errors import CheckpointError, DataError
 from llamapod.train import metrics as m
 from llamapod.train.model import ModelArgs, Transformer
 from llamapod.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
@@ -72,6 +72,23 @@ def with_reachable_defaults(spec: TrainSpec) -> tuple[TrainSpec, list[str]]:
     return spec.model_copy(update={name: "default" for name in unnamed}), notices
 
 
+def _is_local_source(dataset: str) -> bool:
+    import glob
+
+    return dataset in ("default", "") or Path(dataset).expanduser().exists() or glob.has_magic(dataset)
+
+
+def _check_splits_apply(spec: TrainSpec) -> None:
+    """Split names select splits of a hub dataset; files have none, so a split flag there would
+    silently validate on training documents."""
+    if (spec.train_split, spec.val_split) == ("train", "train") or not _is_local_source(spec.dataset):
+        return
+    raise DataError(f"--train_split/--val_split name splits of a Hugging Face dataset, and {spec.dataset} is "
+                    f"{'the built-in corpus' if spec.dataset in ('default', '') else 'local files'}",
+                    "drop them: validation then holds out documents of the data; or pass separate files as "
+                    "--dataset for each run")
+
+
 def build_datasets(spec: TrainSpec, tokenizer, *, seq_len: int, rank: int, world_size: int):
     """(train, validation or None) for one rank.
 
@@ -81,6 +98,7 @@ def build_datasets(spec: TrainSpec, tokenizer, *, seq_len: int, rank: int, world
     """
     from llamapod.data import build_dataset
 
+    _check_splits_apply(spec)
     common = dict(seq_len=seq_len, rank=rank, world_size=world_size, seed=spec.seed)
     separate_val = spec.val_split != spec.train_split
     held_out = {"val_fraction": 0.0} if separate_val else {}

@@ -238,3 +238,26 @@ def test_learning_rate_schedules_of_the_reference():
     spec = parse_train_args(["--preset", "tiny", "--recipe", "reference", "--max_steps", "100", "--lr_decay_iters",
                              "50", "--warmup", "0.1", "--lr_decay_style", "plateau", "--plateau", "0.2"])
     assert (spec.decay_steps(), spec.warmup_steps(), spec.plateau_steps()) == (50, 5, 10)
+
+
+def test_the_references_sample_and_split_flags_reach_the_data(tmp_path, monkeypatch):
+    import json
+
+    from llamapod.data import load_tokenizer
+    from llamapod.errors import DataError
+    from llamapod.train.loop import build_datasets
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " * 40}) + "\n" for i in range(60)))
+    tokenizer = load_tokenizer("default")
+
+    def documents(*flags):
+        spec = parse_train_args(["--preset=tiny", "--recipe=quickstart", f"--dataset={corpus}",
+                                 "--max_context_width=16", *flags])
+        train, val = build_datasets(spec, tokenizer, seq_len=16, rank=0, world_size=1)
+        return train.shards.num_documents if hasattr(train, "shards") else train.num_sequences
+
+    assert documents("--n_samples_train=12") < documents()
+    with pytest.raises(DataError) as info:
+        documents("--val_split=validation")
+    assert info.value.message.startswith("--train_split/--val_split name splits of a Hugging Face dataset")
