@@ -44,6 +44,20 @@ class CloudError(LlamapodError):
         self.aws_message = message
 
 
+class AwsSetupError(CloudError):
+    """This machine's AWS setup (profile, credentials, config files, region) cannot be used.
+
+    Raised before any request is sent, so it names the local setting to fix rather than
+    an API operation.
+    """
+
+    def __init__(self, code: str, message: str, hint: str | None = None):
+        LlamapodError.__init__(self, message, hint)
+        self.op = "configure"
+        self.code = code
+        self.aws_message = message
+
+
 class ClusterStateError(LlamapodError):
     """The cluster (or one of its resources) is not in a state that allows the request."""
 
