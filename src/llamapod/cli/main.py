@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         ui.configure(debug=True)
+    ui.route_library_logs()
     try:
         # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
         code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from llamapod.errors import LlamapodError
 
     is_main = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+    ui.route_library_logs()
     try:
         from llamapod.config.train import parse_train_args
         from llamapod.train.loop import train_worker

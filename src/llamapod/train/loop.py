@@ -293,7 +293,7 @@ class Trainer:
         if main:
             log.write(summary)
             log.close()
-            m.plot_metrics(self.paths.metrics, self.paths.plot)
+            m.write_plot(self.paths.metrics, self.paths.plot)
             self._finish_message(summary)
         return summary
 
