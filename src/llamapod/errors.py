@@ -80,3 +80,20 @@ class RemoteError(LlamapodError):
 
 class TrainingError(LlamapodError):
     """Training could not start or continue (world size, devices, numerics)."""
+
+
+class WorkerFailed(TrainingError):
+    """A training worker process failed; the exit code is the worker's own."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1):
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+class Interrupted(LlamapodError):
+    """The user (Ctrl-C) or a scheduler (SIGTERM) stopped the command; exit code 128 + signal."""
+
+    def __init__(self, message: str, hint: str | None = None, signum: int = 2):
+        super().__init__(message, hint)
+        self.signum = signum
+        self.exit_code = 128 + signum

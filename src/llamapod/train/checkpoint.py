@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from llamapod.cli import ui
 from llamapod.errors import CheckpointError, ConfigError
+from llamapod.train.runfolder import LOCK_FILE as RUN_LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
             f"checkpoint {directory} is partial: it has no {MARKER} marker (its save was interrupted)",
             hint=_older_hint(directory),
         )
-    foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name)]
+    foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name) and p.name != RUN_LOCK_FILE]
     if foreign and not partial:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise CheckpointError(
@@ -898,7 +899,7 @@ class CheckpointManager:
                 dcp.load(state, storage_reader=dcp.FileSystemReader(str(step_dir)), no_dist=not _distributed())
         except CheckpointError:
             raise
-        except Exception as exc:
+        except (Exception, CheckpointException) as exc:
             raise CheckpointError(
                 f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                 hint=_older_hint(step_dir),
@@ -939,6 +940,10 @@ def _has_optimizer_state(step_dir: Path) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, CheckpointException) and exc.failures:
+        # Its text is every rank's traceback: the first rank's exception says what went wrong.
+        inner = next(iter(exc.failures.values()))
+        exc = inner[0] if isinstance(inner, tuple) else inner
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -969,7 +974,7 @@ def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
     try:
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                               hint=_older_hint(step_dir)) from None
     return args, {k[len("model."):]: v for k, v in state.items()}, meta

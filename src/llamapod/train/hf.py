@@ -342,11 +342,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
     folder is written beside the target and renamed into place when complete; an existing
     model folder is replaced only with ``force`` (weights, index and config together).
     """
-    import torch.distributed.checkpoint as dcp
-    from safetensors.torch import save_file
-
-    from llamapod.train.checkpoint import (_quiet_single_process, read_dcp_metadata, resolve_checkpoint,
-                                           validate_checkpoint)
+    from llamapod.train.checkpoint import read_dcp_metadata, resolve_checkpoint, validate_checkpoint
     from llamapod.train.model import ModelArgs
 
     if dtype not in _DTYPES:
@@ -373,8 +369,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
             file_name = HF_SINGLE if len(plan) == 1 else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
             state = {f"model.{n}": torch.empty(tuple(metadata[f"model.{n}"].size),
                                                dtype=metadata[f"model.{n}"].properties.dtype) for n in names}
-            with _quiet_single_process():
-                dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+            _read_tensors(state, step_dir)
             tensors = {}
             for name in names:
                 tensors[hf_name(name)] = _to_hf_tensor(name, state[f"model.{name}"], args).to(_DTYPES[dtype]).contiguous()
@@ -398,6 +393,20 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
             written.extend(Path(p) for p in tokenizer.save_files(out))
         names_written = [p.relative_to(out) for p in written]
     return [target / name for name in names_written]
+
+
+def _read_tensors(state: dict[str, torch.Tensor], step_dir: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from llamapod.train.checkpoint import _first_line, _older_hint, _quiet_single_process
+
+    try:
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
+                              hint=_older_hint(step_dir)) from None
 
 
 def _to_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:
