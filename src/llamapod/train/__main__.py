@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     is_main = rank == "0"
     ui.route_library_logs()
+    if launched_locally():
+        _exit_with_the_launcher()
     spec = None
     try:
         from llamapod.config.train import parse_train_args
@@ -66,6 +68,31 @@ def main(argv: list[str] | None = None) -> int:
         if speaks:
             ui.error(message, hint)
         return code
+
+
+def _exit_with_the_launcher() -> None:
+    """Die when the `llamapod train` that started this worker dies, however it dies.
+
+    torch's agent starts each worker in a session of its own, so a SIGKILL of the launcher
+    (or of its process group) would leave the workers training on, unseen, holding the run
+    folder. Linux's parent-death signal ends them with it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    from llamapod.train.failures import LAUNCHER_PID_ENV
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and os.getppid() != int(launcher):  # it died before the request was in place
+        os._exit(1)
 
 
 def _unexpected(exc: BaseException, rank: str) -> tuple[str, str, int]:

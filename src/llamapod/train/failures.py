@@ -28,6 +28,7 @@ from llamapod.errors import Interrupted, LlamapodError, WorkerFailed
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 # Set by `llamapod train` for the workers it starts: it reports their failures itself.
 LOCAL_LAUNCH_ENV = "LLAMAPOD_LOCAL_LAUNCH"
+LAUNCHER_PID_ENV = "LLAMAPOD_LAUNCHER_PID"
 # What a worker ends with when it was asked to stop (Ctrl-C or SIGTERM), handled or not.
 _STOP_EXITS = {130: signal.SIGINT, 143: signal.SIGTERM, -signal.SIGINT: signal.SIGINT,
                -signal.SIGTERM: signal.SIGTERM}

@@ -122,10 +122,10 @@ def _stop_signals_raised() -> Iterator[None]:
 @contextmanager
 def _worker_environment(nproc: int | None) -> Iterator[None]:
     """Variables the workers read: they are started by us (we report their failures), with ``nproc``."""
-    from llamapod.train.failures import LOCAL_LAUNCH_ENV
+    from llamapod.train.failures import LAUNCHER_PID_ENV, LOCAL_LAUNCH_ENV
     from llamapod.train.resume import NPROC_ENV
 
-    values = {LOCAL_LAUNCH_ENV: "1", NPROC_ENV: str(nproc) if nproc else None,
+    values = {LOCAL_LAUNCH_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()), NPROC_ENV: str(nproc) if nproc else None,
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # workers set their own share
     saved = {name: os.environ.get(name) for name in values}
     for name, value in values.items():
