@@ -29,6 +29,7 @@ ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 # Set by `llamapod train` for the workers it starts: it reports their failures itself.
 LOCAL_LAUNCH_ENV = "LLAMAPOD_LOCAL_LAUNCH"
 LAUNCHER_PID_ENV = "LLAMAPOD_LAUNCHER_PID"
+INTERNAL_ERROR_EXIT = 70  # what a worker exits with for an exception that is a bug
 # What a worker ends with when it was asked to stop (Ctrl-C or SIGTERM), handled or not.
 _STOP_EXITS = {130: signal.SIGINT, 143: signal.SIGTERM, -signal.SIGINT: signal.SIGINT,
                -signal.SIGTERM: signal.SIGTERM}
@@ -143,7 +144,11 @@ def describe(first: Failure, *, oom_killed: bool, resume: str) -> LlamapodError:
     if record is not None:
         message = record.message if record.message.startswith(f"rank {first.rank}") else (
             f"rank {first.rank} failed first: {record.message}")
-        return WorkerFailed(message, record.hint or f"its traceback is in {first.error_file}", record.exit_code)
+        hint = record.hint
+        if record.exit_code == INTERNAL_ERROR_EXIT or not hint:
+            hint = f"its traceback is in {first.error_file}" + ("; please report it" if record.exit_code ==
+                                                               INTERNAL_ERROR_EXIT else "")
+        return WorkerFailed(message, hint, record.exit_code)
     if first.signal is not None:
         return _killed(first, oom_killed=oom_killed, resume=resume)
     return WorkerFailed(f"rank {first.rank} exited with code {first.exit_code} without a message",
