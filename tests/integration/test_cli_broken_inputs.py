@@ -165,6 +165,18 @@ CASES = {
     "model shape of the wrong type": Case(
         _damage(f"{STEP}/meta.json", _meta_with(model_args={"dim": "64", "n_layers": 2})),
         f"error: checkpoint {STEP} is corrupted: meta.json has model_args of the wrong type: dim"),
+    "data position of the wrong type": Case(
+        _damage(f"{STEP}/meta.json", lambda data: json.dumps({**json.loads(data), "data": {
+            **json.loads(data)["data"], "position": "12"}}).encode()),
+        f"error: checkpoint {STEP} is corrupted: meta.json has a data position of the wrong type: position"),
+    "a file where the run folder belongs": Case(
+        lambda folder, tools: (folder / "taken").write_text("notes") and
+        ["train", *TINY, "--max_steps", "2", "--run_dir", "taken"],
+        "error: the run folder taken is a file, not a folder"),
+    "run folder that fills up mid-run": Case(
+        lambda folder, tools: ["train", *TINY, "--max_steps", "60", "--checkpoint_freq", "1000",
+                               "--run_dir", str(tools.tmpfs("12k", "tiny-run")), "--checkpoint_dir", "ck"],
+        "error: cannot write {tmp}/tiny-run/metrics.jsonl: No space left on device"),
     "truncated tensor index": Case(_damage(f"{STEP}/.metadata", lambda data: data[:40]),
                                    f"error: checkpoint {STEP} is corrupted: its tensor index .metadata cannot be read"),
     "export onto an existing model": Case(_export_onto_a_model, "error: export target hf already holds a Hugging Face "
@@ -209,7 +221,7 @@ def test_broken_input_is_one_line_and_nothing_is_lost(name, trained, tmp_path, a
     hints = [line for line in err.splitlines() if line.startswith("  hint:")]
     assert code not in (0, 70), err
     assert len(errors) == 1 and len(hints) <= 1, err
-    assert errors[0].startswith(case.error.format(home=folder / "home")), err
+    assert errors[0].startswith(case.error.format(home=folder / "home", tmp=tmp_path)), err
     assert "Traceback" not in err and "internal error" not in err
     after = _snapshot(folder)
     assert {path: after.get(path) == data for path, data in before.items()} == {path: True for path in before}, \

@@ -7,6 +7,7 @@ under ``srun`` without torchrun (derives them from SLURM_*), and as a plain proc
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -104,12 +105,20 @@ def _unexpected(exc: BaseException, rank: str) -> tuple[str, str, int]:
         return (f"rank {rank} ran out of GPU memory: {first}",
                 "try a smaller --train_batch_size, --activation_checkpointing full, or more GPUs (FSDP shards the "
                 "state over them)", 1)
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        # The run folder filled up or became unwritable mid-run: this machine's state, not a bug.
+        where = f": {exc.filename}" if exc.filename else ""
+        return (f"rank {rank}: {exc.strerror}{where}",
+                "free space or fix the permissions there (or choose another --run_dir), then resume the run", 1)
     if _lost_a_peer(exc, torch):
         return (f"rank {rank} lost its connection to another rank ({first[:160]})",
                 "another rank failed or was stopped first: its error is the one to read", 1)
     return (f"rank {rank}: internal error: {type(exc).__name__}: {first}",
             "set LLAMAPOD_DEBUG=1 for the traceback, and report it", 70)
 
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                       errno.ENOTDIR}
 
 # What gloo and NCCL say when the process at the other end of a connection is gone.
 _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",

@@ -322,6 +322,13 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
             return f"has a {type(value).__name__} for {key!r} where a {types[0].__name__} belongs"
     if meta["step"] < 0:
         return f"has a negative step ({meta['step']})"
+    data = meta.get("data")
+    if isinstance(data, dict):
+        # The data position resumes the sampler: whole, non-negative numbers or nothing.
+        wrong = [key for key in ("epoch", "position") if isinstance(data.get(key), bool)
+                 or not isinstance(data.get(key), int) or data[key] < 0]
+        if wrong:
+            return f"has a data position of the wrong type: {', '.join(wrong)}"
     args = meta.get("model_args")
     if isinstance(args, dict):
         wrong = [name for name, value in args.items() if not _fits_model_field(name, value)]

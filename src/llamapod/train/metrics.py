@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from llamapod.errors import TrainingError
 from llamapod.instances import PEAK_BF16_FLOPS
 from llamapod.paths import cache_dir
 
@@ -140,19 +141,31 @@ class MetricsLog:
     """metrics.jsonl in the run folder: one JSON object per line, appended and flushed."""
 
     def __init__(self, path: Path, *, append: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        if append:
-            _end_damaged_last_line(path)
-        self._file = open(path, "a" if append else "w", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if append:
+                _end_damaged_last_line(path)
+            self._file = open(path, "a" if append else "w", encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
 
     def close(self) -> None:
         self._file.close()
+
+
+def _unwritable(path: Path, exc: OSError) -> TrainingError:
+    return TrainingError(f"cannot write {path}: {exc.strerror or exc}",
+                         "free space or fix the permissions of the run folder, then resume the run from its newest "
+                         "checkpoint")
 
 
 def _end_damaged_last_line(path: Path) -> None:

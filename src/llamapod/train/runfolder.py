@@ -43,6 +43,8 @@ class FolderLock:
 def lock_folder(folder: Path, *, what: str = "run folder", flag: str = "--run_dir") -> FolderLock:
     """Take ``folder`` for this run, creating it; one line if it is in use or cannot be written."""
     path = folder / LOCK_FILE
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"the {what} {folder} is a file, not a folder", f"choose another {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
