@@ -87,7 +87,10 @@ def _check_folders_free(spec: TrainSpec) -> None:
 def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> int:
     from llamapod.train.loop import train_worker
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+    # A world of one on a fresh port: a rendezvous port left in the environment by an
+    # earlier run in this process may still be bound by that run's store until it is freed.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT"):
         os.environ.pop(name, None)
     with _worker_environment(nproc):
         train_worker(spec)
@@ -120,13 +123,14 @@ def _stop_signals_raised() -> Iterator[None]:
 
 
 @contextmanager
-def _worker_environment(nproc: int | None) -> Iterator[None]:
+def _worker_environment(nproc: int | None, *, spawned: bool = False) -> Iterator[None]:
     """Variables the workers read: they are started by us (we report their failures), with ``nproc``."""
     from llamapod.train.failures import LAUNCHER_PID_ENV, LOCAL_LAUNCH_ENV
     from llamapod.train.resume import NPROC_ENV
 
-    values = {LOCAL_LAUNCH_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()), NPROC_ENV: str(nproc) if nproc else None,
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # workers set their own share
+    values = {LOCAL_LAUNCH_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()), NPROC_ENV: str(nproc) if nproc else None}
+    if spawned:
+        values["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # workers set their own share
     saved = {name: os.environ.get(name) for name in values}
     for name, value in values.items():
         if value is None:
@@ -168,7 +172,7 @@ def _launch_workers(spec: TrainSpec, nproc: int, explicit_nproc: int | None) -> 
     command = worker_command(spec)
     oom = failures.OomWatch()
     try:
-        with _worker_environment(explicit_nproc):
+        with _worker_environment(explicit_nproc, spawned=True):
             elastic_launch(config, command[0])(*command[1:])
     except SignalException as exc:
         raise _interrupted(spec, int(exc.sigval), explicit_nproc) from None

@@ -67,15 +67,17 @@ def test_descriptions_name_the_rank_the_cause_and_the_way_on():
     assert silent.message == "rank 0 exited with code 3 without a message" and silent.exit_code == 3
 
 
-def test_the_resume_command_carries_the_runs_flags_and_quotes_them(monkeypatch):
+def test_the_resume_command_rebuilds_the_run_and_quotes_it(monkeypatch):
     monkeypatch.delenv(NPROC_ENV, raising=False)
     spec = parse_train_args(["--preset", "tiny", "--num_layers", "3", "--lr", "1e-3", "--run_dir", "my runs/a b",
                              "--dataset", "data/it's.txt"])
-    command = resume_command(spec, max_steps=240)
-    assert shlex.split(command) == [
-        "llamapod", "train", "--preset=tiny", "--num_layers=3", "--dataset=data/it's.txt", "--lr=0.001",
-        "--run_dir=my runs/a b", "--resume_from_checkpoint=my runs/a b/checkpoints", "--max_steps=240"]
-    assert parse_train_args(shlex.split(command)[2:]).resume_from_checkpoint == "my runs/a b/checkpoints"
+    words = shlex.split(resume_command(spec, max_steps=240))
+    assert words[:2] == ["llamapod", "train"]
+    assert words[-3:] == ["--run_dir=my runs/a b", "--resume_from_checkpoint=my runs/a b/checkpoints",
+                          "--max_steps=240"]
+    # Pasted into a shell, it is the same run, resumed from its own folder, with more steps.
+    assert parse_train_args(words[2:]) == spec.model_copy(
+        update={"resume_from_checkpoint": "my runs/a b/checkpoints", "max_steps": 240})
     monkeypatch.setenv(NPROC_ENV, "4")
     assert shlex.split(resume_command(spec))[2:4] == ["--nproc", "4"]
     with pytest.raises(ValueError):
