@@ -146,8 +146,13 @@ def test_ctrl_c_prints_the_exact_resume_command_and_the_resume_is_exact(tmp_path
     command = _resume_hint(err)
     from llamapod.config.train import parse_train_args
 
-    assert parse_train_args(shlex.split(command)[2:]) == parse_train_args(
-        [*FLAGS, "--max_steps", "1000", "--run_dir", "run", "--resume_from_checkpoint", "run/checkpoints"])
+    printed = parse_train_args(shlex.split(command)[2:])
+    given = parse_train_args([*FLAGS, "--max_steps", "1000", "--run_dir", "run",
+                              "--resume_from_checkpoint", "run/checkpoints"])
+    # Every flag the run was given, and the folders; settings left unnamed may show the value
+    # the run actually used (an offline fallback for the default data, say).
+    named = {flag[2:] for flag in FLAGS if flag.startswith("--")} | {"max_steps", "run_dir", "resume_from_checkpoint"}
+    assert {n: getattr(printed, n) for n in named} == {n: getattr(given, n) for n in named}
 
     # The printed command as is, except for a shorter end so the test ends.
     words = shlex.split(command.replace("--max_steps=1000", "--max_steps=12"))
@@ -183,7 +188,7 @@ def test_a_killed_worker_is_named_and_not_blamed_on_memory(tmp_path):
     assert lines[0] == (f"error: rank 1 (pid {victim}) was killed with SIGKILL from outside llamapod "
                         "(not by the out-of-memory killer)"), err
     assert lines[1].startswith("  hint: check who stops processes here (a scheduler's limits, `kill -9`); resume with: "
-                               "llamapod train --preset=tiny")
+                               "llamapod train ") and " --preset=tiny " in lines[1]
     assert len(lines) == 2, "rank 0, stopped by the launcher, reports nothing of its own"
     assert "out of memory?" not in err and "internal error" not in err
 

@@ -76,8 +76,8 @@ def test_the_resume_command_rebuilds_the_run_and_quotes_it(monkeypatch):
     assert words[-3:] == ["--run_dir=my runs/a b", "--resume_from_checkpoint=my runs/a b/checkpoints",
                           "--max_steps=240"]
     # Pasted into a shell, it is the same run, resumed from its own folder, with more steps.
-    assert parse_train_args(words[2:]) == spec.model_copy(
-        update={"resume_from_checkpoint": "my runs/a b/checkpoints", "max_steps": 240})
+    assert parse_train_args(words[2:]).model_dump() == spec.model_copy(
+        update={"resume_from_checkpoint": "my runs/a b/checkpoints", "max_steps": 240}).model_dump()
     monkeypatch.setenv(NPROC_ENV, "4")
     assert shlex.split(resume_command(spec))[2:4] == ["--nproc", "4"]
     with pytest.raises(ValueError):
