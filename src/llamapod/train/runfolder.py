@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".llamapod-run.lock"
 PREVIOUS_ATTEMPT_WAIT_S = 15 * 60.0
+# What flock(2) answers where the file system does not support it.
+_NO_FLOCK_ERRNOS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 POLL_S = 5.0
 
 
@@ -53,6 +55,12 @@ def lock_folder(folder: Path, *, what: str = "run folder", flag: str = "--run_di
     try:
         _take(fd, folder)
     except OSError as exc:
+        if exc.errno in _NO_FLOCK_ERRNOS:
+            # Lustre mounted without `flock` (or `localflock` across nodes), some NFS setups:
+            # the run goes on unguarded rather than not at all.
+            log.warning("%s cannot be locked on this file system (%s): a second run into it would not be stopped",
+                        folder, exc.strerror)
+            return FolderLock(folder, fd)
         holder = _read_holder(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
