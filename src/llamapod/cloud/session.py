@@ -205,15 +205,20 @@ def setup_error(exc: BaseException, profile_flag: str | None) -> AwsSetupError:
     if isinstance(exc, (bx.InvalidRegionError, bx.UnknownRegionError)):
         return AwsSetupError("InvalidRegion", f"AWS region {kwargs.get('region_name', '')!r} is not a region name",
                              "use a region name such as us-east-1 (--region, AWS_REGION or cluster.region)")
-    if isinstance(exc, (bx.SSOError, bx.SSOTokenLoadError, bx.UnauthorizedSSOTokenError, bx.TokenRetrievalError,
-                        bx.LoginTokenLoadError)):
+    if isinstance(exc, _botocore_classes(bx, "SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
+                                         "TokenRetrievalError", "LoginTokenLoadError")):
         return AwsSetupError("ExpiredToken", f"the AWS sign-in of this profile has expired or is missing "
                              f"({_first_line(exc)})", "sign in again: `aws sso login` (add --profile NAME if you use one)")
-    if isinstance(exc, (bx.CredentialRetrievalError, bx.InfiniteLoopConfigError, bx.UnknownCredentialError,
-                        bx.InvalidConfigError, bx.ConfigNotFound)):
+    if isinstance(exc, _botocore_classes(bx, "CredentialRetrievalError", "InfiniteLoopConfigError",
+                                         "UnknownCredentialError", "InvalidConfigError", "ConfigNotFound")):
         return AwsSetupError(type(exc).__name__, f"the AWS credentials cannot be loaded: {_first_line(exc)}",
                              "check the profile's settings with `aws configure list`, then re-run")
     return _UnknownSetupError(type(exc).__name__, _first_line(exc), None)
+
+
+def _botocore_classes(module: Any, *names: str) -> tuple[type, ...]:
+    # Older botocore releases lack some of these (LoginTokenLoadError is recent).
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
 
 
 def _first_line(exc: BaseException) -> str:
