@@ -207,8 +207,9 @@ def setup_error(exc: BaseException, profile_flag: str | None) -> AwsSetupError:
                              "use a region name such as us-east-1 (--region, AWS_REGION or cluster.region)")
     if isinstance(exc, _botocore_classes(bx, "SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
                                          "TokenRetrievalError", "LoginTokenLoadError")):
-        return AwsSetupError("ExpiredToken", f"the AWS sign-in of this profile has expired or is missing "
-                             f"({_first_line(exc)})", "sign in again: `aws sso login` (add --profile NAME if you use one)")
+        return AwsSetupError("ExpiredToken",
+                             f"the AWS sign-in of this profile has expired or is missing ({_first_line(exc)})",
+                             "sign in again: `aws sso login` (add --profile NAME if you use one)")
     if isinstance(exc, _botocore_classes(bx, "CredentialRetrievalError", "InfiniteLoopConfigError",
                                          "UnknownCredentialError", "InvalidConfigError", "ConfigNotFound")):
         return AwsSetupError(type(exc).__name__, f"the AWS credentials cannot be loaded: {_first_line(exc)}",

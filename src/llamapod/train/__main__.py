@@ -101,7 +101,8 @@ def _unexpected(exc: BaseException, rank: str) -> tuple[str, str, int]:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+    cuda_oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if cuda_oom is not None and isinstance(exc, cuda_oom):
         return (f"rank {rank} ran out of GPU memory: {first}",
                 "try a smaller --train_batch_size, --activation_checkpointing full, or more GPUs (FSDP shards the "
                 "state over them)", 1)

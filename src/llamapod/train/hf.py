@@ -372,7 +372,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
             _read_tensors(state, step_dir)
             tensors = {}
             for name in names:
-                tensors[hf_name(name)] = _to_hf_tensor(name, state[f"model.{name}"], args).to(_DTYPES[dtype]).contiguous()
+                tensor = _to_hf_tensor(name, state[f"model.{name}"], args)
+                tensors[hf_name(name)] = tensor.to(_DTYPES[dtype]).contiguous()
                 weight_map[hf_name(name)] = file_name
             _save_safetensors(tensors, out / file_name)
             written.append(out / file_name)

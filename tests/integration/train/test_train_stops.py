@@ -141,7 +141,8 @@ def test_ctrl_c_prints_the_exact_resume_command_and_the_resume_is_exact(tmp_path
 
     assert code == 130, err
     newest = complete_steps(tmp_path / "run")[-1]
-    assert err.splitlines()[-2] == f"error: training stopped by Ctrl-C; the newest checkpoint is run/checkpoints/{newest}"
+    assert err.splitlines()[-2] == ("error: training stopped by Ctrl-C; the newest checkpoint is "
+                                    f"run/checkpoints/{newest}")
     assert "Traceback" not in err and "internal error" not in err and "Received 2 death signal" not in err
     command = _resume_hint(err)
     from llamapod.config.train import parse_train_args
@@ -247,7 +248,8 @@ def test_a_run_folder_is_held_by_one_run_and_released_even_by_sigkill(tmp_path):
         except TrainingError:
             time.sleep(0.05)
     else:
-        raise AssertionError(f"the run folder is still locked 5 s after its holder died: {Path('/proc/locks').read_text()}")
+        locks_now = Path("/proc/locks").read_text()
+        raise AssertionError(f"the run folder is still locked 5 s after its holder died: {locks_now}")
     for lock in locks:
         lock.release()
 
