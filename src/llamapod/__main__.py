@@ -1,5 +1,3 @@
-import sys
+from llamapod.cli.main import run
 
-from llamapod.cli.main import main
-
-sys.exit(main())
+run()

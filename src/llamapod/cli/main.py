@@ -96,6 +96,21 @@ def cli(debug: bool, quiet: bool) -> None:
     ui.configure(debug=debug, quiet=quiet)
 
 
+def run() -> None:
+    """The ``llamapod`` command: ``main``, then an exit as clean as a torchrun worker's.
+
+    A run that trained in this process (``--nproc 1``) destroyed its process group, but a
+    C++ static destructor of gloo can still abort the interpreter's teardown of a finished
+    run; such a process ends like a worker does, after flushing its output.
+    """
+    code = main()
+    if "torch.distributed" in sys.modules:
+        from llamapod.train.parallel import exit_without_teardown
+
+        exit_without_teardown(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
     from llamapod.errors import LlamapodError
@@ -103,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         ui.configure(debug=True)
-    ui.route_library_logs()
+    ui.install_reporter()
     try:
         # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
         code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)
@@ -163,4 +178,4 @@ def _usage_hint(exc: click.ClickException) -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -95,8 +95,11 @@ def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detac
             raise click.UsageError("--force only applies with --slurm or --cluster")
         if slurm_overrides:
             raise click.UsageError(f"--{next(iter(slurm_overrides)).replace('_', '-')} only applies with --slurm or --cluster")
+        from llamapod.cli.run_summary import print_run_result
         from llamapod.train.launch import train_locally
 
-        code = train_locally(spec, nproc=nproc)
+        code, result = train_locally(spec, nproc=nproc)
+        if result is not None:
+            print_run_result(result)
     if code:
         sys.exit(code)

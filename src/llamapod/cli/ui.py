@@ -180,7 +180,7 @@ class Progress:
     for the last update), so logs stay readable.
     """
 
-    def __init__(self, description: str, total: float | None = None, plain_interval: float = 10.0):
+    def __init__(self, description: str, total: float | None = None, plain_interval: float | None = 10.0):
         self.description = description
         self.total = total
         self.plain_interval = plain_interval
@@ -207,15 +207,17 @@ class Progress:
         return self
 
     def update(self, completed: float, description: str | None = None, force: bool = False) -> None:
+        if description:
+            self.description = description  # kept for later updates that give none
         if self._rich is not None:
-            self._rich.update(self._task, completed=completed, description=description or self.description)
+            self._rich.update(self._task, completed=completed, description=self.description)
             return
         now = time.monotonic()
-        if _state["quiet"] or (not force and now - self._last_plain < self.plain_interval):
+        if _state["quiet"] or self.plain_interval is None or (not force and now - self._last_plain < self.plain_interval):
             return
         self._last_plain = now
         total = f"/{self.total:g}" if self.total else ""
-        _emit(f"{description or self.description} [{completed:g}{total}]")
+        _emit(f"{self.description} [{completed:g}{total}]")
 
     def log(self, message: str) -> None:
         """A line printed above the bar (or plainly), e.g. a metrics line."""
@@ -238,3 +240,41 @@ def status(message: str) -> Iterator[None]:
     else:
         info(message)
         yield
+
+
+# ---- the library's reporter --------------------------------------------------------
+
+
+class UiReporter:
+    """Renders what library code reports (``llamapod.report``) with the functions above."""
+
+    def step(self, message: str) -> None:
+        step(message)
+
+    def info(self, message: str) -> None:
+        info(message)
+
+    def success(self, message: str) -> None:
+        success(message)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def result(self, message: str) -> None:
+        out(message)
+
+    def progress(self, description: str, total: float | None, plain_updates: bool = True):
+        return Progress(description, total=total, plain_interval=10.0 if plain_updates else None)
+
+    def waiting(self, message: str):
+        return status(message)
+
+
+def install_reporter(*, quiet: bool = False) -> None:
+    """Route library reports here: every ``llamapod`` command and worker calls this first."""
+    from llamapod import report
+
+    if quiet:
+        configure(quiet=True)
+    report.use(UiReporter())
+    route_library_logs()

@@ -422,13 +422,13 @@ def resolved_availability_zone(checks: list[Check]) -> tuple[str, str] | None:
 
 def enforce(checks: list[Check], strict: bool = False) -> None:
     """Raise when a check failed (or, with ``strict``, could not be answered); warn for unknowns."""
-    from llamapod.cli import ui
+    from llamapod import report
 
     blocking = [c for c in checks if c.status == "fail" or (strict and c.status == "unknown")]
     if not strict:
         for check in checks:
             if check.status == "unknown":
-                ui.warn(f"{check.name}: not checked: {check.detail}")
+                report.warn(f"{check.name}: not checked: {check.detail}")
     if not blocking:
         return
     names = ", ".join(c.name for c in blocking)

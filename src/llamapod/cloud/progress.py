@@ -107,7 +107,7 @@ class Reporter:
     """
 
     clock: Clock
-    emit: Callable[[str], None] | None = None  # ui.info unless given
+    emit: Callable[[str], None] | None = None  # report.info unless given
     t0: float = 0.0
     waits: list[WaitRecord] = field(default_factory=list)
     _states: dict[str, str] = field(default_factory=dict)
@@ -116,9 +116,9 @@ class Reporter:
     def __post_init__(self) -> None:
         self.t0 = self.clock.now()
         if self.emit is None:
-            from llamapod.cli import ui
+            from llamapod import report
 
-            self.emit = ui.info
+            self.emit = report.info
 
     def elapsed(self) -> float:
         return self.clock.now() - self.t0

@@ -122,9 +122,9 @@ def default_tokenizer_path() -> Path:
         return path
     with file_lock(default_cache_root() / ".tokenizer.lock"):
         if not path.is_file():
-            from llamapod.cli import ui
+            from llamapod import report
 
-            ui.step(f"training the default tokenizer ({VOCAB_SIZE} BPE tokens) on {len(corpus.names)} "
+            report.step(f"training the default tokenizer ({VOCAB_SIZE} BPE tokens) on {len(corpus.names)} "
                     f"standard-library files (once; cached in {path.parent})")
             write_bytes_atomic(path, train_default_tokenizer_json(corpus).encode())
     return path
@@ -157,9 +157,9 @@ def default_corpus_shards(tokenizer: Tokenizer) -> ShardSet:
 
 
 def _build_default_shards(corpus: Corpus, tokenizer: Tokenizer, directory: Path) -> None:
-    from llamapod.cli import ui
+    from llamapod import report
 
-    ui.step(f"tokenizing the default corpus ({len(corpus.texts)} files, {sum(map(len, corpus.texts)) / 1e6:.1f} MB) "
+    report.step(f"tokenizing the default corpus ({len(corpus.texts)} files, {sum(map(len, corpus.texts)) / 1e6:.1f} MB) "
             f"with {tokenizer.name} (once; cached in {directory})")
     with staged_directory(directory) as staging:
         documents = [tokenizer.document_ids(ids) for ids in tokenizer.encode_batch(corpus.texts)]

@@ -30,9 +30,9 @@ def tokenizer_for(shards: ShardSet, spec: str | None) -> Tokenizer | None:
             tokenizer = load_tokenizer(recorded)
             shards.check_tokenizer(tokenizer)
         except DataError as exc:
-            from llamapod.cli import ui
+            from llamapod import report
 
-            ui.warn(f"cannot decode with the recorded tokenizer ({exc.message}); showing token ids")
+            report.warn(f"cannot decode with the recorded tokenizer ({exc.message}); showing token ids")
             return None
         return tokenizer
     tokenizer = load_tokenizer(spec)

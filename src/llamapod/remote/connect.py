@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llamapod import paths, validate
-from llamapod.cli import ui
+from llamapod import paths, report, validate
 from llamapod.config.files import default_config_path, display_path, format_validation_errors, load_table
 from llamapod.errors import ClusterStateError, ConfigError
 from llamapod.remote.ssh import SshAuthError, SshShell, SshTarget
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTROLLER_GROUP = "controller-machine"
 # HyperPod keeps Slurm here; non-interactive ssh sessions do not source the profile that adds it.
@@ -329,7 +331,7 @@ def connect(access: ClusterAccess, node: str | None = None, *, install_key: bool
     """An SshShell on the node, connection checked; the user's key is installed via SSM when refused."""
     picked = access.pick(node)
     if picked.status != "Running":
-        ui.warn(f"node {picked.instance_id} ({picked.group}) is {picked.status}, not Running: "
+        report.warn(f"node {picked.instance_id} ({picked.group}) is {picked.status}, not Running: "
                 "the connection may fail (`llamapod status` shows the nodes)")
     target = access.target_for(picked)
     if access.via_ssm:
@@ -355,10 +357,10 @@ def connect(access: ClusterAccess, node: str | None = None, *, install_key: bool
 def _install_key(access: ClusterAccess, node: Node, target: SshTarget) -> None:
     from llamapod.cloud.access import public_key_of, push_key_via_ssm
 
-    ui.step(f"installing your SSH key for {access.user} on {access.name} ({node.group}) through SSM")
+    report.step(f"installing your SSH key for {access.user} on {access.name} ({node.group}) through SSM")
     outcome = push_key_via_ssm(target.host, access.user, public_key_of(identity_file(access.settings)),
                                region=access.region, profile=access.profile)
-    ui.debug(f"key on {node.instance_id}: {outcome}")
+    log.debug(f"key on {node.instance_id}: {outcome}")
 
 
 def _control_dir() -> Path:

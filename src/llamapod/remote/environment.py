@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import llamapod
 from llamapod import paths
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.errors import RemoteError
 from llamapod.remote.shell import Shell
 
@@ -133,7 +133,7 @@ def local_wheel(root: Path | None = None, prebuilt: str | None = None) -> Path:
     built = sorted(cache.glob("llamapod-*.whl"))
     if built:
         return built[0]
-    ui.step("building a wheel of this llamapod checkout")
+    report.step("building a wheel of this llamapod checkout")
     with tempfile.TemporaryDirectory(prefix="llamapod-wheel-") as tmp:
         # Built from a clean copy of exactly the hashed files: an in-tree build would leave
         # build/ in the checkout, and stale files there can end up in the wheel.
@@ -188,12 +188,12 @@ def prepare_environment(shell: Shell, layout: RemoteLayout, wheel: Path, options
     key = env_key(wheel_sha, options)
     env_dir = layout.envs / key
     if shell.exists(str(env_dir / READY_MARKER)):
-        ui.info(f"reusing the Python environment {env_dir}")
+        report.info(f"reusing the Python environment {env_dir}")
         return RemoteEnv(env_dir, key, reused=True)
-    ui.step(f"preparing the Python environment {env_dir} (once per llamapod version)")
+    report.step(f"preparing the Python environment {env_dir} (once per llamapod version)")
     ensure_free_space(shell, layout.fsx_root, REUSED_ENV_MIB if options.system_site_packages else FULL_ENV_MIB)
     if not acquire_build_lock(shell, env_dir):
-        ui.info(f"reusing the Python environment {env_dir}, prepared meanwhile by another llamapod")
+        report.info(f"reusing the Python environment {env_dir}, prepared meanwhile by another llamapod")
         return RemoteEnv(env_dir, key, reused=True)
     try:
         remote_wheel = upload_wheel(shell, layout, wheel, wheel_sha)
@@ -205,7 +205,7 @@ def prepare_environment(shell: Shell, layout: RemoteLayout, wheel: Path, options
         shell.write_text(str(env_dir / READY_MARKER), json.dumps(marker, sort_keys=True) + "\n")
     finally:
         shell.run(["rm", "-rf", build_lock(env_dir)])
-    ui.success(f"environment ready: llamapod {installed['llamapod']}, torch {installed['torch']} "
+    report.success(f"environment ready: llamapod {installed['llamapod']}, torch {installed['torch']} "
                f"(CUDA {'available' if installed['cuda'] else 'not available on this node'})")
     return RemoteEnv(env_dir, key, reused=False)
 
@@ -255,14 +255,14 @@ def acquire_build_lock(shell: Shell, env_dir: PurePosixPath, deadline_s: float =
         if shell.exists(str(env_dir / READY_MARKER)):
             return False
         if _lock_is_stale(shell, lock):
-            ui.warn(f"removing {lock}, left by an interrupted llamapod on this machine")
+            report.warn(f"removing {lock}, left by an interrupted llamapod on this machine")
             shell.run(["rm", "-rf", lock], check=True)
             continue
         if time.monotonic() > deadline:
             raise RemoteError(f"another llamapod has been preparing {env_dir} for over {deadline_s / 60:.0f} minutes",
                               f"if nothing is preparing it any more, remove {lock} on the cluster and re-run")
         if not announced:
-            ui.info(f"another llamapod is preparing {env_dir}; waiting for it")
+            report.info(f"another llamapod is preparing {env_dir}; waiting for it")
             announced = True
         time.sleep(LOCK_POLL_S)
 
@@ -285,7 +285,7 @@ def upload_wheel(shell: Shell, layout: RemoteLayout, wheel: Path, wheel_sha: str
     check = shell.run(["sha256sum", remote])
     if check.ok and check.stdout.split()[:1] == [wheel_sha]:
         return remote
-    ui.info(f"uploading {wheel.name} to {remote}")
+    report.info(f"uploading {wheel.name} to {remote}")
     shell.put(wheel, remote)
     return remote
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.errors import ConfigError, SlurmError
 from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
 from llamapod.remote.transfer import ENV_RECORD, sync_path
@@ -97,7 +97,7 @@ class ClusterRun:
         jobs = SlurmJobs(self.shell)
         jobs.preflight(self.job.nodes, self.job.partition)
         job_id = jobs.submit(script_path)
-        ui.success(f"submitted job {job_id} on {self.access.name}: {self.job.nodes} node(s), run {self.run_dir}")
+        report.success(f"submitted job {job_id} on {self.access.name}: {self.job.nodes} node(s), run {self.run_dir}")
         return job_id
 
     @property
@@ -111,9 +111,9 @@ class ClusterRun:
         if self.config_path is not None and Path(self.config_path).is_file():
             shell.put(Path(self.config_path), str(self.run_dir / "llamapod.toml"))
         for local, remote in self.uploads:
-            ui.info(f"syncing {local} to {remote}")
+            report.info(f"syncing {local} to {remote}")
             if not sync_path(shell, local, remote):
-                ui.info(f"  unchanged since the last upload: kept {remote}")
+                report.info(f"  unchanged since the last upload: kept {remote}")
 
 
 def _explicit_slurm_keys(config_path: Path | None, overrides: dict[str, Any]) -> set[str]:
@@ -132,7 +132,7 @@ def _hardware_from_cluster(access: "ClusterAccess", job: "SlurmJob", *, explicit
         return job
     group = next((g for g in groups if job.partition and g["name"] == job.partition), groups[0])
     if len(groups) > 1 and not job.partition:
-        ui.info(f"using worker group {group['name']} ({group['instance_type']}); "
+        report.info(f"using worker group {group['name']} ({group['instance_type']}); "
                 "set --partition or --instance-type to choose another")
     updates: dict[str, Any] = {}
     if not {"instance_type", "gpus_per_node"} & explicit and group.get("instance_type"):
@@ -186,18 +186,18 @@ def follow_job(run: ClusterRun, job_id: str) -> int:
 
     jobs = SlurmJobs(run.connected_shell)
     cluster = run.access.name
-    ui.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
+    report.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
     try:
         for line in jobs.follow(job_id):
-            ui.info(line)
+            report.info(line)
     except KeyboardInterrupt:
-        ui.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
+        report.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
         return 130
     job = jobs.info(job_id)
     if not job.failed:
         return 0
     for line in jobs.error_tail(job, lines=10).splitlines():
-        ui.info(f"  | {line}")
+        report.info(f"  | {line}")
     reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
     raise SlurmError(f"job {job_id} ended {job.state} on cluster {cluster}{reason}",
                      f"read its logs with `llamapod logs --cluster {cluster} {job_id}`, fix the cause, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.errors import RemoteError
 from llamapod.remote.environment import RemoteLayout
 from llamapod.remote.shell import Shell
@@ -42,7 +42,7 @@ def pull_run(shell: Shell, fsx_root: str, run: str, destination: Path, *, model:
             if name == "metrics.jsonl":
                 raise RemoteError(f"run '{run}' has no metrics.jsonl yet on {shell.where}",
                                   "the job may still be starting: check it with `llamapod jobs --cluster NAME`")
-            ui.warn(f"run '{run}' has no {name} yet (it is written when training ends)")
+            report.warn(f"run '{run}' has no {name} yet (it is written when training ends)")
             continue
         shell.get(str(remote), destination / name)
         copied.append(destination / name)
@@ -50,7 +50,7 @@ def pull_run(shell: Shell, fsx_root: str, run: str, destination: Path, *, model:
         export = source / HF_EXPORT_DIR
         if not shell.exists(str(export)):
             export_on_cluster(shell, source, export)
-        ui.step(f"copying the model from {export}")
+        report.step(f"copying the model from {export}")
         shell.get(str(export), destination / HF_EXPORT_DIR)
         copied.append(destination / HF_EXPORT_DIR)
     return copied
@@ -76,7 +76,7 @@ def export_on_cluster(shell: Shell, run_dir: PurePosixPath, export: PurePosixPat
     command = [python, "-m", "llamapod", "export", "--checkpoint", str(checkpoints), "--hf", str(export)]
     if shell.which("srun"):
         command = ["srun", "--nodes=1", "--ntasks=1", f"--job-name=export-{run_dir.name}", *command]
-    ui.step(f"exporting the newest checkpoint of {run_dir.name} to {export} on the cluster")
+    report.step(f"exporting the newest checkpoint of {run_dir.name} to {export} on the cluster")
     result = shell.run(command, timeout=6 * 3600)
     if not result.ok:
         lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     is_main = rank == "0"
-    ui.route_library_logs()
+    ui.install_reporter()
     if launched_locally():
         _exit_with_the_launcher()
     spec = None
@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             for notice in parsed.notices:
                 ui.warn(notice)
-        train_worker(parsed.spec)
+        result = train_worker(parsed.spec)
+        if is_main:
+            from llamapod.cli.run_summary import print_run_result
+
+            print_run_result(result)
         return 0
     except LlamapodError as exc:
         record_failure(exc.message, exc.hint, exc.exit_code, printed=is_main)

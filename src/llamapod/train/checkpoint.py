@@ -40,7 +40,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.errors import CheckpointError, ConfigError
 from llamapod.train.runfolder import LOCK_FILE as RUN_LOCK_FILE
 
@@ -255,7 +255,7 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
     partial = _partial_steps(directory)
     if warn and partial and _rank() == 0:
         names = ", ".join(p.name for p in partial)
-        ui.warn(f"ignoring {len(partial)} incomplete checkpoint(s) in {directory} "
+        report.warn(f"ignoring {len(partial)} incomplete checkpoint(s) in {directory} "
                 f"(interrupted saves, no {MARKER} marker): {names}")
     if steps:
         return steps[-1]

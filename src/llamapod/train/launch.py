@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.config.train import TrainSpec, resolve_model_args
 from llamapod.errors import Interrupted
 
@@ -44,8 +44,8 @@ def prepare(spec: TrainSpec) -> TrainSpec:
 
     spec, notices = with_reachable_defaults(spec)
     for notice in notices:
-        ui.warn(notice)
-    with ui.status("preparing tokenizer and data (cached after the first run)"):
+        report.warn(notice)
+    with report.waiting("preparing tokenizer and data (cached after the first run)"):
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)
         build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
@@ -54,10 +54,12 @@ def prepare(spec: TrainSpec) -> TrainSpec:
     return spec
 
 
-def train_locally(spec: TrainSpec, nproc: int | None = None) -> int:
+def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict | None]:
     """Train on this machine with ``nproc`` workers (default: every GPU, or 2 on a CPU).
 
-    Ctrl-C and SIGTERM end it with an Interrupted error that prints how to resume.
+    Returns (exit code, the run's result when it trained in this process; None when worker
+    processes trained and their rank 0 told the user). Ctrl-C and SIGTERM end it with an
+    Interrupted error that says how to resume.
     """
     with _stop_signals_raised():
         try:
@@ -65,8 +67,8 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> int:
             workers = nproc or default_nproc()
             spec = prepare(spec)
             if workers == 1:
-                return _train_in_this_process(spec, nproc)
-            return _launch_workers(spec, workers, nproc)
+                return 0, _train_in_this_process(spec, nproc)
+            return _launch_workers(spec, workers, nproc), None
         except (KeyboardInterrupt, _Stopped) as exc:
             signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
             raise _interrupted(spec, signum, nproc) from None
@@ -85,7 +87,7 @@ def _check_folders_free(spec: TrainSpec) -> None:
         lock.release()
 
 
-def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> int:
+def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> dict:
     from llamapod.train.loop import train_worker
 
     # A world of one on a fresh port: a rendezvous port left in the environment by an
@@ -94,8 +96,7 @@ def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> int:
                  "MASTER_PORT"):
         os.environ.pop(name, None)
     with _worker_environment(nproc):
-        train_worker(spec)
-    return 0
+        return train_worker(spec)
 
 
 class _Stopped(BaseException):

@@ -16,14 +16,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llamapod.cli import ui
+from llamapod import report
 from llamapod.config.train import TrainSpec, resolve_model_args
-from llamapod.errors import CheckpointError, DataError
+from llamapod.errors import CheckpointError
 from llamapod.train import metrics as m
 from llamapod.train.model import ModelArgs, Transformer
 from llamapod.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from llamapod.train.parallel import DistEnv, build_mesh, offload_activations, parallelize
 from llamapod.train.presets import count_parameters, flops_per_token
+from llamapod.train.run_data import build_datasets, with_reachable_defaults
 
 
 def default_run_dir() -> str:
@@ -35,84 +36,6 @@ def broadcast_value(value: Any, src: int = 0) -> Any:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def source_options(spec: TrainSpec, split: str | None = None, max_documents: int | None = None) -> dict[str, Any]:
-    """Options of the dataset source; only those set, since the default corpus takes none."""
-    options: dict[str, Any] = {}
-    if spec.effective_dataset_config_name() is not None:
-        options["dataset_config_name"] = spec.effective_dataset_config_name()
-    if spec.text_field is not None:
-        options["text_field"] = spec.text_field
-    if split is not None and split != "train":
-        options["dataset_split"] = split
-    if max_documents is not None:
-        options["max_documents"] = max_documents
-    return options
-
-
-def with_reachable_defaults(spec: TrainSpec) -> tuple[TrainSpec, list[str]]:
-    """The spec with the built-in corpus/tokenizer for reference defaults the hub cannot serve.
-
-    The reference's defaults (allenai/c4, EleutherAI/gpt-neox-20b) come from the Hugging Face
-    hub. A job that did not name them, run where the hub is out of reach (a laptop offline,
-    a test machine), trains on the built-in corpus and tokenizer instead, and says so; a
-    dataset or tokenizer the user named is never replaced.
-    """
-    from llamapod.data.hub import hub_reachable
-
-    defaults = TrainSpec.model_fields
-    unnamed = [name for name in ("dataset", "tokenizer")
-               if getattr(spec, name) == defaults[name].default and name not in spec.model_fields_set]
-    if not unnamed or hub_reachable():
-        return spec, []
-    notices = [f"--{name} not given and its reference default {defaults[name].default} needs the Hugging Face hub, "
-               f"which is out of reach: using the built-in {'corpus' if name == 'dataset' else 'tokenizer'} "
-               f"(pass --{name} to choose)" for name in unnamed]
-    return spec.model_copy(update={name: "default" for name in unnamed}), notices
-
-
-def _is_local_source(dataset: str) -> bool:
-    import glob
-
-    return dataset in ("default", "") or Path(dataset).expanduser().exists() or glob.has_magic(dataset)
-
-
-def _check_splits_apply(spec: TrainSpec) -> None:
-    """Split names select splits of a hub dataset; files have none, so a split flag there would
-    silently validate on training documents."""
-    if (spec.train_split, spec.val_split) == ("train", "train") or not _is_local_source(spec.dataset):
-        return
-    raise DataError(f"--train_split/--val_split name splits of a Hugging Face dataset, and {spec.dataset} is "
-                    f"{'the built-in corpus' if spec.dataset in ('default', '') else 'local files'}",
-                    "drop them: validation then holds out documents of the data; or pass separate files as "
-                    "--dataset for each run")
-
-
-def build_datasets(spec: TrainSpec, tokenizer, *, seq_len: int, rank: int, world_size: int):
-    """(train, validation or None) for one rank.
-
-    Validation holds out documents of the training split unless --val_split names another
-    split; then that split (its first --n_samples_val documents) is the validation set and
-    the whole training split trains.
-    """
-    from llamapod.data import build_dataset
-
-    _check_splits_apply(spec)
-    common = dict(seq_len=seq_len, rank=rank, world_size=world_size, seed=spec.seed)
-    separate_val = spec.val_split != spec.train_split
-    held_out = {"val_fraction": 0.0} if separate_val else {}
-    train = build_dataset(spec.dataset, tokenizer, split="train", **common, **held_out,
-                          **source_options(spec, spec.train_split, spec.n_samples_train))
-    if spec.validation_batches == 0:
-        return train, None
-    if separate_val:
-        val = build_dataset(spec.dataset, tokenizer, split="train", **common, val_fraction=0.0,
-                            **source_options(spec, spec.val_split, spec.n_samples_val))
-    else:
-        val = build_dataset(spec.dataset, tokenizer, split="val", **common,
-                            **source_options(spec, spec.train_split, spec.n_samples_train))
-    return train, val
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:
@@ -162,7 +85,7 @@ class Trainer:
         self.spec, notices = broadcast_value(with_reachable_defaults(self.spec) if self.env.is_main else None)
         if self.env.is_main:
             for notice in notices:
-                ui.warn(notice)
+                report.warn(notice)
         spec, env = self.spec, self.env
         self.tokenizer = load_tokenizer(spec.tokenizer)
         self.args: ModelArgs = resolve_model_args(spec, self.tokenizer.vocab_size)
@@ -191,7 +114,7 @@ class Trainer:
             model = Transformer(self.args)
         mesh = build_mesh(env, spec.sharding_strategy)
         if spec.cpu_offload and self.device.type == "cpu" and env.is_main:
-            ui.warn("--cpu_offload saves no memory without a GPU: parameters already live in CPU memory")
+            report.warn("--cpu_offload saves no memory without a GPU: parameters already live in CPU memory")
         # On a CPU the offload policy still runs (its copies are to the same memory), so this
         # path is the one CPU tests exercise, not a GPU-only branch.
         parallelize(model, mesh, param_dtype=self.param_dtype, activation_checkpointing=spec.activation_checkpointing,
@@ -232,7 +155,7 @@ class Trainer:
         latest = find_latest(path, warn=self.env.is_main) if path.is_dir() else None
         if latest is None and not (path / ".metadata").exists():
             if self.env.is_main:
-                ui.info(f"no checkpoint in {source} yet: starting fresh")
+                report.info(f"no checkpoint in {source} yet: starting fresh")
             return
         reader = CheckpointManager(path)
         meta = reader.load(latest or path, self.model, self.optimizer, tokenizer=self.tokenizer.name)
@@ -241,7 +164,7 @@ class Trainer:
             self.train_data.load_state_dict(meta["data"])
         self.resumed_from = latest or path
         if self.env.is_main:
-            ui.info(f"resumed from {self.resumed_from} (step {self.step})")
+            report.info(f"resumed from {self.resumed_from} (step {self.step})")
 
     def _peak_flops(self) -> m.PeakFlops:
         if self.device.type == "cuda":
@@ -348,7 +271,8 @@ class Trainer:
         first_loss = last_loss = val_loss = None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        with _progress(main, spec.max_steps, self.step) as progress:
+        with _progress(main, spec.max_steps) as progress:
+            progress.update(self.step)
             while not self._done():
                 started = time.perf_counter()
                 loss, grad_norm, lr, data_seconds = self.train_step()
@@ -393,7 +317,7 @@ class Trainer:
             if board is not None:
                 board.close()
             m.write_plot(self.paths.metrics, self.paths.plot)
-            self._finish_message(summary)
+            return self._result(summary)
         return summary
 
     def _announce(self) -> None:
@@ -402,43 +326,26 @@ class Trainer:
         where = (f"{env.world_size} GPU{'s' if env.world_size > 1 else ''}" if self.device.type == "cuda"
                  else f"{env.world_size} CPU worker{'s' if env.world_size > 1 else ''}")
         precision = "bf16 params / fp32 reduce" if self.param_dtype == torch.bfloat16 else "fp32"
-        ui.step(f"model {spec.preset if _is_plain_preset(spec) else 'custom'}: {params:,} parameters "
+        report.step(f"model {spec.preset if _is_plain_preset(spec) else 'custom'}: {params:,} parameters "
                 f"({self.args.n_layers} layers, width {self.args.dim}, {self.args.n_heads} heads, "
                 f"{self.args.n_kv_heads} kv heads, vocab {self.tokenizer.vocab_size})")
         checkpointing = ("" if spec.activation_checkpointing == "none"
                          else f", {spec.activation_checkpointing} activation checkpointing")
-        ui.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}{checkpointing}; "
+        report.info(f"  FSDP2 {spec.sharding_strategy} sharding on {where}, {precision}{checkpointing}; "
                 f"batch {spec.train_batch_size}x{spec.grad_accum}x{env.world_size} sequences of {self.seq_len} tokens; "
                 f"{spec.max_steps} steps; {spec.recipe} recipe (lr {spec.lr:g}, weight decay {spec.weight_decay:g})")
-        ui.info(f"  {self.peak_flops.describe()}")
-        ui.info(f"  data: {self.train_data.num_sequences:,} training sequences"
+        report.info(f"  {self.peak_flops.describe()}")
+        report.info(f"  data: {self.train_data.num_sequences:,} training sequences"
                 + (f", {self.val_data.num_sequences:,} validation" if self.val_data is not None else "")
                 + f"; run folder {self.paths.run_dir}")
 
-    def _finish_message(self, summary: dict[str, Any]) -> None:
-        minutes, seconds = divmod(int(summary["wall_s"]), 60)
-        if summary["first_loss"] is None:
-            # Resumed from the final checkpoint (a requeue or auto-resume after the run had
-            # finished): nothing was left to train, which is success, not an error.
-            ui.success(f"nothing left to train: the checkpoint is already at step {summary['step']} "
-                       f"of {self.spec.max_steps}")
-        else:
-            val = summary["val_loss"]
-            val_text = (f", validation loss {val:.3f} (perplexity {_ppl(val):.1f})" if val is not None else "")
-            ui.success(f"trained {summary['step']} steps in {minutes}m{seconds:02d}s: loss "
-                       f"{summary['first_loss']:.3f} -> {summary['loss']:.3f}{val_text}; "
-                       f"a uniform guess scores ln({self.tokenizer.vocab_size}) = {summary['uniform_loss']:.3f}")
+    def _result(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """What the run did and where its files are: the caller (the CLI) tells the user."""
         newest = self.checkpoints.latest()
-        ui.out(f"  run folder   {self.paths.run_dir}")
-        ui.out(f"  metrics      {self.paths.metrics}")
-        ui.out(f"  plot         {self.paths.plot}")
-        ui.out(f"  checkpoints  {self.paths.checkpoint_dir}" + (f" (newest: {newest.name})" if newest else ""))
-        ui.out("next:")
-        ui.out(f"  llamapod sample --checkpoint {self.paths.checkpoint_dir} --prompt 'def '")
-        ui.out(f"  {self._train_longer_command(2 * summary['step'])}   (train longer)")
-        ui.out(f"  llamapod export --checkpoint {self.paths.checkpoint_dir} --hf {self.paths.run_dir / 'hf'}")
-        ui.out("  llamapod train --slurm --dry-run   (the same job as a Slurm batch script)")
-
+        return {**summary, "max_steps": self.spec.max_steps, "vocab_size": self.tokenizer.vocab_size,
+                "run_dir": str(self.paths.run_dir), "metrics": str(self.paths.metrics), "plot": str(self.paths.plot),
+                "checkpoint_dir": str(self.paths.checkpoint_dir), "newest_checkpoint": newest.name if newest else None,
+                "train_longer": self._train_longer_command(2 * summary["step"])}
 
     def _train_longer_command(self, max_steps: int) -> str:
         from llamapod.train.resume import resume_command
@@ -478,6 +385,8 @@ def _is_plain_preset(spec: TrainSpec) -> bool:
 
 
 class _NoProgress:
+    """Ranks other than 0 show nothing: one rank speaks for the job."""
+
     def __enter__(self):
         return self
 
@@ -491,42 +400,9 @@ class _NoProgress:
         return None
 
 
-def _progress(main: bool, total: int, done: int):
-    if not main:
-        return _NoProgress()
-    if ui.is_tty():
-        return _LiveProgress(total, done)
-    return _PlainProgress()
-
-
-class _PlainProgress(_NoProgress):
-    """Without a terminal the metrics lines are the progress (CI, Slurm logs)."""
-
-    def log(self, message: str) -> None:
-        ui.info(message)
-
-
-class _LiveProgress:
-    def __init__(self, total: int, done: int):
-        self._bar = ui.Progress("training", total=total)
-        self._done = done
-        self._description = "training"
-
-    def __enter__(self):
-        self._bar.__enter__()
-        self._bar.update(self._done)
-        return self
-
-    def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
-
-    def update(self, step: int, description: str | None = None) -> None:
-        if description:
-            self._description = description
-        self._bar.update(step, self._description)
-
-    def log(self, message: str) -> None:
-        self._bar.log(message)
+def _progress(main: bool, total: int):
+    # Without a terminal the metrics lines are the progress (CI, Slurm logs): no bar lines.
+    return report.progress("training", total, plain_updates=False) if main else _NoProgress()
 
 
 def train_worker(spec: TrainSpec) -> dict[str, Any]:
@@ -537,7 +413,7 @@ def train_worker(spec: TrainSpec) -> dict[str, Any]:
     env = read_env(spec.device)
     mesh_shape(spec.sharding_strategy, env.world_size, env.nodes, env.local_world_size)
     if not env.is_main:
-        ui.configure(quiet=True)
+        report.use(report.QuietReporter())
     configure_cpu_threads(env)
     init_distributed(env)
     trainer = None
