@@ -244,7 +244,7 @@ def bench_trainer_step(vocab_size: int, batch: int, seq_len: int, steps: int = 6
         import torch
 
         from llamapod.train.model import Transformer
-        from llamapod.train.presets import get_preset
+        from llamapod.shapes import get_preset
     except ImportError as exc:
         print(f"   trainer not importable ({exc}); loader figure only")
         return None

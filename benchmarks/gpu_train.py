@@ -15,7 +15,7 @@ Four parts, printed as they finish, then one table:
    projection + loss, transformers' ``labels=`` loss on full logits. tokens/s and MFU (FLOPs
    per token from FACTS.md's formula, against the GPU's data-sheet bf16 peak, named).
 3. Peak memory of each configuration (``torch.cuda.max_memory_allocated``) beside llamapod's
-   pre-submission estimate for the same job (``llamapod.train.memory``).
+   pre-submission estimate for the same job (``llamapod.sizing.memory``).
 4. Export and logits parity on the GPU: the smoke run's checkpoint exported with ``llamapod
    export --hf``, loaded by transformers on the GPU, logits compared with llamapod's model.
 
@@ -93,7 +93,7 @@ class Row:
 
 
 def model_args(opts):
-    from llamapod.train.presets import get_preset
+    from llamapod.shapes import get_preset
 
     return get_preset(opts.preset).replace(max_seq_len=opts.seq)
 
@@ -174,7 +174,7 @@ def measure(opts, name: str, build, loss_of, mesh, device, checkpointing: str, c
     import torch
 
     from llamapod.train.optim import build_optimizer
-    from llamapod.train.presets import flops_per_token
+    from llamapod.shapes import flops_per_token
 
     args = model_args(opts)
     if device.type == "cuda":
@@ -216,7 +216,7 @@ def estimate_gib(opts, checkpointing: str) -> float:
     The allocator's ``max_memory_allocated`` counts tensors only, so the estimate's tensors
     (without its allowance for the CUDA context and fragmentation) is the like-for-like figure.
     """
-    from llamapod.train.memory import MemoryJob, estimate_memory
+    from llamapod.sizing.memory import MemoryJob, estimate_memory
 
     job = MemoryJob(model=model_args(opts), seq_len=opts.seq, batch_size=opts.batch,
                     activation_checkpointing=checkpointing, device=opts.device)

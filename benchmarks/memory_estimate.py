@@ -5,7 +5,7 @@
 
 For each configuration, in one run, side by side:
 
-- **estimate**: ``llamapod.train.memory.estimate_memory`` for this machine's code path
+- **estimate**: ``llamapod.sizing.memory.estimate_memory`` for this machine's code path
   (tensor bytes; on a GPU also with the allocator's slack, against ``max_memory_reserved``);
 - **tracker**: torch's FSDP2 memory tracker on the real model under fake tensors
   (``llamapod.train.memory_tracker``), what the estimate is fitted against;
@@ -62,8 +62,8 @@ def parse() -> argparse.Namespace:
 
 
 def memory_job(name: str, world_size: int, device: str):
-    from llamapod.train.memory import MemoryJob
-    from llamapod.train.presets import ModelArgs
+    from llamapod.sizing.memory import MemoryJob
+    from llamapod.shapes import ModelArgs
 
     return MemoryJob(model=ModelArgs(**CONFIG, max_seq_len=SEQ_LEN), seq_len=SEQ_LEN, batch_size=BATCH,
                      gpus_per_node=world_size, device=device, **CONFIGS[name])
@@ -189,7 +189,7 @@ def tracked(job, device: str) -> int:
 
 def _row(name: str, nproc: int, device: str, figures: dict) -> list[tuple[str, float, str]]:
     """(column, value, format) for one configuration: MiB columns and estimate/measurement ratios."""
-    from llamapod.train.memory import estimate_memory
+    from llamapod.sizing.memory import estimate_memory
 
     job = memory_job(name, nproc, device)
     estimate = estimate_memory(job)

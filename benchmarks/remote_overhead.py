@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fixtures.sshd import running_sshd  # noqa: E402  (the tests' own throwaway sshd)
 
-from llamapod.remote.environment import EnvOptions, RemoteLayout, local_wheel, prepare_environment  # noqa: E402
+from llamapod.workflows.environment import EnvOptions, RemoteLayout, local_wheel, prepare_environment  # noqa: E402
 from llamapod.remote.ssh import SshShell, SshTarget  # noqa: E402
 
 

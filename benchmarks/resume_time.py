@@ -50,7 +50,7 @@ def run_trainer(flags: list[str]) -> None:
 def far_checkpoint(near: Path, far_root: Path, preset: str) -> tuple[Path, float, dict]:
     """The step-10 checkpoint relabelled as step 10,000 with its real data position; the replay time."""
     from llamapod.data import build_dataset, load_tokenizer
-    from llamapod.train.presets import get_preset
+    from llamapod.shapes import get_preset
 
     meta = json.loads((near / "meta.json").read_text())
     tokenizer = load_tokenizer(meta.get("tokenizer_spec"))

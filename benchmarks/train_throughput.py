@@ -116,7 +116,7 @@ def worker(opts) -> None:
 
     from llamapod.train.metrics import measure_matmul_peak
     from llamapod.train.optim import build_optimizer
-    from llamapod.train.presets import ModelArgs, flops_per_token
+    from llamapod.shapes import ModelArgs, flops_per_token
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -317,7 +317,7 @@ def _report_train_memory(config_path: Path | None, spec) -> None:
     """The [train] job's estimated peak memory per GPU on the cluster's workers, and whether it fits."""
     from llamapod.config.train import resolve_model_args
     from llamapod.errors import ConfigError
-    from llamapod.train.memory_fit import assess_memory, describe_fit, describe_parts, fit_hint
+    from llamapod.sizing.fit import assess_memory, describe_fit, describe_parts, fit_hint
 
     try:
         train_spec, hardware = _planned_training(config_path, spec)

@@ -179,7 +179,7 @@ def prepare_here(source: str, out: Path, *, tokenizer_spec: str | None, options:
 def inspect(directory: Path, tokenizer_spec: Optional[str], document: int, sample_tokens: int, verify: bool,
             as_json: bool) -> None:
     """Show token counts, documents and a decoded sample of prepared shards."""
-    from llamapod.data.inspect import inspect_shards
+    from llamapod.data.inspection import inspect_shards
 
     report = inspect_shards(directory, tokenizer_spec=tokenizer_spec, document=document,
                             sample_tokens=sample_tokens, verify=verify)

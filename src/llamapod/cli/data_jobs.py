@@ -93,7 +93,7 @@ def prepare_with_slurm(request, *, config_path: Optional[Path], slurm_overrides:
 
 def prepare_on_cluster(request, *, cluster: str, config_path: Optional[Path], slurm_overrides: dict[str, Any],
                        dry_run: bool, detach: bool) -> None:
-    from llamapod.remote.prepare_launch import ClusterPrepare
+    from llamapod.workflows.cluster_prepare import ClusterPrepare
 
     run = ClusterPrepare.create(request, cluster=cluster, config_path=config_path, slurm_overrides=slurm_overrides)
     if dry_run:

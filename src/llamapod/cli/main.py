@@ -18,7 +18,7 @@ from llamapod.cli import ui
 # name -> (module, attribute, one-line help shown by `llamapod --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("llamapod.cli.train", "train", "Train a Llama model: locally, with --slurm, or on --cluster NAME."),
-    "sample": ("llamapod.cli.train_cmds", "sample", "Generate text from a checkpoint."),
+    "sample": ("llamapod.cli.sample_cmds", "sample", "Generate text from a checkpoint."),
     "export": ("llamapod.cli.checkpoint_cmds", "export", "Export a checkpoint to Hugging Face or one file."),
     "data": ("llamapod.cli.data_cmds", "data", "Prepare and inspect pre-tokenized datasets."),
     "init": ("llamapod.cli.cloud_cmds", "init", "Write a commented llamapod.toml for a new cluster."),

@@ -1,6 +1,6 @@
 """``llamapod ssh``, ``llamapod pull`` and ``llamapod train --cluster NAME``.
 
-Everything here reaches the cluster through ``llamapod.remote.connect`` (ssh, over
+Everything here reaches the cluster through ``llamapod.workflows.connect`` (ssh, over
 SSM for HyperPod); the cluster side runs the same llamapod, installed from this
 checkout's wheel into an environment on /fsx.
 """
@@ -19,7 +19,7 @@ from llamapod.cli import ui
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
-    from llamapod.remote.connect import ClusterAccess
+    from llamapod.workflows.connect import ClusterAccess
 
 
 def _cluster_name(cluster: str | None, config_path: Path | None) -> str:
@@ -72,7 +72,7 @@ def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config:
     hostname (ip-10-1-2-3); default: the controller. The first connection installs your
     public key on the cluster through SSM.
     """
-    from llamapod.remote.connect import connect, resolve_cluster
+    from llamapod.workflows.connect import connect, resolve_cluster
 
     config_path = _config_path(config_path)
     access = resolve_cluster(_cluster_name(cluster, config_path), config_path,
@@ -92,7 +92,7 @@ def ssh(ctx: click.Context, node: str | None, cluster: str | None, write_config:
 
 def _write_ssh_config(access: "ClusterAccess", path: Path) -> None:
     from llamapod.cloud.access import write_ssh_config
-    from llamapod.remote.connect import connect, ssh_config_entries
+    from llamapod.workflows.connect import connect, ssh_config_entries
 
     # Connecting once installs the key (through SSM) so plain ssh works right away.
     connect(access, None)
@@ -114,7 +114,7 @@ def _write_ssh_config(access: "ClusterAccess", path: Path) -> None:
               help="llamapod.toml to read (default: ./llamapod.toml)")
 def pull(run: str, cluster: str | None, model: bool, dest: Path | None, config_path: Path | None) -> None:
     """Copy a run's metrics.jsonl, metrics.png (and --model) from the cluster."""
-    from llamapod.remote.connect import connect, resolve_cluster
+    from llamapod.workflows.connect import connect, resolve_cluster
     from llamapod.remote.transfer import pull_run
 
     config_path = _config_path(config_path)
@@ -135,7 +135,7 @@ def train_on_cluster(spec: "TrainSpec", *, cluster: str, config_path: Path | Non
     that would not fit is refused, unless ``force``.
     """
     from llamapod.cli.slurm_cmds import report_memory
-    from llamapod.remote.launch import ClusterRun, follow_job
+    from llamapod.workflows.cluster_train import ClusterRun, follow_job
 
     run = ClusterRun.create(spec, cluster=cluster, config_path=config_path, slurm_overrides=slurm_overrides)
     report_memory(spec, run.job, force=force)

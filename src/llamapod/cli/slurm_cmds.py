@@ -54,7 +54,7 @@ def report_memory(spec: "TrainSpec", job: "SlurmJob", *, force: bool) -> None:
     Called before anything is written or submitted. Jobs on CPU nodes have nothing to check.
     """
     from llamapod.config.train import resolve_model_args
-    from llamapod.train.memory_fit import assess_memory, describe_fit, describe_parts, require_fit
+    from llamapod.sizing.fit import assess_memory, describe_fit, describe_parts, require_fit
 
     if not job.uses_gpus:
         return
@@ -150,7 +150,7 @@ def _slurm(cluster: Optional[str]) -> "SlurmJobs":
     from llamapod.slurm.jobs import SlurmJobs
 
     if cluster:
-        from llamapod.remote.connect import shell_for_cluster
+        from llamapod.workflows.connect import shell_for_cluster
 
         return SlurmJobs(shell_for_cluster(cluster))
     from llamapod.remote.shell import LocalShell

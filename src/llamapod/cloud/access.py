@@ -23,16 +23,12 @@ from typing import Callable, Sequence
 
 from llamapod import validate
 from llamapod.errors import ConfigError, RemoteError
+from llamapod.remote.ssh import PLUGIN_MISSING_HINT
 
 SSH_DOCUMENT = "AWS-StartSSHSession"
 COMMAND_DOCUMENT = "AWS-StartNonInteractiveCommand"
 PLUGIN = "session-manager-plugin"
 
-PLUGIN_MISSING_HINT = (
-    "install the AWS Session Manager plugin: "
-    "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html "
-    "(macOS: `brew install --cask session-manager-plugin`; Debian/Ubuntu: the .deb from that page)"
-)
 AWS_CLI_MISSING_HINT = (
     "install the AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html "
     "(macOS: `brew install awscli`)"

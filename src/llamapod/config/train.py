@@ -283,7 +283,7 @@ def resolve_model_args(spec: TrainSpec, vocab_size: int | None = None):
 
     ``vocab_size`` is the tokenizer's; --vocab_size, when given, must be at least that.
     """
-    from llamapod.train.presets import MODEL_TYPE_ROPE_THETA, check_shape, get_preset
+    from llamapod.shapes import MODEL_TYPE_ROPE_THETA, check_shape, get_preset
 
     base = get_preset(spec.preset)
     changes: dict[str, Any] = {}

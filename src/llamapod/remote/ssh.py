@@ -28,6 +28,14 @@ SSH_FAILURE = 255
 _DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
+# SSH through SSM needs AWS's plugin on this machine.
+PLUGIN_MISSING_HINT = (
+    "install the AWS Session Manager plugin: "
+    "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html "
+    "(macOS: `brew install --cask session-manager-plugin`; Debian/Ubuntu: the .deb from that page)"
+)
+
+
 @dataclass(frozen=True)
 class SshTarget:
     """How to reach one host: what ssh needs, and nothing that depends on AWS."""
@@ -376,7 +384,6 @@ def raise_for_ssh_failure(stderr: str, target: SshTarget) -> None:
     text = stderr.strip()
     where = target.where
     if "SessionManagerPlugin is not found" in text or "session-manager-plugin" in text:
-        from llamapod.cloud.access import PLUGIN_MISSING_HINT
 
         raise RemoteError("the AWS Session Manager plugin is not installed", PLUGIN_MISSING_HINT)
     if "TargetNotConnected" in text:

@@ -6,7 +6,7 @@ from pathlib import Path, PurePosixPath
 
 from llamapod import report
 from llamapod.errors import RemoteError
-from llamapod.remote.environment import RemoteLayout
+from llamapod.remote.layout import RemoteLayout
 from llamapod.remote.shell import Shell
 
 RUN_FILES = ("metrics.jsonl", "metrics.png")

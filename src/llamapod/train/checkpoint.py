@@ -340,7 +340,7 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
 def _fits_model_field(name: str, value: Any) -> bool:
     import dataclasses
 
-    from llamapod.train.presets import ModelArgs
+    from llamapod.shapes import ModelArgs
 
     kinds = {f.name: (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")) for f in
              dataclasses.fields(ModelArgs)}

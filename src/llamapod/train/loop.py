@@ -23,7 +23,7 @@ from llamapod.train import metrics as m
 from llamapod.train.model import ModelArgs, Transformer
 from llamapod.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from llamapod.train.parallel import DistEnv, build_mesh, offload_activations, parallelize
-from llamapod.train.presets import count_parameters, flops_per_token
+from llamapod.shapes import count_parameters, flops_per_token
 from llamapod.train.run_data import build_datasets, with_reachable_defaults
 
 

@@ -5,7 +5,7 @@ group (``FakeStore`` + backend "fake": every collective returns at once, any wor
 fits in one process) and run under ``FakeTensorMode`` (tensors have shapes, dtypes and
 devices but no storage), inside ``FSDPMemTracker``, which adds up the bytes every live
 tensor would hold. torchtitan's ``scripts/estimate/estimation.py`` estimates memory the
-same way. This is what ``llamapod.train.memory``'s analytical estimate is validated against.
+same way. This is what ``llamapod.sizing.memory``'s analytical estimate is validated against.
 
 What works where (torch 2.13):
 - With CUDA, the tracker runs on fake ``cuda`` tensors, so the GPU code paths of the model
@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from llamapod.errors import TrainingError
-from llamapod.train.memory import MemoryJob
+from llamapod.sizing.memory import MemoryJob
 
 # The gradient-norm limit used in the tracked step; any positive value clips the same way.
 _CLIP = 1.0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamapod.train.fused import linear_cross_entropy, rms_norm
-from llamapod.train.presets import ModelArgs, padded_vocab_size
+from llamapod.shapes import ModelArgs, padded_vocab_size
 
 __all__ = ["ModelArgs", "Transformer", "padded_vocab_size", "rotary_tables"]
 

@@ -41,7 +41,7 @@ def checkout_wheel() -> Path:
     Pinned for the session so the two runs below install the same bytes even while
     the source tree is being edited; building it is llamapod's own code path.
     """
-    from llamapod.remote.environment import local_wheel
+    from llamapod.workflows.environment import local_wheel
 
     return local_wheel()
 

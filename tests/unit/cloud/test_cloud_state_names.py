@@ -14,7 +14,7 @@ from llamapod import validate
 from llamapod.cloud.ledger import Ledger, ledger_path
 from llamapod.cloud.status import cluster_status
 from llamapod.errors import ConfigError
-from llamapod.remote.connect import cluster_state_dir, resolve_cluster
+from llamapod.workflows.connect import cluster_state_dir, resolve_cluster
 
 names = st.one_of(st.from_regex(validate.CLUSTER_NAME, fullmatch=True), hostile_text,
                   st.sampled_from(["../../x", "..", ".", "a/b", "/etc/passwd", "x/../../y", "demo.json"]))

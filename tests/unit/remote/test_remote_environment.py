@@ -9,10 +9,10 @@ import pytest
 
 from llamapod.config.train import parse_train_args
 from llamapod.errors import ConfigError, RemoteError
-from llamapod.remote.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings
-from llamapod.remote.environment import (EnvOptions, RemoteLayout, check_base_python, env_key, local_wheel,
+from llamapod.workflows.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings
+from llamapod.workflows.environment import (EnvOptions, RemoteLayout, check_base_python, env_key, local_wheel,
                                          prepare_environment, source_hash)
-from llamapod.remote.launch import _rewrite_inputs
+from llamapod.workflows.cluster_train import _rewrite_inputs
 from llamapod.remote.shell import LocalShell
 
 
@@ -128,7 +128,7 @@ def test_remote_local_inputs_are_uploaded_and_rewritten(tmp_path, monkeypatch):
 
 
 def test_remote_job_hardware_comes_from_the_worker_group_unless_chosen():
-    from llamapod.remote.launch import _hardware_from_cluster
+    from llamapod.workflows.cluster_train import _hardware_from_cluster
     from llamapod.slurm.spec import SlurmJob
 
     access = _access()
@@ -170,7 +170,7 @@ def test_remote_one_builder_per_environment(tmp_path):
     import socket
     import subprocess
 
-    from llamapod.remote.environment import READY_MARKER, acquire_build_lock, build_lock
+    from llamapod.workflows.environment import READY_MARKER, acquire_build_lock, build_lock
 
     shell = LocalShell()
     env_dir = PurePosixPath(tmp_path / "envs" / "abc")
@@ -203,7 +203,7 @@ def test_remote_env_on_a_virtual_environment_sees_its_packages(tmp_path):
     those of the interpreter below it."""
     import subprocess
 
-    from llamapod.remote.environment import BASE_VENV_PTH, _create_venv
+    from llamapod.workflows.environment import BASE_VENV_PTH, _create_venv
 
     base = tmp_path / "base"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True)

@@ -21,7 +21,7 @@ from fixtures.hostile import hostile_text, ssh_reads
 from llamapod import validate
 from llamapod.cloud.access import proxy_command, render_ssh_config_block, write_ssh_config
 from llamapod.errors import ConfigError, LlamapodError
-from llamapod.remote.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings, ssh_config_entries
+from llamapod.workflows.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings, ssh_config_entries
 from llamapod.remote.ssh import SshShell, SshTarget
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from llamapod.train import fused
 from llamapod.train.model import Transformer
-from llamapod.train.presets import get_preset
+from llamapod.shapes import get_preset
 
 
 def _reference_loss(hidden, weight, targets):

@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from llamapod.instances import instance_info, usable_gpu_memory_gib
-from llamapod.train.memory import GIB, MemoryJob, estimate_memory
-from llamapod.train.memory_fit import TOKENIZER_VOCAB, assess_memory, require_fit
-from llamapod.train.presets import get_preset
+from llamapod.sizing.memory import GIB, MemoryJob, estimate_memory
+from llamapod.sizing.fit import TOKENIZER_VOCAB, assess_memory, require_fit
+from llamapod.shapes import get_preset
 
 SEVEN_B = get_preset("llama2-7b")
 G5 = ["--nodes", "4", "--instance-type", "ml.g5.48xlarge"]
@@ -196,7 +196,7 @@ def test_plan_estimates_the_train_table_on_the_worker_group(tmp_path, run_cli, m
 
 def test_estimate_and_fit_check_run_without_torch():
     # `llamapod plan` runs on laptops without torch: neither module may pull it in.
-    code = ("import sys, llamapod.train.memory_fit, llamapod.cli.cloud_cmds; "
+    code = ("import sys, llamapod.sizing.fit, llamapod.cli.cloud_cmds; "
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr

@@ -15,9 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llamapod.train.memory import MemoryJob, estimate_memory  # noqa: E402
+from llamapod.sizing.memory import MemoryJob, estimate_memory  # noqa: E402
 from llamapod.train.memory_tracker import track_peak  # noqa: E402
-from llamapod.train.presets import ModelArgs  # noqa: E402
+from llamapod.shapes import ModelArgs  # noqa: E402
 
 # The estimate may be off the tracker by this fraction, either way.
 TOLERANCE = 0.05
@@ -98,7 +98,8 @@ def _meta_model(args: ModelArgs):
 
 
 def test_estimate_uses_the_fused_loss_chunk_sizes():
-    from llamapod.train import fused, memory
+    from llamapod.sizing import memory
+    from llamapod.train import fused
 
     assert (memory.CPU_CHUNK_LOGITS, memory.GPU_CHUNK_LOGITS) == (fused.CPU_CHUNK_LOGITS, fused.GPU_CHUNK_LOGITS)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from llamapod.train.model import Transformer, apply_rotary, padded_vocab_size, rotary_tables
 from llamapod.train.optim import build_optimizer, lr_at
-from llamapod.train.presets import PRESETS, count_parameters, flops_per_token, get_preset
+from llamapod.shapes import PRESETS, count_parameters, flops_per_token, get_preset
 
 
 def _materialised(args, seed: int = 0) -> Transformer:

@@ -1,7 +1,7 @@
 """Does a training job fit in its GPUs' memory? Answered before anything is written or submitted.
 
 ``assess_memory`` estimates the peak per GPU of a job (a TrainSpec on some hardware) with
-``llamapod.train.memory`` and compares it with what the GPU can hold
+``llamapod.sizing.memory`` and compares it with what the GPU can hold
 (``llamapod.instances.usable_gpu_memory_gib``); ``require_fit`` turns a job that does not
 fit into an error whose hint lists the settings that would make it fit, each with its own
 estimate. Torch-free, like ``memory``: ``llamapod plan`` runs it on a laptop.
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from llamapod.errors import TrainingError
 from llamapod.instances import InstanceInfo, instance_info, known_instance_types, usable_gpu_memory_gib
-from llamapod.train.memory import GIB, MemoryEstimate, MemoryJob, estimate_memory
-from llamapod.train.presets import ModelArgs
+from llamapod.sizing.memory import GIB, MemoryEstimate, MemoryJob, estimate_memory
+from llamapod.shapes import ModelArgs
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from llamapod import report
 from llamapod.errors import ConfigError, SlurmError
-from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
+from llamapod.workflows.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
 from llamapod.remote.transfer import ENV_RECORD, sync_path
 
 if TYPE_CHECKING:
     from llamapod.config.train import TrainSpec
-    from llamapod.remote.connect import ClusterAccess
+    from llamapod.workflows.connect import ClusterAccess
     from llamapod.remote.ssh import SshShell
     from llamapod.slurm.spec import SlurmJob
 
@@ -43,7 +43,7 @@ class ClusterRun:
     @classmethod
     def create(cls, spec: "TrainSpec", *, cluster: str, config_path: Path | None,
                slurm_overrides: dict[str, Any]) -> "ClusterRun":
-        from llamapod.remote.connect import resolve_cluster
+        from llamapod.workflows.connect import resolve_cluster
         from llamapod.slurm.spec import load_slurm_job
 
         access = resolve_cluster(cluster, config_path)
@@ -81,7 +81,7 @@ class ClusterRun:
 
     def launch(self) -> str:
         """Connect, prepare the environment, upload inputs, submit; returns the Slurm job id."""
-        from llamapod.remote.connect import connect
+        from llamapod.workflows.connect import connect
         from llamapod.slurm.jobs import SlurmJobs
 
         self.shell = connect(self.access)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
-from llamapod.remote.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
+from llamapod.workflows.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
 from llamapod.remote.transfer import sync_path
 from llamapod.slurm.prepare_render import PrepareRequest, default_job_name, prepare_job_paths, render_prepare_sbatch
 
@@ -27,7 +27,7 @@ from llamapod.slurm.prepare_render import PrepareRequest, default_job_name, prep
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w-]*(/[\w.-]+)?")
 
 if TYPE_CHECKING:
-    from llamapod.remote.connect import ClusterAccess
+    from llamapod.workflows.connect import ClusterAccess
     from llamapod.remote.ssh import SshShell
     from llamapod.slurm.spec import SlurmJob
 
@@ -56,7 +56,7 @@ class ClusterPrepare:
     def create(cls, request: PrepareRequest, *, cluster: str, config_path: Path | None,
                slurm_overrides: dict[str, Any]) -> "ClusterPrepare":
         from llamapod.config.files import load_table
-        from llamapod.remote.connect import resolve_cluster
+        from llamapod.workflows.connect import resolve_cluster
         from llamapod.slurm.spec import build_slurm_job, load_slurm_job
 
         access = resolve_cluster(cluster, config_path)
@@ -92,7 +92,7 @@ class ClusterPrepare:
 
     def launch(self, notify: Callable[[str], None]) -> str:
         """Connect, prepare the environment, upload inputs, submit; returns the Slurm job id."""
-        from llamapod.remote.connect import connect
+        from llamapod.workflows.connect import connect
         from llamapod.slurm.jobs import SlurmJobs
 
         self.shell = connect(self.access)

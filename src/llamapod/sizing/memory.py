@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from llamapod.train.presets import ModelArgs, padded_vocab_size
+from llamapod.shapes import ModelArgs, padded_vocab_size
 
 GIB = 1 << 30
 FP32 = 4

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import llamapod
-from llamapod import paths
-from llamapod import report
+from llamapod import paths, report
 from llamapod.errors import RemoteError
+from llamapod.remote.layout import RemoteLayout
 from llamapod.remote.shell import Shell
 
 READY_MARKER = ".llamapod-ready"
@@ -39,32 +39,6 @@ REUSED_ENV_MIB = 64
 # Waiting for another llamapod that is preparing the same environment.
 LOCK_POLL_S = 5.0
 LOCK_DEADLINE_S = 3600.0
-
-
-@dataclass(frozen=True)
-class RemoteLayout:
-    """Where llamapod keeps things on the cluster's shared file system."""
-
-    fsx_root: str
-
-    @property
-    def root(self) -> PurePosixPath:
-        return PurePosixPath(self.fsx_root) / "llamapod"
-
-    @property
-    def wheels(self) -> PurePosixPath:
-        return self.root / "wheels"
-
-    @property
-    def envs(self) -> PurePosixPath:
-        return self.root / "envs"
-
-    @property
-    def runs(self) -> PurePosixPath:
-        return self.root / "runs"
-
-    def run_dir(self, name: str) -> PurePosixPath:
-        return self.runs / name
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Sizing a job before it runs (torch-free): memory per GPU, and whether it fits."""

@@ -1,0 +1,1 @@
+"""What combines the floors below: running a job on a cluster, connecting to one, its Python environment."""
