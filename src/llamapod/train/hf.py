@@ -345,15 +345,15 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
     folder is written beside the target and renamed into place when complete; an existing
     model folder is replaced only with ``force`` (weights, index and config together).
     """
-    from llamapod.train.checkpoint import read_dcp_metadata, resolve_checkpoint, validate_checkpoint
+    from llamapod.train.checkpoint import open_checkpoint, resolve_checkpoint
     from llamapod.train.model import ModelArgs
 
     if dtype not in _DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}", hint=f"choose one of: {', '.join(_DTYPES)}")
-    step_dir = resolve_checkpoint(checkpoint)
-    meta = validate_checkpoint(step_dir)
-    args = ModelArgs.from_dict(meta["model_args"])
-    metadata = read_dcp_metadata(step_dir).state_dict_metadata
+    opened = open_checkpoint(resolve_checkpoint(checkpoint))
+    step_dir = opened.step_dir
+    args = ModelArgs.from_dict(opened.meta["model_args"])
+    metadata = opened.index.state_dict_metadata
     target = Path(out_dir)
     _check_export_target(target, force)
     element = torch.tensor([], dtype=_DTYPES[dtype]).element_size()
@@ -372,7 +372,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
             file_name = HF_SINGLE if len(plan) == 1 else f"model-{index:05d}-of-{len(plan):05d}.safetensors"
             state = {f"model.{n}": torch.empty(tuple(metadata[f"model.{n}"].size),
                                                dtype=metadata[f"model.{n}"].properties.dtype) for n in names}
-            _read_tensors(state, step_dir)
+            _read_tensors(state, opened)
             tensors = {}
             for name in names:
                 tensor = _to_hf_tensor(name, state[f"model.{name}"], args)
@@ -399,15 +399,17 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
     return [target / name for name in names_written]
 
 
-def _read_tensors(state: dict[str, torch.Tensor], step_dir: Path) -> None:
+def _read_tensors(state: dict[str, torch.Tensor], opened) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from llamapod.train.checkpoint import _first_line, _older_hint, _quiet_single_process
+    from llamapod.train.checkpoint.folder import _older_hint
+    from llamapod.train.checkpoint.index import _first_line, _quiet_single_process
 
+    step_dir = opened.step_dir
     try:
         with _quiet_single_process():
-            dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+            dcp.load(state, storage_reader=opened.reader(), no_dist=True)
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                               hint=_older_hint(step_dir)) from None
