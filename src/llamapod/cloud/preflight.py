@@ -16,9 +16,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llamapod.aws_names import CLUSTER_TAG, partition_of
 from llamapod.cloud import policies
 from llamapod.cloud.policies import operator_policy
-from llamapod.config.cluster import ClusterSpec, partition_of
+from llamapod.config.cluster import ClusterSpec
 from llamapod.errors import CloudError
 
 Status = Literal["ok", "fail", "unknown"]
@@ -322,7 +323,7 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
         "NetworkStack": ([f"arn:{p}:cloudformation:{region}:{account}:stack/{plan.network_stack_name(spec)}/"
                           "00000000-0000-0000-0000-000000000000"], []),
         "TagOnCreate": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx("ec2:CreateAction", "CreateVpc")),
-        "NetworkResources": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx(f"aws:ResourceTag/{plan.CLUSTER_TAG}", spec.name)),
+        "NetworkResources": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx(f"aws:ResourceTag/{CLUSTER_TAG}", spec.name)),
         "GroupRules": ([f"{ec2}:security-group-rule/sgr-0123456789abcdef0"], []),
         "FileSystem": ([f"arn:{p}:fsx:{region}:{account}:file-system/fs-0123456789abcdef0"], []),
         "ServiceLinkedRoles": ([f"arn:{p}:iam::{account}:role/aws-service-role/{policies.HYPERPOD_SERVICE_NAME}/"
@@ -344,7 +345,7 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
     for group in policies.TAGGED_CREATES.values():
         for action, kind in group.items():
             examples[action] = ([f"{ec2}:{kind}/{kind}-0123456789abcdef0"],
-                                ctx(f"aws:RequestTag/{plan.CLUSTER_TAG}", spec.name))
+                                ctx(f"aws:RequestTag/{CLUSTER_TAG}", spec.name))
     return examples
 
 
