@@ -83,14 +83,14 @@ def full_match(pattern: re.Pattern[str]) -> AfterValidator:
     return AfterValidator(check)
 
 
-def rule_of(problem_of: Callable[[Any], str | None], *, secret: bool = False) -> Callable[[Any], Any]:
+def rule_of(problem_of: Callable[[Any], str | None]) -> Callable[[Any], Any]:
     """A validator from a function that names the rule a value breaks (None when it breaks none),
     such as the rules the nodes apply in ``llamapod.lifecycle.provisioning``."""
 
     def check(value: Any) -> Any:
         rule = problem_of(value)
         if rule:
-            raise broken_rule(f"must be {rule}", value, secret=secret)
+            raise broken_rule(f"must be {rule}", value)
         return value
 
     return check
@@ -120,9 +120,10 @@ def _follows_from_others(error: dict[str, Any], errors: list[dict[str, Any]]) ->
     "too short" only because its wrong items were left out (pydantic counts the valid ones)."""
     if error["type"] in _CONSEQUENCES:
         return True
+    if error["type"] != "too_short":
+        return False
     loc = tuple(error["loc"])
-    return error["type"] == "too_short" and any(tuple(other["loc"])[:len(loc)] == loc and len(other["loc"]) > len(loc)
-                                                for other in errors)
+    return any(len(other["loc"]) > len(loc) and tuple(other["loc"][:len(loc)]) == loc for other in errors)
 
 
 def _phrase(error: dict[str, Any], model: type[BaseModel], table: Any, root: str) -> str:
