@@ -44,6 +44,20 @@ class CloudError(LlamapodError):
         self.aws_message = message
 
 
+class AwsSetupError(CloudError):
+    """This machine's AWS setup (profile, credentials, config files, region) cannot be used.
+
+    Raised before any request is sent, so it names the local setting to fix rather than
+    an API operation.
+    """
+
+    def __init__(self, code: str, message: str, hint: str | None = None):
+        LlamapodError.__init__(self, message, hint)
+        self.op = "configure"
+        self.code = code
+        self.aws_message = message
+
+
 class ClusterStateError(LlamapodError):
     """The cluster (or one of its resources) is not in a state that allows the request."""
 
@@ -66,3 +80,20 @@ class RemoteError(LlamapodError):
 
 class TrainingError(LlamapodError):
     """Training could not start or continue (world size, devices, numerics)."""
+
+
+class WorkerFailed(TrainingError):
+    """A training worker process failed; the exit code is the worker's own."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1):
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+class Interrupted(LlamapodError):
+    """The user (Ctrl-C) or a scheduler (SIGTERM) stopped the command; exit code 128 + signal."""
+
+    def __init__(self, message: str, hint: str | None = None, signum: int = 2):
+        super().__init__(message, hint)
+        self.signum = signum
+        self.exit_code = 128 + signum

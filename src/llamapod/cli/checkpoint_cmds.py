@@ -56,8 +56,11 @@ def _tokenizer_for(meta: dict):
               show_default=True, help="Precision of the exported Hugging Face weights.")
 @click.option("--max-shard-size", "max_shard_size", default="2GB", show_default=True,
               help="Largest safetensors file to write (Hugging Face export).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing export (a Hugging Face folder's weights, index and config; other files "
+                   "there are kept).")
 def export(checkpoint: Path, hf_out: Path | None, consolidated_out: Path | None, dtype: str,
-           max_shard_size: str) -> None:
+           max_shard_size: str, force: bool) -> None:
     """Export a checkpoint to a Hugging Face folder (--hf OUT) or one file (--consolidated OUT.pt)."""
     if hf_out is None and consolidated_out is None:
         raise ConfigError("nothing to export: pass --hf OUT_DIR and/or --consolidated OUT.pt",
@@ -71,7 +74,8 @@ def export(checkpoint: Path, hf_out: Path | None, consolidated_out: Path | None,
 
         shard_bytes = _parse_size(max_shard_size)
         ui.step(f"exporting {step_dir} (step {meta.get('step')}) to Hugging Face format in {hf_out}")
-        files = export_hf(step_dir, hf_out, dtype=dtype, max_shard_bytes=shard_bytes, tokenizer=_tokenizer_for(meta))
+        files = export_hf(step_dir, hf_out, dtype=dtype, max_shard_bytes=shard_bytes, tokenizer=_tokenizer_for(meta),
+                          force=force)
         ui.success(f"wrote {len(files)} files to {hf_out}")
         ui.out(str(hf_out))
         ui.info(f"  load it with: LlamaForCausalLM.from_pretrained({str(hf_out)!r})")
@@ -79,7 +83,7 @@ def export(checkpoint: Path, hf_out: Path | None, consolidated_out: Path | None,
         from llamapod.train.hf import export_consolidated
 
         ui.step(f"exporting {step_dir} (step {meta.get('step')}) to {consolidated_out}")
-        export_consolidated(step_dir, consolidated_out)
+        export_consolidated(step_dir, consolidated_out, force=force)
         ui.success(f"wrote {consolidated_out}")
         ui.out(str(consolidated_out))
 

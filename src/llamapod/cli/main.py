@@ -6,6 +6,7 @@ Subcommands live in their own modules and are imported only when invoked, so
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         ui.configure(debug=True)
+    ui.route_library_logs()
     try:
         # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
         code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)
@@ -128,12 +130,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # the last line of defence: never a bare traceback
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            return _internal_error(exc)
         if ui.debug_enabled():
             raise
-        ui.error(f"internal error: {type(exc).__name__}: {exc}",
-                 "re-run with --debug for the traceback, and report it")
-        return 70
+        # Permissions, read-only mounts and full disks are this machine's state, not a bug.
+        where = f": {exc.filename}" if exc.filename else ""
+        ui.error(f"{exc.strerror}{where}", "check the permissions and free space there, or choose another path")
+        return 1
+    except Exception as exc:  # the last line of defence: never a bare traceback
+        return _internal_error(exc)
+
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _internal_error(exc: Exception) -> int:
+    if ui.debug_enabled():
+        raise exc
+    lines = str(exc).strip().splitlines()
+    ui.error(f"internal error: {type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "),
+             "re-run with --debug for the traceback, and report it")
+    return 70
 
 
 def _usage_hint(exc: click.ClickException) -> str | None:

@@ -9,6 +9,7 @@ rich is imported lazily so ``llamapod --help`` stays fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -94,6 +95,33 @@ def error(message: str, hint: str | None = None) -> None:
 def debug(message: str) -> None:
     if debug_enabled():
         _emit(f"debug: {message}", "dim")
+
+
+class _LibraryLogHandler(logging.Handler):
+    """Renders what llamapod's library modules log like every other status line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        if record.levelno >= logging.ERROR:
+            error(message)
+        elif record.levelno >= logging.WARNING:
+            warn(message)
+        else:
+            debug(message)
+
+
+def route_library_logs() -> None:
+    """Send the ``llamapod`` loggers' warnings (and, with --debug, details) to this module.
+
+    Library code logs instead of printing; the command line decides how that looks.
+    """
+    logger = logging.getLogger("llamapod")
+    if not any(isinstance(h, _LibraryLogHandler) for h in logger.handlers):
+        logger.addHandler(_LibraryLogHandler())
+    logger.setLevel(logging.DEBUG if debug_enabled() else logging.WARNING)
 
 
 # ---- results (stdout) ------------------------------------------------------------

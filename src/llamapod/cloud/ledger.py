@@ -53,10 +53,14 @@ class Ledger:
             return None
         try:
             data = json.loads(path.read_text())
-            return cls(data["name"], data["region"], data.get("resources", {}), data.get("created_at"), path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"the state file {path} is unreadable ({exc})",
                               f"delete it: `llamapod down {name}` also finds every resource by its tag") from None
+        problem = state_file_problem(data)
+        if problem:
+            raise ConfigError(f"the state file {path} is damaged: {problem}",
+                              f"delete it: `llamapod down {name}` also finds every resource by its tag")
+        return cls(data["name"], data["region"], data.get("resources") or {}, data.get("created_at"), path)
 
     @classmethod
     def open(cls, name: str, region: str) -> "Ledger":
@@ -110,6 +114,52 @@ class Ledger:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def state_file_problem(data: Any) -> str | None:
+    """What is wrong with the shape of a loaded state file (None when every field has its type).
+
+    Checked field by field because each value reaches AWS calls and paths later on,
+    where a number in place of a name would fail far from its cause.
+    """
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found {_json_type(data)}"
+    for key in ("name", "region"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            return f"'{key}' must be a non-empty string, found {_json_type(data.get(key))}"
+    if data.get("created_at") is not None and not isinstance(data["created_at"], str):
+        return f"'created_at' must be a string, found {_json_type(data['created_at'])}"
+    resources = data.get("resources")
+    if resources is None:
+        return None
+    if not isinstance(resources, dict):
+        return f"'resources' must be an object of kind -> facts, found {_json_type(resources)}"
+    for kind, facts in resources.items():
+        if kind not in KINDS:
+            return f"'resources' has an unknown kind '{kind}' (known: {', '.join(KINDS)})"
+        problem = _facts_problem(facts)
+        if problem:
+            return f"resources.{kind}{problem}"
+    return None
+
+
+def _facts_problem(facts: Any) -> str | None:
+    if not isinstance(facts, dict):
+        return f" must be an object of facts, found {_json_type(facts)}"
+    for key, value in facts.items():
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                return f".{key} must be a list of strings"
+        elif not isinstance(value, str):
+            return f".{key} must be a string or a list of strings, found {_json_type(value)}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    if value is None:
+        return "nothing (null or missing)"
+    return names.get(type(value), type(value).__name__)
 
 
 def _utc_now() -> str:

@@ -13,7 +13,7 @@ import threading
 from functools import cached_property
 from typing import Any
 
-from llamapod.errors import CloudError
+from llamapod.errors import AwsSetupError, CloudError
 
 # Errors worth retrying on top of botocore's own retries: they mean "not yet", not "no".
 TRANSIENT_CODES = frozenset({
@@ -52,39 +52,52 @@ class AwsSession:
     @cached_property
     def boto(self):
         import boto3
-        from botocore.exceptions import ProfileNotFound
+        from botocore.exceptions import BotoCoreError
 
         try:
             session = boto3.session.Session(botocore_session=_botocore_session(), profile_name=self._profile,
                                             region_name=self._region)
-            # boto3 appends its own data folder to the (shared) loader's search path each time.
-            paths = session._loader.search_paths
-            with _LOADERS_LOCK:
-                paths[:] = list(dict.fromkeys(paths))
-            return session
-        except ProfileNotFound:
-            raise CloudError("configure", "ProfileNotFound", f"AWS profile '{self._profile}' is not configured",
-                             "use a profile listed by `aws configure list-profiles`, or drop --profile") from None
+            # Resolving the credentials now surfaces a mistyped profile, half-set environment
+            # variables or a malformed ~/.aws/config as one line before any request is built.
+            # No credentials at all is not an error yet: commands that can do without them
+            # (plan) report it where the first request needs them.
+            session.get_credentials()
+        except BotoCoreError as exc:
+            raise setup_error(exc, self._profile) from None
+        # boto3 appends its own data folder to the (shared) loader's search path each time.
+        paths = session._loader.search_paths
+        with _LOADERS_LOCK:
+            paths[:] = list(dict.fromkeys(paths))
+        return session
 
     @property
     def region(self) -> str:
-        region = self._region or self.boto.region_name
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            region = self._region or self.boto.region_name
+        except BotoCoreError as exc:
+            raise setup_error(exc, self._profile) from None
         if not region:
-            raise CloudError("configure", "NoRegion", "no AWS region is set",
-                             "pass --region, set AWS_REGION, or set cluster.region in llamapod.toml")
+            raise AwsSetupError("NoRegion", "no AWS region is set",
+                                "pass --region, set AWS_REGION, or set cluster.region in llamapod.toml")
         return region
 
     def client(self, service: str):
         with self._lock:
             if service not in self._clients:
                 from botocore.config import Config
+                from botocore.exceptions import BotoCoreError
 
                 config = Config(retries={"mode": "adaptive", "max_attempts": self._max_attempts},
                                 connect_timeout=10, read_timeout=60, user_agent_extra="llamapod")
                 kwargs: dict[str, Any] = {"region_name": self.region, "config": config}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url
-                self._clients[service] = self.boto.client(service, **kwargs)
+                try:
+                    self._clients[service] = self.boto.client(service, **kwargs)
+                except BotoCoreError as exc:
+                    raise setup_error(exc, self._profile) from None
             return self._clients[service]
 
     @cached_property
@@ -132,7 +145,7 @@ def error_code(exc: BaseException) -> str | None:
 
 def call(client, op: str, **kwargs) -> dict:
     """``client.<op>(**kwargs)``, with AWS failures turned into a CloudError."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
                                      NoRegionError, ParamValidationError)
 
     try:
@@ -142,8 +155,7 @@ def call(client, op: str, **kwargs) -> dict:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         raise CloudError(op, code, message, _HINTS.get(code)) from exc
     except NoCredentialsError:
-        raise CloudError(op, "NoCredentials", "no AWS credentials were found",
-                         "run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
+        raise _no_credentials(op) from None
     except NoRegionError:
         raise CloudError(op, "NoRegion", "no AWS region is set", "pass --region or set AWS_REGION") from None
     except EndpointConnectionError as exc:
@@ -153,3 +165,142 @@ def call(client, op: str, **kwargs) -> dict:
         # A request llamapod built is malformed: a bug, but say exactly what AWS would reject.
         raise CloudError(op, "ParamValidation", str(exc).replace("\n", " "),
                          "this is a llamapod bug; please report it with the command you ran") from None
+    except BotoCoreError as exc:
+        # Credentials that expire or are fetched lazily (SSO, credential_process, assumed
+        # roles) fail here, at the first request; so do timeouts and dropped connections.
+        known = setup_error(exc, None)
+        if not isinstance(known, _UnknownSetupError):
+            raise known from None
+        raise CloudError(op, type(exc).__name__, _first_line(exc),
+                         "check your network connection, then re-run (llamapod resumes where it stopped)") from None
+
+
+# ---- this machine's AWS setup -------------------------------------------------------
+
+
+def _no_credentials(op: str) -> CloudError:
+    if os.environ.get("AWS_SECRET_ACCESS_KEY") and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        # botocore ignores a lone secret key and finds nothing else: name the half that is missing.
+        return CloudError(op, "NoCredentials", "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not",
+                          "export AWS_ACCESS_KEY_ID as well, or unset AWS_SECRET_ACCESS_KEY to use your profile")
+    return CloudError(op, "NoCredentials", "no AWS credentials were found",
+                      "run `aws configure` or `aws sso login`, or set AWS_PROFILE")
+
+
+class _UnknownSetupError(AwsSetupError):
+    """A botocore error that is not about the local AWS setup."""
+
+
+def setup_error(exc: BaseException, profile_flag: str | None) -> AwsSetupError:
+    """One line naming the local AWS setting behind a botocore error, and how to fix it."""
+    from botocore import exceptions as bx
+
+    kwargs = getattr(exc, "kwargs", {}) or {}
+    if isinstance(exc, bx.ProfileNotFound):
+        return _profile_not_found(str(kwargs.get("profile", profile_flag)), profile_flag)
+    if isinstance(exc, bx.PartialCredentialsError):
+        return _partial_credentials(str(kwargs.get("provider", "")), str(kwargs.get("cred_var", "")))
+    if isinstance(exc, bx.ConfigParseError):
+        return _unparseable_config(str(kwargs.get("path", "")), kwargs.get("error"))
+    if isinstance(exc, (bx.InvalidRegionError, bx.UnknownRegionError)):
+        return AwsSetupError("InvalidRegion", f"AWS region {kwargs.get('region_name', '')!r} is not a region name",
+                             "use a region name such as us-east-1 (--region, AWS_REGION or cluster.region)")
+    if isinstance(exc, _botocore_classes(bx, "SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
+                                         "TokenRetrievalError", "LoginTokenLoadError")):
+        return AwsSetupError("ExpiredToken",
+                             f"the AWS sign-in of this profile has expired or is missing ({_first_line(exc)})",
+                             "sign in again: `aws sso login` (add --profile NAME if you use one)")
+    if isinstance(exc, _botocore_classes(bx, "CredentialRetrievalError", "InfiniteLoopConfigError",
+                                         "UnknownCredentialError", "InvalidConfigError", "ConfigNotFound")):
+        return AwsSetupError(type(exc).__name__, f"the AWS credentials cannot be loaded: {_first_line(exc)}",
+                             "check the profile's settings with `aws configure list`, then re-run")
+    return _UnknownSetupError(type(exc).__name__, _first_line(exc), None)
+
+
+def _botocore_classes(module: Any, *names: str) -> tuple[type, ...]:
+    # Older botocore releases lack some of these (LoginTokenLoadError is recent).
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _profile_source(profile_flag: str | None) -> str:
+    if profile_flag:
+        return "--profile"
+    return "AWS_PROFILE" if os.environ.get("AWS_PROFILE") else "AWS_DEFAULT_PROFILE"
+
+
+def _aws_files() -> tuple[str, str]:
+    config = os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    return config, credentials
+
+
+def _known_profiles() -> list[str]:
+    """Profiles this machine has (empty when the files cannot be read)."""
+    from botocore.exceptions import BotoCoreError
+
+    import botocore.session
+
+    try:
+        return sorted(botocore.session.Session().available_profiles)
+    except (BotoCoreError, OSError):
+        return []
+
+
+def _profile_not_found(name: str, profile_flag: str | None) -> AwsSetupError:
+    source = _profile_source(profile_flag)
+    config, credentials = _aws_files()
+    known = _known_profiles()
+    choices = f"profiles here: {', '.join(known)}" if known else "no profiles are configured here"
+    fix = (f"create it with `aws configure --profile {name}`" if profile_flag
+           else f"unset {source} to use the default credentials, or create it with `aws configure --profile {name}`")
+    return AwsSetupError("ProfileNotFound", f"AWS profile '{name}' (from {source}) is not in {config} or {credentials}",
+                         f"{choices}; {fix}")
+
+
+def _partial_credentials(provider: str, missing: str) -> AwsSetupError:
+    config, credentials = _aws_files()
+    if provider == "env":
+        present = "AWS_ACCESS_KEY_ID" if missing == "AWS_SECRET_ACCESS_KEY" else "AWS_SECRET_ACCESS_KEY"
+        return AwsSetupError("PartialCredentials", f"{present} is set but {missing} is not",
+                             f"export {missing} as well, or unset {present} to use your profile (`aws configure`)")
+    where = {"shared-credentials-file": credentials, "config-file": config}.get(provider, provider or "the profile")
+    return AwsSetupError("PartialCredentials", f"the AWS credentials in {where} lack {missing}",
+                         f"add {missing} to that profile (`aws configure` writes both keys)")
+
+
+def _unparseable_config(path: str, detail: Any) -> AwsSetupError:
+    where = _config_error_line(detail)
+    variable = "AWS_SHARED_CREDENTIALS_FILE" if path.endswith("credentials") else "AWS_CONFIG_FILE"
+    return AwsSetupError("ConfigParseError", f"the AWS config file {path} cannot be parsed{where}",
+                         f"fix it (sections look like [profile NAME] or [default], then key = value lines), "
+                         f"or point {variable} at another file")
+
+
+def _config_error_line(detail: Any) -> str:
+    """' (line N: 'text')' from a configparser error, when it says where."""
+    lineno = getattr(detail, "lineno", None)
+    line = getattr(detail, "line", None)
+    errors = getattr(detail, "errors", None)
+    if lineno is None and errors:
+        # configparser.ParsingError keeps (line number, repr of the line) pairs.
+        lineno, shown = errors[0]
+        line = _unrepr(shown)
+    if lineno is None:
+        return ""
+    text = f": {str(line).strip()!r}" if line else ""
+    return f" (line {lineno}{text})"
+
+
+def _unrepr(text: Any) -> str:
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return str(text)
+    return value if isinstance(value, str) else str(text)

@@ -318,6 +318,47 @@ def _create_venv(shell: Shell, env_dir: PurePosixPath, options: EnvOptions) -> N
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["unknown error"]
         raise RemoteError(f"creating a virtual environment at {env_dir} failed on {shell.where}: {detail[0]}",
                           "install the venv module there (Debian/Ubuntu: apt-get install python3-venv)")
+    if options.system_site_packages:
+        _inherit_base_venv(shell, env_dir, options.base_python)
+
+
+# Prints whether an interpreter runs in a virtual environment, and its site-packages folders.
+_SITE_PROBE = ("import json, site, sys; print(json.dumps({'venv': sys.prefix != sys.base_prefix, "
+               "'site': site.getsitepackages()}))")
+BASE_VENV_PTH = "_llamapod_base_venv.pth"
+
+
+def _inherit_base_venv(shell: Shell, env_dir: PurePosixPath, base_python: str) -> None:
+    """Make the packages of a virtual-environment ``base_python`` visible in the new environment.
+
+    ``venv --system-site-packages`` exposes the packages of the *base interpreter* below a
+    virtual environment, not those installed in it (torch in ~/myenv, say). A .pth file in
+    the new environment adds the base environment's site-packages after its own, the same
+    layering the option gives for a plain interpreter (its own .pth files are processed too).
+    """
+    base = _site_info(shell, base_python)
+    if not base["venv"]:
+        return
+    own = [path for path in _site_info(shell, str(env_dir / "bin" / "python"))["site"]
+           if path.startswith(str(env_dir))]
+    if not own:
+        raise RemoteError(f"the new environment {env_dir} has no site-packages folder on {shell.where}",
+                          "re-run to rebuild it; if it persists, check remote.base_python")
+    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in base["site"])
+    shell.write_text(str(PurePosixPath(own[0]) / BASE_VENV_PTH), lines)
+
+
+def _site_info(shell: Shell, python: str) -> dict:
+    result = shell.run([python, "-c", _SITE_PROBE], timeout=120)
+    try:
+        info = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        info = None
+    if not result.ok or not isinstance(info, dict):
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise RemoteError(f"`{python}` on {shell.where} cannot describe its packages: {detail[0]}",
+                          "check remote.base_python in llamapod.toml")
+    return info
 
 
 def _pip_install(shell: Shell, env_dir: PurePosixPath, remote_wheel: str, options: EnvOptions) -> None:

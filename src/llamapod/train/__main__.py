@@ -7,6 +7,7 @@ under ``srun`` without torchrun (derives them from SLURM_*), and as a plain proc
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -31,8 +32,14 @@ def _split_config(argv: list[str]) -> tuple[Path | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     from llamapod.cli import ui
     from llamapod.errors import LlamapodError
+    from llamapod.train.failures import launched_locally, record_failure
 
-    is_main = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    is_main = rank == "0"
+    ui.route_library_logs()
+    if launched_locally():
+        _exit_with_the_launcher()
+    spec = None
     try:
         from llamapod.config.train import read_train_args
         from llamapod.train.loop import train_worker
@@ -45,20 +52,88 @@ def main(argv: list[str] | None = None) -> int:
         train_worker(parsed.spec)
         return 0
     except LlamapodError as exc:
+        record_failure(exc.message, exc.hint, exc.exit_code, printed=is_main)
         if is_main:
             ui.error(exc.message, exc.hint)
         return exc.exit_code
     except KeyboardInterrupt:
-        if is_main:
-            ui.error("interrupted", "resume with --resume_from_checkpoint <checkpoint folder>")
+        if is_main and not launched_locally():
+            folder = spec.effective_checkpoint_dir(spec.run_dir) if spec is not None and spec.run_dir else None
+            ui.error("interrupted", f"resume with --resume_from_checkpoint {folder or '<checkpoint folder>'}")
         return 130
-    except Exception as exc:
-        if ui.debug_enabled():
+    except BaseException as exc:  # DCP raises some failures as BaseException
+        if isinstance(exc, (SystemExit, GeneratorExit)) or ui.debug_enabled():
             raise
-        rank = os.environ.get("RANK", "0")
-        ui.error(f"rank {rank}: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                 "set LLAMAPOD_DEBUG=1 for the traceback, and report it")
-        return 70
+        message, hint, code = _unexpected(exc, rank)
+        # Under `llamapod train` the launcher names the first failure; a rank that only lost
+        # its peers must not be the one reported.
+        speaks = not launched_locally()
+        record_failure(message, hint, code, printed=speaks)
+        if speaks:
+            ui.error(message, hint)
+        return code
+
+
+def _exit_with_the_launcher() -> None:
+    """Die when the `llamapod train` that started this worker dies, however it dies.
+
+    torch's agent starts each worker in a session of its own, so a SIGKILL of the launcher
+    (or of its process group) would leave the workers training on, unseen, holding the run
+    folder. Linux's parent-death signal ends them with it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    from llamapod.train.failures import LAUNCHER_PID_ENV
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and os.getppid() != int(launcher):  # it died before the request was in place
+        os._exit(1)
+
+
+def _unexpected(exc: BaseException, rank: str) -> tuple[str, str, int]:
+    """(message, hint, exit code) for an exception no llamapod code turned into an error."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    torch = sys.modules.get("torch")
+    cuda_oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if cuda_oom is not None and isinstance(exc, cuda_oom):
+        return (f"rank {rank} ran out of GPU memory: {first}",
+                "try a smaller --train_batch_size, --activation_checkpointing full, or more GPUs (FSDP shards the "
+                "state over them)", 1)
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        # The run folder filled up or became unwritable mid-run: this machine's state, not a bug.
+        where = f": {exc.filename}" if exc.filename else ""
+        return (f"rank {rank}: {exc.strerror}{where}",
+                "free space or fix the permissions there (or choose another --run_dir), then resume the run", 1)
+    if _lost_a_peer(exc, torch):
+        return (f"rank {rank} lost its connection to another rank ({first[:160]})",
+                "another rank failed or was stopped first: its error is the one to read", 1)
+    return (f"rank {rank}: internal error: {type(exc).__name__}: {first}",
+            "set LLAMAPOD_DEBUG=1 for the traceback, and report it", 70)
+
+
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                       errno.ENOTDIR}
+
+# What gloo and NCCL say when the process at the other end of a connection is gone.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+              "remote process exited", "Socket Timeout")
+
+
+def _lost_a_peer(exc: BaseException, torch) -> bool:
+    dist_error = getattr(getattr(torch, "distributed", None), "DistNetworkError", None) if torch else None
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE)
 
 
 if __name__ == "__main__":

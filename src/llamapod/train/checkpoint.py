@@ -20,7 +20,9 @@ Resume picks the highest complete step and ignores the rest.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import logging
 import os
 import random
 import re
@@ -35,10 +37,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llamapod.cli import ui
 from llamapod.errors import CheckpointError, ConfigError
+from llamapod.train.runfolder import LOCK_FILE as RUN_LOCK_FILE
+
+log = logging.getLogger(__name__)
 
 FORMAT = "llamapod-checkpoint/1"
 MARKER = "COMPLETE"
@@ -75,8 +81,11 @@ def _world_size() -> int:
     return dist.get_world_size() if _distributed() else 1
 
 
-def _run_on_rank0(action) -> None:
-    """Run ``action`` on rank 0; every rank raises rank 0's CheckpointError (no rank hangs)."""
+def _run_on_rank0(action, describe=None) -> None:
+    """Run ``action`` on rank 0; every rank raises rank 0's CheckpointError (no rank hangs).
+
+    ``describe`` turns an OSError of the action into the CheckpointError to raise.
+    """
     failure: CheckpointError | None = None
     if _rank() == 0:
         try:
@@ -84,8 +93,9 @@ def _run_on_rank0(action) -> None:
         except CheckpointError as exc:
             failure = exc
         except OSError as exc:
-            failure = CheckpointError(f"cannot write checkpoint: {exc.strerror or exc} ({exc.filename})",
-                                      hint="check free space and permissions of the checkpoint folder")
+            failure = describe(exc) if describe else CheckpointError(
+                f"cannot write checkpoint: {exc.strerror or exc} ({exc.filename})",
+                hint="check free space and permissions of the checkpoint folder")
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         box = [None if failure is None else (failure.message, failure.hint)]
         dist.broadcast_object_list(box, src=0)
@@ -93,6 +103,29 @@ def _run_on_rank0(action) -> None:
             raise CheckpointError(*box[0])
     elif failure is not None:
         raise failure
+
+
+def _run_on_every_rank(action, describe) -> None:
+    """Run ``action`` on each rank; if it fails on any, every rank raises the first failure.
+
+    For per-rank files (RNG streams): a rank that failed alone would leave the others
+    waiting in the next collective until a timeout.
+    """
+    failure: tuple[str, str | None] | None = None
+    try:
+        action()
+    except CheckpointError as exc:
+        failure = (exc.message, exc.hint)
+    except OSError as exc:
+        described = describe(exc)
+        failure = (described.message, described.hint)
+    failures = [failure]
+    if _distributed() and _world_size() > 1:
+        failures = [None] * _world_size()
+        dist.all_gather_object(failures, failure)
+    first = next((f for f in failures if f is not None), None)
+    if first is not None:
+        raise CheckpointError(*first)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -231,7 +264,7 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
             f"checkpoint {directory} is partial: it has no {MARKER} marker (its save was interrupted)",
             hint=_older_hint(directory),
         )
-    foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name)]
+    foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name) and p.name != RUN_LOCK_FILE]
     if foreign and not partial:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise CheckpointError(
@@ -266,7 +299,57 @@ def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
             f"{step_dir} was not written by llamapod: {META_FILE} lacks format {FORMAT!r}",
             hint="point at a checkpoint folder written by `llamapod train`",
         )
+    problem = _meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} {problem}", hint=_older_hint(step_dir))
     return meta
+
+
+# Types of the meta fields that resume and inference read (others are informational).
+_META_TYPES: dict[str, tuple[type, ...]] = {"step": (int,), "world_size": (int,), "model_args": (dict,),
+                                            "train_config": (dict,), "data": (dict,), "scheduler": (dict,),
+                                            "tokenizer": (str,), "world": (dict,)}
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    if "step" not in meta:
+        return "lacks the step"
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"has a {type(value).__name__} for {key!r} where a {types[0].__name__} belongs"
+    if meta["step"] < 0:
+        return f"has a negative step ({meta['step']})"
+    data = meta.get("data")
+    if isinstance(data, dict):
+        # The data position resumes the sampler: whole, non-negative numbers or nothing.
+        wrong = [key for key in ("epoch", "position") if isinstance(data.get(key), bool)
+                 or not isinstance(data.get(key), int) or data[key] < 0]
+        if wrong:
+            return f"has a data position of the wrong type: {', '.join(wrong)}"
+    args = meta.get("model_args")
+    if isinstance(args, dict):
+        wrong = [name for name, value in args.items() if not _fits_model_field(name, value)]
+        if wrong:
+            return f"has model_args of the wrong type: {', '.join(sorted(wrong))}"
+    return None
+
+
+def _fits_model_field(name: str, value: Any) -> bool:
+    import dataclasses
+
+    from llamapod.train.presets import ModelArgs
+
+    kinds = {f.name: (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")) for f in
+             dataclasses.fields(ModelArgs)}
+    kind = kinds.get(name)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
 
 
 def _older_hint(step_dir: Path) -> str:
@@ -434,6 +517,150 @@ def _check_tensor_shapes(step_dir: Path, model_state: dict[str, Any]) -> None:
             )
 
 
+# ---- failures while saving -------------------------------------------------------------
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DENIED_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict, whole: a sharded DTensor counts its global size."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _os_errors(exc: BaseException) -> list[OSError]:
+    """The OSErrors behind a failure: its own chain and, for DCP, every rank's."""
+    found: list[OSError] = []
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            found.append(current)
+        if isinstance(current, CheckpointException):
+            pending.extend(failure[0] if isinstance(failure, tuple) else failure
+                           for failure in current.failures.values())
+        pending.extend([current.__cause__, current.__context__])
+    return found
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Free bytes on the file system that holds (or will hold) ``directory``."""
+    for candidate in (directory, *directory.absolute().parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def save_failure(exc: BaseException, step_name: str, directory: Path, needed: int,
+                 free_before: int | None) -> CheckpointError:
+    """One line for a save that failed: how much space a checkpoint needs when the disk is full.
+
+    ``free_before`` is measured as the save starts: afterwards the partial save fills the disk.
+    """
+    if isinstance(exc, CheckpointError):
+        return exc
+    errors = _os_errors(exc)
+    free_now = _free_bytes(directory)
+    full = (any(e.errno in _FULL_ERRNOS for e in errors)
+            or (not errors and free_now is not None and free_now < needed))
+    if full:
+        free_text = f"{human_bytes(free_before)} were free" if free_before is not None else "free space unknown"
+        return CheckpointError(
+            f"disk full while saving checkpoint {step_name} in {directory}: a checkpoint of this run needs "
+            f"about {human_bytes(needed)}, {free_text}",
+            hint="free space there (--keep_last N keeps fewer checkpoints) or point --checkpoint_dir at a larger "
+                 "file system; the run resumes from its newest complete checkpoint")
+    denied = next((e for e in errors if e.errno in _DENIED_ERRNOS), None)
+    if denied is not None:
+        return CheckpointError(f"cannot write checkpoint {step_name} in {directory}: {denied.strerror}",
+                               hint="choose a --checkpoint_dir you can write to, or fix the folder's permissions")
+    reason = f"{errors[0].strerror} ({errors[0].filename})" if errors else _first_line(exc)
+    return CheckpointError(f"saving checkpoint {step_name} in {directory} failed: {reason}",
+                           hint=f"check free space and permissions of {directory}; the run resumes from its "
+                                f"newest complete checkpoint")
+
+
+_WRITER_THREAD_TARGET = "(_write_files_from_queue)"
+_collectors: list[list[BaseException]] = []
+_collectors_lock = threading.Lock()
+_previous_excepthook = None
+
+
+def _collect_writer_thread_failure(args) -> None:
+    thread = getattr(args, "thread", None)
+    name = getattr(thread, "name", "") or ""
+    with _collectors_lock:
+        active = list(_collectors)
+    if not name.endswith(_WRITER_THREAD_TARGET):
+        (_previous_excepthook or threading.__excepthook__)(args)
+        return
+    for collector in active:
+        collector.append(args.exc_value)
+    if not active:
+        # A helper that failed after DCP's own thread had already raised: that failure is
+        # the one reported; this one is a consequence (the same full disk, say).
+        log.debug("checkpoint writer thread %s failed after the save had failed: %s", name, args.exc_value)
+
+
+@contextmanager
+def _writer_thread_failures():
+    """Exceptions of DCP's helper writer threads during the block, instead of printed tracebacks."""
+    global _previous_excepthook
+    failures: list[BaseException] = []
+    with _collectors_lock:
+        if threading.excepthook is not _collect_writer_thread_failure:
+            _previous_excepthook = threading.excepthook
+            threading.excepthook = _collect_writer_thread_failure
+        _collectors.append(failures)
+    try:
+        yield failures
+    finally:
+        with _collectors_lock:
+            _collectors.remove(failures)
+
+
+class _CheckedWriter(dcp.FileSystemWriter):
+    """DCP's file writer, except that a failed helper thread fails the save.
+
+    FileSystemWriter writes with ``thread_count`` threads, and an exception in a helper
+    thread is only printed (by threading.excepthook): its files are left out of the write
+    results, so the save would go on to commit an index that lacks those tensors. Raised
+    here, inside DCP's write step, the failure reaches every rank like any other.
+    """
+
+    def write_data(self, plan, planner):
+        with _writer_thread_failures() as failures:
+            result = super().write_data(plan, planner)
+        if failures:
+            reasons = [e for failure in failures for e in _os_errors(failure)]
+            # Exceptions lose their chain when DCP sends them to other ranks: raise the OS reason itself.
+            raise reasons[0] if reasons else failures[0]
+        return result
+
+
 # ---- the manager -----------------------------------------------------------------------
 
 
@@ -473,23 +700,42 @@ class CheckpointManager:
         self.wait()
         final = self.directory / step_dir_name(step)
         tmp = final.with_name(final.name + TMP_SUFFIX)
-        _run_on_rank0(lambda: self._prepare(tmp, step, meta))
-        self._write_rng(tmp)
         state = self._state(model, optimizer)
-        writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
-        if self.async_save:
-            self._guard_optimizer(optimizer)
-            with _quiet_single_process():
-                future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
-                                        no_dist=not _distributed(), async_stager=self._async_stager())
-            self._staging = getattr(future, "staging_completion", None)
-            self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final),
-                                             name=f"checkpoint-commit-{step}", daemon=False)
-            self._pending.start()
-            return
+        needed = state_bytes(state)
+        free_before = _free_bytes(self.directory)
+
+        def describe(exc: BaseException) -> CheckpointError:
+            return save_failure(exc, final.name, self.directory, needed, free_before)
+
+        try:
+            _run_on_rank0(lambda: self._prepare(tmp, step, meta), describe)
+            _run_on_every_rank(lambda: self._write_rng(tmp), describe)
+            writer = _CheckedWriter(str(tmp), single_file_per_rank=True, sync_files=True, thread_count=2)
+            if self.async_save:
+                self._start_async(state, writer, optimizer, tmp, final, describe)
+                return
+            try:
+                with _quiet_single_process():
+                    dcp.save(state, storage_writer=writer, no_dist=not _distributed())
+            except (Exception, CheckpointException) as exc:
+                # DCP gathers every rank's write result, so every rank gets here together.
+                raise describe(exc) from None
+            _run_on_rank0(lambda: self._commit(tmp, final), describe)
+        except CheckpointError:
+            if _rank() == 0:
+                # A failed save must not leave a partial step filling the disk until the next save.
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _start_async(self, state, writer, optimizer, tmp: Path, final: Path, describe) -> None:
+        self._guard_optimizer(optimizer)
         with _quiet_single_process():
-            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
-        _run_on_rank0(lambda: self._commit(tmp, final))
+            future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
+                                    no_dist=not _distributed(), async_stager=self._async_stager())
+        self._staging = getattr(future, "staging_completion", None)
+        self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final, describe),
+                                         name=f"checkpoint-commit-{final.name}", daemon=False)
+        self._pending.start()
 
     def wait(self) -> None:
         """Block until a pending async save is written and committed; re-raise its failure."""
@@ -501,8 +747,8 @@ class CheckpointManager:
             error, self._pending_error = self._pending_error, None
             if isinstance(error, CheckpointError):
                 raise error
-            raise CheckpointError(f"saving a checkpoint in the background failed: {error}",
-                                  hint=f"check free space and permissions of {self.directory}") from error
+            raise CheckpointError(f"saving a checkpoint in the background failed: {_first_line(error)}",
+                                  hint=f"check free space and permissions of {self.directory}") from None
 
     def close(self) -> None:
         """Finish any pending save, then stop the staging thread and the async save's group.
@@ -550,13 +796,17 @@ class CheckpointManager:
             # A failed copy also fails the upload; wait() reports it on the training thread.
             staging.exception()
 
-    def _finish_async(self, future, tmp: Path, final: Path) -> None:
+    def _finish_async(self, future, tmp: Path, final: Path, describe) -> None:
         try:
             upload = getattr(future, "upload_completion", future)
             upload.result()
             if _rank() == 0:
                 self._commit(tmp, final)
-        except BaseException as exc:  # surfaced by wait() on the training thread
+        except (Exception, CheckpointException) as exc:  # surfaced by wait() on the training thread
+            self._pending_error = describe(exc)
+            if _rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
             self._pending_error = exc
 
     def _async_process_group(self):
@@ -584,9 +834,6 @@ class CheckpointManager:
                 "torch_version": torch.__version__,
             })
             _write_file_durably(tmp / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True, default=str))
-        except PermissionError as exc:
-            raise CheckpointError(f"cannot write checkpoint into {self.directory}: permission denied ({exc.filename})",
-                                  hint=f"check the folder's permissions, or choose another --checkpoint_dir") from None
         except TypeError as exc:
             raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
 
@@ -659,7 +906,7 @@ class CheckpointManager:
                 dcp.load(state, storage_reader=dcp.FileSystemReader(str(step_dir)), no_dist=not _distributed())
         except CheckpointError:
             raise
-        except Exception as exc:
+        except (Exception, CheckpointException) as exc:
             raise CheckpointError(
                 f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                 hint=_older_hint(step_dir),
@@ -668,7 +915,9 @@ class CheckpointManager:
             set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
         else:
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        self._restore_rank_rng(step_dir, meta)
+        _run_on_every_rank(lambda: self._restore_rank_rng(step_dir, meta),
+                           lambda exc: CheckpointError(f"cannot read {step_dir}: {exc.strerror} ({exc.filename})",
+                                                       hint=_older_hint(step_dir)))
         return meta
 
     @staticmethod
@@ -678,8 +927,18 @@ class CheckpointManager:
         if meta.get("world_size") != _world_size():
             return
         rng_file = step_dir / "rng" / f"rank_{_rank():05d}.json"
-        if rng_file.is_file():
-            _restore_rng(json.loads(rng_file.read_text(encoding="utf-8")))
+        if not rng_file.is_file():
+            # The save wrote one per rank before its marker: a missing one was removed since.
+            raise CheckpointError(f"checkpoint {step_dir} is corrupted: {rng_file.relative_to(step_dir)} is missing",
+                                  hint=_older_hint(step_dir))
+        text = rng_file.read_text(encoding="utf-8", errors="replace")
+        try:
+            _restore_rng(json.loads(text))
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            # Empty, cut short or rewritten: JSON, base64 and setstate each fail differently.
+            what = "empty" if not text.strip() else f"damaged ({type(exc).__name__})"
+            raise CheckpointError(f"checkpoint {step_dir} is corrupted: {rng_file.relative_to(step_dir)} is {what}",
+                                  hint=_older_hint(step_dir)) from None
 
 
 def _has_optimizer_state(step_dir: Path) -> bool:
@@ -688,6 +947,10 @@ def _has_optimizer_state(step_dir: Path) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, CheckpointException) and exc.failures:
+        # Its text is every rank's traceback: the first rank's exception says what went wrong.
+        inner = next(iter(exc.failures.values()))
+        exc = inner[0] if isinstance(inner, tuple) else inner
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -718,7 +981,7 @@ def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
     try:
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
                               hint=_older_hint(step_dir)) from None
     return args, {k[len("model."):]: v for k, v in state.items()}, meta

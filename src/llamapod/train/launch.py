@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 from llamapod.cli import ui
 from llamapod.config.train import TrainSpec, resolve_model_args
-from llamapod.errors import TrainingError
+from llamapod.errors import Interrupted
 
 
 def default_nproc() -> int:
@@ -50,43 +55,170 @@ def prepare(spec: TrainSpec) -> TrainSpec:
 
 
 def train_locally(spec: TrainSpec, nproc: int | None = None) -> int:
-    """Train on this machine with ``nproc`` workers (default: every GPU, or 2 on a CPU)."""
-    nproc = nproc or default_nproc()
-    spec = prepare(spec)
-    if nproc == 1:
-        from llamapod.train.loop import train_worker
+    """Train on this machine with ``nproc`` workers (default: every GPU, or 2 on a CPU).
 
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
-            os.environ.pop(name, None)
+    Ctrl-C and SIGTERM end it with an Interrupted error that prints how to resume.
+    """
+    with _stop_signals_raised():
+        try:
+            _check_folders_free(spec)
+            workers = nproc or default_nproc()
+            spec = prepare(spec)
+            if workers == 1:
+                return _train_in_this_process(spec, nproc)
+            return _launch_workers(spec, workers, nproc)
+        except (KeyboardInterrupt, _Stopped) as exc:
+            signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+            raise _interrupted(spec, signum, nproc) from None
+
+
+def _check_folders_free(spec: TrainSpec) -> None:
+    """Fail before the data is prepared and workers start when another run holds the folders.
+
+    Only a probe: rank 0 of the workers takes the lock for the run's whole length.
+    """
+    from llamapod.train.runfolder import lock_run
+
+    if spec.run_dir is None:
+        return  # a new, time-stamped folder
+    for lock in lock_run(Path(spec.run_dir), Path(spec.effective_checkpoint_dir(spec.run_dir))):
+        lock.release()
+
+
+def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> int:
+    from llamapod.train.loop import train_worker
+
+    # A world of one on a fresh port: a rendezvous port left in the environment by an
+    # earlier run in this process may still be bound by that run's store until it is freed.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT"):
+        os.environ.pop(name, None)
+    with _worker_environment(nproc):
         train_worker(spec)
-        return 0
-    return _launch_workers(spec, nproc)
+    return 0
 
 
-def _launch_workers(spec: TrainSpec, nproc: int) -> int:
+class _Stopped(BaseException):
+    """SIGTERM arrived (a scheduler or `kill`): unwinds like KeyboardInterrupt does for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped(signum)
+
+
+@contextmanager
+def _stop_signals_raised() -> Iterator[None]:
+    # Python's default for SIGTERM is to die at once, without a word or cleanup.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _worker_environment(nproc: int | None, *, spawned: bool = False) -> Iterator[None]:
+    """Variables the workers read: they are started by us (we report their failures), with ``nproc``."""
+    from llamapod.train.failures import LAUNCHER_PID_ENV, LOCAL_LAUNCH_ENV
+    from llamapod.train.resume import NPROC_ENV
+
+    values = {LOCAL_LAUNCH_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()), NPROC_ENV: str(nproc) if nproc else None}
+    if spawned:
+        values["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")  # workers set their own share
+    saved = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _quiet_elastic_agent() -> None:
+    # The agent logs every worker failure with a traceback, and a warning on Ctrl-C; the
+    # launcher reports both in one line. Its module loggers set their own levels.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+
+
+def _launch_workers(spec: TrainSpec, nproc: int, explicit_nproc: int | None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The agent logs every worker failure with a traceback; the worker itself has already
-    # printed the one-line reason, so the agent's chatter is noise for a user.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    from llamapod.train import failures
+
+    _quiet_elastic_agent()
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
         start_method="spawn",
     )
     command = worker_command(spec)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers set their own share of the cores
+    oom = failures.OomWatch()
     try:
-        elastic_launch(config, command[0])(*command[1:])
+        with _worker_environment(explicit_nproc, spawned=True):
+            elastic_launch(config, command[0])(*command[1:])
+    except SignalException as exc:
+        raise _interrupted(spec, int(exc.sigval), explicit_nproc) from None
     except ChildFailedError as exc:
-        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        code = codes.get(0, next(iter(codes.values()), 1))
-        if code in (-9, -15, 137, 143):
-            raise TrainingError(f"a training worker was killed (exit code {code})",
-                                "out of memory? try a smaller --train_batch_size or --activation_checkpointing full")
-        return code if code > 0 else 1
-    except KeyboardInterrupt:
-        ui.error("interrupted", "resume with --resume_from_checkpoint <the run's checkpoints folder>")
-        return 130
+        return _worker_failure(spec, failures.failures_from(exc.failures), oom, explicit_nproc)
     return 0
+
+
+def _worker_failure(spec: TrainSpec, found: list, oom, explicit_nproc: int | None) -> int:
+    """Raise why the workers stopped, or return rank 0's exit code when it said why itself."""
+    from llamapod.train import failures
+
+    stopped_by = failures.stop_signal(found)
+    if stopped_by is not None:
+        raise _interrupted(spec, stopped_by, explicit_nproc)
+    first = failures.first_failure(found)
+    if first.record is not None and first.record.printed:
+        # The worker said why itself (rank 0 does, under every launcher): only its exit code is left.
+        return first.record.exit_code
+    killed_by_oom = first.signal == signal.SIGKILL and oom.killed(first.pid)
+    raise failures.describe(first, oom_killed=killed_by_oom, resume=_resume(spec, explicit_nproc))
+
+
+def _resume(spec: TrainSpec, nproc: int | None) -> str:
+    from llamapod.train.resume import resume_command
+
+    return resume_command(spec, nproc=nproc)
+
+
+def _interrupted(spec: TrainSpec, signum: int, nproc: int | None) -> Interrupted:
+    from llamapod.train.failures import interrupted
+
+    if spec.run_dir is None:
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        return Interrupted(f"training stopped by {how} before it started",
+                           "run the same command again", signum)
+    return interrupted(signum, newest_checkpoint=_newest_checkpoint(spec), resume=_resume(spec, nproc))
+
+
+def _newest_checkpoint(spec: TrainSpec) -> str | None:
+    from llamapod.errors import CheckpointError
+    from llamapod.train.checkpoint import find_latest
+
+    try:
+        latest = find_latest(spec.effective_checkpoint_dir(spec.run_dir), warn=False)
+    except (CheckpointError, OSError):
+        return None
+    return str(latest) if latest else None

@@ -331,6 +331,7 @@ class Trainer:
         return self.step >= self.spec.max_steps or self.train_data.epoch >= self.spec.epochs
 
     def run(self) -> dict[str, Any]:
+        self._folder_locks = lock_run_folders(self.paths, self.env.is_main)
         self.setup()
         spec, env = self.spec, self.env
         main = env.is_main
@@ -391,7 +392,7 @@ class Trainer:
             log.close()
             if board is not None:
                 board.close()
-            m.plot_metrics(self.paths.metrics, self.paths.plot)
+            m.write_plot(self.paths.metrics, self.paths.plot)
             self._finish_message(summary)
         return summary
 
@@ -434,10 +435,37 @@ class Trainer:
         ui.out(f"  checkpoints  {self.paths.checkpoint_dir}" + (f" (newest: {newest.name})" if newest else ""))
         ui.out("next:")
         ui.out(f"  llamapod sample --checkpoint {self.paths.checkpoint_dir} --prompt 'def '")
-        ui.out(f"  llamapod train --run_dir {self.paths.run_dir} --resume_from_checkpoint {self.paths.checkpoint_dir} "
-               f"--max_steps {2 * summary['step']}   (train longer)")
+        ui.out(f"  {self._train_longer_command(2 * summary['step'])}   (train longer)")
         ui.out(f"  llamapod export --checkpoint {self.paths.checkpoint_dir} --hf {self.paths.run_dir / 'hf'}")
         ui.out("  llamapod train --slurm --dry-run   (the same job as a Slurm batch script)")
+
+
+    def _train_longer_command(self, max_steps: int) -> str:
+        from llamapod.train.resume import resume_command
+
+        spec = self.spec.model_copy(update={"run_dir": str(self.paths.run_dir)})
+        return resume_command(spec, max_steps=max_steps)
+
+    def release_run_folders(self) -> None:
+        for lock in getattr(self, "_folder_locks", []):
+            lock.release()
+
+
+def lock_run_folders(paths: RunPaths, is_main: bool) -> list:
+    """Rank 0 takes the run's folders (see ``runfolder.lock_run``); every rank raises its failure."""
+    from llamapod.errors import TrainingError
+    from llamapod.train.runfolder import lock_run
+
+    locks, failure = [], None
+    if is_main:
+        try:
+            locks = lock_run(paths.run_dir, paths.checkpoint_dir)
+        except TrainingError as exc:
+            failure = (exc.message, exc.hint)
+    failure = broadcast_value(failure)
+    if failure is not None:
+        raise TrainingError(*failure)
+    return locks
 
 
 def _ppl(loss: float) -> float:
@@ -512,9 +540,13 @@ def train_worker(spec: TrainSpec) -> dict[str, Any]:
         ui.configure(quiet=True)
     configure_cpu_threads(env)
     init_distributed(env)
+    trainer = None
     try:
-        return Trainer(spec, env).run()
+        trainer = Trainer(spec, env)
+        return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.release_run_folders()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -8,7 +8,9 @@ sheet, so its peak is measured once with a large matmul and cached.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import numbers
 import os
 import platform
 import resource
@@ -22,6 +24,8 @@ import torch
 from llamapod.errors import TrainingError
 from llamapod.instances import PEAK_BF16_FLOPS, PEAK_CAVEATS
 from llamapod.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 PROBE_SIZE = 1024
 PROBE_SECONDS = 1.0
@@ -160,14 +164,22 @@ class MetricsLog:
     """metrics.jsonl in the run folder: one JSON object per line, appended and flushed."""
 
     def __init__(self, path: Path, *, append: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = open(path, "a" if append else "w", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if append:
+                _end_damaged_last_line(path)
+            self._file = open(path, "a" if append else "w", encoding="utf-8")
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
 
     def close(self) -> None:
         self._file.close()
@@ -206,12 +218,54 @@ class TensorBoardLog:
         self._writer.close()
 
 
+def _unwritable(path: Path, exc: OSError) -> TrainingError:
+    return TrainingError(f"cannot write {path}: {exc.strerror or exc}",
+                         "free space or fix the permissions of the run folder, then resume the run from its newest "
+                         "checkpoint")
+
+
+def _end_damaged_last_line(path: Path) -> None:
+    """Terminate a last line cut short by a killed writer, so appended records start on their own line.
+
+    The damaged line itself stays (readers skip it with a warning): nothing a run wrote is lost.
+    """
+    try:
+        with open(path, "rb+") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+    except FileNotFoundError:
+        return
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append(json.loads(line))
+    """The records of a metrics.jsonl; damaged lines (a crash mid-write) are skipped with one warning."""
+    records, damaged = [], []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = _parse_record(line)
+            if record is None:
+                damaged.append(number)
+            else:
+                records.append(record)
+    if damaged:
+        shown = ", ".join(str(n) for n in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+        log.warning("%s: skipped %d damaged line%s (%s %s): a write cut short by a crash or a full disk",
+                    path, len(damaged), "s" if len(damaged) > 1 else "", "lines" if len(damaged) > 1 else "line",
+                    shown)
     return records
+
+
+def _parse_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def format_step_line(step: int, total: int, record: dict[str, Any]) -> str:
@@ -234,8 +288,8 @@ def plot_metrics(jsonl: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_metrics(jsonl)
-    train = [r for r in records if r.get("loss") is not None and "tokens_per_s" in r]
-    val = [r for r in records if r.get("val_loss") is not None]
+    train = [r for r in records if _numbers(r, "step", "loss", "tokens_per_s")]
+    val = [r for r in records if _numbers(r, "step", "val_loss")]
     fig, (ax_loss, ax_tput) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     if val:
@@ -253,3 +307,17 @@ def plot_metrics(jsonl: Path, png: Path) -> Path:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def _numbers(record: dict[str, Any], *keys: str) -> bool:
+    # A line that parses but holds text where a number belongs is as damaged as a cut one.
+    return all(isinstance(record.get(k), numbers.Real) and not isinstance(record.get(k), bool) for k in keys)
+
+
+def write_plot(jsonl: Path, png: Path) -> Path | None:
+    """``plot_metrics``, except that a plot that cannot be written is a warning: the run itself succeeded."""
+    try:
+        return plot_metrics(jsonl, png)
+    except (OSError, ValueError) as exc:
+        log.warning("%s was not written: %s", png, exc)
+        return None

@@ -112,3 +112,75 @@ def test_ckpt_import_truncated_safetensors(tmp_path):
     model.init_weights()
     with pytest.raises(CheckpointError, match=r"^weights file .*model.safetensors is corrupted or truncated"):
         load_hf_weights(model, tmp_path / "hf")
+
+
+def _saved_checkpoint(path: Path, seed: int) -> Transformer:
+    model = Transformer(ARGS)
+    model.init_weights(seed=seed)
+    meta = {"model_args": ARGS.to_dict(), "tokenizer": "not-loadable", "tokenizer_spec": str(path / "no-such.json")}
+    CheckpointManager(path).save(seed, model, torch.optim.AdamW(model.parameters()), meta)
+    return model
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_ckpt_export_refuses_to_overwrite_and_force_replaces_the_whole_model(tmp_path, run_cli, umask):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        _saved_checkpoint(tmp_path / "old", seed=1)
+        newer = _saved_checkpoint(tmp_path / "new", seed=2)
+        hf = tmp_path / "hf"
+        code, _, err = run_cli("export", "--checkpoint", str(tmp_path / "old"), "--hf", str(hf),
+                               "--max-shard-size", "200KB")
+        assert code == 0, err
+        (hf / "README.md").write_text("notes about this model\n")
+        before = _snapshot(hf)
+
+        code, out, err = run_cli("export", "--checkpoint", str(tmp_path / "new"), "--hf", str(hf))
+        assert (code, out) == (1, "")
+        assert err.splitlines()[-2:] == [
+            f"error: export target {hf} already holds a Hugging Face model",
+            "  hint: pass --force to replace its weights, index and config (other files are kept), "
+            "or choose a new folder"]
+        assert _snapshot(hf) == before, "nothing was touched"
+
+        # One file instead of shards: the old shards and their index must not survive.
+        code, _, err = run_cli("export", "--checkpoint", str(tmp_path / "new"), "--hf", str(hf), "--force")
+        assert code == 0, err
+        assert sorted(p.name for p in hf.iterdir()) == ["README.md", "config.json", "generation_config.json",
+                                                         "model.safetensors"]
+        assert (hf / "README.md").read_text() == "notes about this model\n"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder left"
+        modes = {p.name: p.stat().st_mode & 0o777 for p in hf.iterdir() if p.name != "README.md"}
+        assert set(modes.values()) == {0o666 & ~umask}, modes
+        assert hf.stat().st_mode & 0o777 == 0o777 & ~umask
+        exported = transformers.LlamaForCausalLM.from_pretrained(hf).eval()
+        with torch.no_grad():
+            assert (exported(TOKENS).logits - our_logits(newer)).abs().max().item() <= 1e-4
+    finally:
+        os.umask(previous)
+
+
+def test_ckpt_export_refuses_a_folder_that_is_not_a_model_even_with_force(tmp_path, run_cli):
+    _saved_checkpoint(tmp_path / "ck", seed=1)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--force"]):
+        code, _, err = run_cli("export", "--checkpoint", str(tmp_path / "ck"), "--hf", str(tmp_path / "mine"), *extra)
+        assert code == 1
+        assert err.splitlines()[-2:] == [
+            f"error: export target {tmp_path / 'mine'} is not empty and is not a Hugging Face model folder",
+            "  hint: choose a new or empty folder (nothing there is overwritten)"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
+
+    code, _, err = run_cli("export", "--checkpoint", str(tmp_path / "ck"), "--consolidated", str(tmp_path / "m.pt"))
+    assert code == 0, err
+    saved = (tmp_path / "m.pt").read_bytes()
+    code, _, err = run_cli("export", "--checkpoint", str(tmp_path / "ck"), "--consolidated", str(tmp_path / "m.pt"))
+    assert code == 1 and err.splitlines()[-2] == f"error: export target {tmp_path / 'm.pt'} already exists"
+    assert (tmp_path / "m.pt").read_bytes() == saved

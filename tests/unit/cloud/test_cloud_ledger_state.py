@@ -63,6 +63,31 @@ def test_unreadable_ledger_names_the_file_and_the_way_out():
     assert info.value.hint == "delete it: `llamapod down demo` also finds every resource by its tag"
 
 
+@pytest.mark.parametrize("content, problem", [
+    ([], "expected a JSON object, found a list"),
+    ({"name": "demo", "region": 5}, "'region' must be a non-empty string, found a number"),
+    ({"region": "us-east-1"}, "'name' must be a non-empty string, found nothing (null or missing)"),
+    ({"name": "demo", "region": "us-east-1", "resources": []},
+     "'resources' must be an object of kind -> facts, found a list"),
+    ({"name": "demo", "region": "us-east-1", "resources": {"network": "vpc-1"}},
+     "resources.network must be an object of facts, found a string"),
+    ({"name": "demo", "region": "us-east-1", "resources": {"cluster": {"arn": 7}}},
+     "resources.cluster.arn must be a string or a list of strings, found a number"),
+    ({"name": "demo", "region": "us-east-1", "resources": {"network": {"stack_name": ["x", 1]}}},
+     "resources.network.stack_name must be a list of strings"),
+    ({"name": "demo", "region": "us-east-1", "resources": {"vpc": {}}},
+     "'resources' has an unknown kind 'vpc' (known: network, role, bucket, fsx, cluster)"),
+])
+def test_ledger_with_wrong_types_names_the_field(content, problem):
+    path = ledger_path("demo")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as info:
+        Ledger.load("demo")
+    assert info.value.message == f"the state file {path} is damaged: {problem}"
+    assert path.read_text() == json.dumps(content), "the file is left for the user to inspect"
+
+
 def test_missing_ledger_is_none_and_remove_is_idempotent():
     assert Ledger.load("nothing") is None
     ledger = Ledger.open("demo", "eu-west-1")

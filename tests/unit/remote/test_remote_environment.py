@@ -195,3 +195,29 @@ def test_remote_one_builder_per_environment(tmp_path):
         acquire_build_lock(shell, env_dir, deadline_s=0)
     assert err.value.message == f"another llamapod has been preparing {env_dir} for over 0 minutes"
     assert err.value.hint == f"if nothing is preparing it any more, remove {env_dir}.building on the cluster and re-run"
+
+
+def test_remote_env_on_a_virtual_environment_sees_its_packages(tmp_path):
+    """remote.base_python may itself be a virtual environment (torch installed in ~/myenv, or
+    the tests run from one): "system site packages" must then mean its packages, not only
+    those of the interpreter below it."""
+    import subprocess
+
+    from llamapod.remote.environment import BASE_VENV_PTH, _create_venv
+
+    base = tmp_path / "base"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True)
+    base_python = base / "bin" / "python"
+    base_site = subprocess.run([str(base_python), "-c", "import site; print(site.getsitepackages()[0])"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    (Path(base_site) / "only_in_the_base_venv.py").write_text("ANSWER = 42\n")
+
+    env_dir = PurePosixPath(tmp_path / "fsx" / "envs" / "k")
+    _create_venv(LocalShell(), env_dir, EnvOptions(base_python=str(base_python), system_site_packages=True))
+    probe = subprocess.run([str(Path(env_dir) / "bin" / "python"), "-c",
+                            "import only_in_the_base_venv, sys; print(only_in_the_base_venv.ANSWER, sys.prefix)"],
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["42", str(env_dir)]
+    assert len(list(Path(env_dir).rglob(BASE_VENV_PTH))) == 1
+

@@ -74,6 +74,39 @@ def test_plot_and_jsonl(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_damaged_lines_are_skipped_with_one_warning_and_appends_start_on_a_new_line(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    log = m.MetricsLog(path, append=False)
+    for step in (1, 2):
+        log.write({"step": step, "loss": 4.0 - step, "lr": 1e-3, "tokens_per_s": 10.0})
+    log.close()
+    # A writer killed mid-line (SIGKILL, a full disk) leaves a cut-short last line.
+    with open(path, "a") as handle:
+        handle.write('{"step": 3, "loss": 1.')
+    assert [r["step"] for r in m.read_metrics(path)] == [1, 2]
+    assert caplog.messages == [f"{path}: skipped 1 damaged line (line 3): a write cut short by a crash or a full disk"]
+
+    resumed = m.MetricsLog(path, append=True)
+    resumed.write({"step": 3, "loss": 0.5, "lr": 1e-3, "tokens_per_s": 10.0})
+    resumed.close()
+    lines = path.read_text().splitlines()
+    assert lines[2] == '{"step": 3, "loss": 1.', "the damaged line is kept, not silently dropped"
+    assert [r["step"] for r in m.read_metrics(path)] == [1, 2, 3]
+    # Text where a number belongs is skipped by the plot too.
+    with open(path, "a") as handle:
+        handle.write('[1, 2]\n{"step": "four", "loss": "x", "tokens_per_s": 1}\n')
+    assert m.plot_metrics(path, tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_plot_that_cannot_be_written_is_a_warning(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0, "tokens_per_s": 3.0}\n')
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert m.write_plot(path, blocker / "metrics.png") is None
+    assert caplog.messages[-1].startswith(f"{blocker / 'metrics.png'} was not written: ")
+
+
 def test_srun_without_torchrun_derives_ranks_from_slurm(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT"):
