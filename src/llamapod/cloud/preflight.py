@@ -12,13 +12,13 @@ permissions llamapod needs (IAM policy simulation of the caller).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llamapod.aws_names import CLUSTER_TAG, partition_of
 from llamapod.cloud import policies
 from llamapod.cloud.policies import operator_policy
+from llamapod.cloud.session import lookup_retries
 from llamapod.config.cluster import ClusterSpec
 from llamapod.errors import CloudError
 
@@ -53,29 +53,9 @@ def ec2_instance_type(instance_type: str) -> str:
 # ---- clients for look-ups -----------------------------------------------------------
 
 
-_LOOKUP_CLIENTS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, int], Any]]" = weakref.WeakKeyDictionary()
-
-
 def _lookup_client(session: Any, service: str, attempts: int = 3):
-    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait.
-
-    Made once per session, service and retry budget (creating a client costs more than a call).
-    """
-    clients = _LOOKUP_CLIENTS.setdefault(session, {})
-    if (service, attempts) not in clients:
-        clients[(service, attempts)] = _new_lookup_client(session, service, attempts)
-    return clients[(service, attempts)]
-
-
-def _new_lookup_client(session: Any, service: str, attempts: int):
-    from botocore.config import Config
-
-    config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=5, read_timeout=20,
-                    user_agent_extra="llamapod")
-    kwargs: dict[str, Any] = {"region_name": session.region, "config": config}
-    if session.endpoint_url:
-        kwargs["endpoint_url"] = session.endpoint_url
-    return session.boto.client(service, **kwargs)
+    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait."""
+    return session.client(service, retries=lookup_retries(attempts))
 
 
 class _Unanswered(Exception):
