@@ -7,10 +7,9 @@ What "not found" looks like differs per service, so it is written down once, her
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-from llamapod.cloud.session import call
+from llamapod.cloud.session import call, call_as
 from llamapod.errors import CloudError
 
 # The error codes each service answers for a resource that does not exist (their API
@@ -60,13 +59,10 @@ def call_or_none(client: Any, op: str, **kwargs: Any) -> dict[str, Any] | None:
 
 
 def paginate(client: Any, op: str, key: str, **kwargs: Any) -> list[Any]:
-    """Every item under ``key`` on every page of ``op``, walked by boto3's paginator."""
-
-    def every_page(**request: Any) -> list[Any]:
-        return [item for page in client.get_paginator(op).paginate(**request) for item in page.get(key, [])]
-
-    # call() runs the whole walk, so a failure on any page reads as that operation's CloudError.
-    return call(SimpleNamespace(**{op: every_page}), op, **kwargs)
+    """Every item under ``key`` on every page of ``op``, walked by boto3's paginator; a failure
+    on any page is that operation's CloudError."""
+    pages = client.get_paginator(op).paginate
+    return call_as(op, lambda: [item for page in pages(**kwargs) for item in page.get(key, [])])
 
 
 def paginate_or_empty(client: Any, op: str, key: str, **kwargs: Any) -> list[Any]:

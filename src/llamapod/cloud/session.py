@@ -14,10 +14,12 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from llamapod.aws_names import partition_of
 from llamapod.errors import AwsSetupError, CloudError
+
+T = TypeVar("T")
 
 # Errors worth retrying on top of botocore's own retries: they mean "not yet", not "no".
 TRANSIENT_CODES = frozenset({
@@ -172,11 +174,17 @@ def error_code(exc: BaseException) -> str | None:
 
 def call(client, op: str, **kwargs) -> dict:
     """``client.<op>(**kwargs)``, with AWS failures turned into a CloudError."""
+    return call_as(op, lambda: getattr(client, op)(**kwargs))
+
+
+def call_as(op: str, request: Callable[[], T]) -> T:
+    """``request()``, one or more AWS requests of operation ``op`` (every page of a listing, say),
+    with AWS failures turned into that operation's CloudError."""
     from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
                                      NoRegionError, ParamValidationError)
 
     try:
-        return getattr(client, op)(**kwargs)
+        return request()
     except ClientError as exc:
         code = error_code(exc) or "Unknown"
         message = exc.response.get("Error", {}).get("Message", str(exc))
