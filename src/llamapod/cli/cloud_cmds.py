@@ -118,6 +118,7 @@ def _toml(value: Any) -> str:
 
 def render_config(spec) -> str:
     """llamapod.toml for ``spec``, with every optional setting shown commented out."""
+    from llamapod.aws_names import CLUSTER_TAG
     from llamapod.config.cluster import NetworkSpec
 
     worker_blocks = []
@@ -186,7 +187,7 @@ compression = {_toml(spec.fsx.compression)}
 # storage_user = "slurm"
 # storage_pass = "..."
 
-# Extra tags on everything llamapod creates (llamapod:cluster is always added).
+# Extra tags on everything llamapod creates ({CLUSTER_TAG} is always added).
 [cluster.tags]
 
 # The seed's training job (step 7): Llama 2 7B, its flags as written in the guide. Everything
@@ -373,7 +374,8 @@ def operator_policy(account: str | None, part: str | None, region: str | None, p
     """Print the least-privilege IAM policy a user needs to run llamapod."""
     from llamapod.cloud.policies import MANAGED_POLICY_MAX_CHARS, operator_policy_parts, policy_chars
     from llamapod.cloud.policies import operator_policy as build_policy
-    from llamapod.config.cluster import DEFAULT_REGION, partition_of
+    from llamapod.aws_names import partition_of
+    from llamapod.config.cluster import DEFAULT_REGION
     from llamapod.errors import ConfigError
 
     if account is not None and not (account == "*" or (account.isdigit() and len(account) == 12)):

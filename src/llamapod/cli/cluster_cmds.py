@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from llamapod.aws_names import CLUSTER_TAG
 from llamapod.cli import ui
 from llamapod.errors import ClusterStateError, ConfigError
 
@@ -102,7 +103,7 @@ def down(name: str | None, config_path: Path | None, region: str | None, profile
 
     name, region, ledger = _target(name, config_path, region)
     session = _session(region, profile)
-    ui.step(f"looking for everything tagged llamapod:cluster={name} in {session.region}")
+    ui.step(f"looking for everything tagged {CLUSTER_TAG}={name} in {session.region}")
     inventory = take_inventory(session, name, ledger)
     if inventory.empty:
         left = leftovers(session, name)
@@ -123,7 +124,7 @@ def down(name: str | None, config_path: Path | None, region: str | None, profile
     left = tear_down(session, inventory, ledger)
     if left:
         _report_leftovers(name, left)
-    ui.success(f"deleted cluster {name}: nothing tagged llamapod:cluster={name} or made by HyperPod for it "
+    ui.success(f"deleted cluster {name}: nothing tagged {CLUSTER_TAG}={name} or made by HyperPod for it "
                f"is left in {session.region}")
 
 

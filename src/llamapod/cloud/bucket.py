@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.aws_names import has_cluster_tag
+from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lookup import call_or_none, paginate
 from llamapod.cloud.session import call
 from llamapod.errors import CloudError
 
@@ -17,11 +19,8 @@ DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
 
 def bucket_exists(session, name: str) -> bool:
     try:
-        call(session.client("s3"), "head_bucket", Bucket=name)
-        return True
+        return call_or_none(session.client("s3"), "head_bucket", Bucket=name) is not None
     except CloudError as exc:
-        if exc.code in ("404", "NoSuchBucket", "NotFound"):
-            return False
         if exc.code in ("403", "AccessDenied"):
             raise CloudError("head_bucket", "BucketAlreadyExists",
                              f"the bucket name {name} is taken by another AWS account",
@@ -87,14 +86,15 @@ def put_bytes(session, bucket: str, key: str, body: bytes, content_type: str | N
     s3 = session.client("s3")
     md5 = hashlib.md5(body, usedforsecurity=False)
     try:
-        head = call(s3, "head_object", Bucket=bucket, Key=key)
-        if head.get("ETag", "").strip('"') == md5.hexdigest():
-            return False
+        head = call_or_none(s3, "head_object", Bucket=bucket, Key=key)
     except CloudError as exc:
         # S3 answers 403 instead of 404 for a missing key to callers without s3:ListBucket;
         # put_object below fails clearly if the permission problem is real.
-        if exc.code not in ("404", "NoSuchKey", "NotFound", "403"):
+        if exc.code != "403":
             raise
+        head = None
+    if head is not None and head.get("ETag", "").strip('"') == md5.hexdigest():
+        return False
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body,
                               "ContentMD5": base64.b64encode(md5.digest()).decode()}
     if content_type:
@@ -106,39 +106,41 @@ def put_bytes(session, bucket: str, key: str, body: bytes, content_type: str | N
 def empty_and_delete(session, name: str) -> None:
     """Delete every object version and delete marker, then the bucket; a missing bucket is fine."""
     s3 = session.client("s3")
-    try:
-        while True:
-            page = call(s3, "list_object_versions", Bucket=name, MaxKeys=DELETE_BATCH)
-            keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                    for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-            if not keys:
-                break
-            result = call(s3, "delete_objects", Bucket=name, Delete={"Objects": keys, "Quiet": True})
-            if result.get("Errors"):
-                first = result["Errors"][0]
-                raise CloudError("delete_objects", first.get("Code", "Unknown"),
-                                 f"{first.get('Key')}: {first.get('Message', '')}",
-                                 "run `llamapod down` again; if it persists, empty the bucket in the console")
-        call(s3, "delete_bucket", Bucket=name)
-    except CloudError as exc:
-        if exc.code not in ("NoSuchBucket", "404"):
-            raise
+    # Each round lists from the start again: what the last round deleted is no longer there.
+    while True:
+        page = call_or_none(s3, "list_object_versions", Bucket=name, MaxKeys=DELETE_BATCH)
+        if page is None:
+            return
+        keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if not keys:
+            break
+        result = call_or_none(s3, "delete_objects", Bucket=name, Delete={"Objects": keys, "Quiet": True}) or {}
+        if result.get("Errors"):
+            first = result["Errors"][0]
+            raise CloudError("delete_objects", first.get("Code", "Unknown"),
+                             f"{first.get('Key')}: {first.get('Message', '')}",
+                             "run `llamapod down` again; if it persists, empty the bucket in the console")
+    call_or_none(s3, "delete_bucket", Bucket=name)
 
 
 def find_buckets(session, cluster_name: str, candidates: list[str]) -> list[str]:
     """Buckets tagged for the cluster among llamapod's ``sagemaker-`` buckets, plus known names that exist."""
     s3 = session.client("s3")
     found = [name for name in candidates if bucket_exists(session, name)]
-    for bucket in call(s3, "list_buckets").get("Buckets", []):
+    for bucket in paginate(s3, "list_buckets", "Buckets", Prefix="sagemaker-"):
         name = bucket["Name"]
-        if name in found or not name.startswith("sagemaker-"):
-            continue
-        try:
-            tags = call(s3, "get_bucket_tagging", Bucket=name).get("TagSet", [])
-        except CloudError as exc:
-            if exc.code in ("NoSuchTagSet", "NoSuchBucket", "AccessDenied", "403"):
-                continue
-            raise
-        if has_cluster_tag(tags, cluster_name):
+        if name not in found and has_cluster_tag(_bucket_tags(s3, name), cluster_name):
             found.append(name)
     return found
+
+
+def _bucket_tags(s3, name: str) -> list[dict[str, str]]:
+    """The bucket's tags; none for a bucket without tags, deleted meanwhile, or not readable by this caller."""
+    try:
+        answer = call_or_none(s3, "get_bucket_tagging", Bucket=name)
+    except CloudError as exc:
+        if exc.code in ("NoSuchTagSet", "AccessDenied", "403"):
+            return []
+        raise
+    return answer.get("TagSet", []) if answer is not None else []

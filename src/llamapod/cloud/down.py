@@ -17,11 +17,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from llamapod.aws_names import CLUSTER_TAG, has_cluster_tag
 from llamapod.cloud import bucket as buckets
 from llamapod.cloud import hyperpod, iam, logs, network, progress, storage
-from llamapod.cloud.ledger import Ledger, console_link, has_cluster_tag, tagged_resources
+from llamapod.cloud.ledger import Ledger, console_link, tagged_resources
 from llamapod.cloud.lock import cluster_lock
 from llamapod.cloud.progress import Clock, Reporter, Waiter
+from llamapod.cloud.lookup import paginate
 from llamapod.cloud.session import call
 
 
@@ -69,11 +71,12 @@ def naming_spec(name: str, region: str):
     """A spec carrying just what llamapod's resource names derive from (name and region).
 
     ``down`` must work without the llamapod.toml that made the cluster: names are
-    functions of the cluster's name, region and account only.
+    functions of the cluster's name, region and account only. Built without the
+    ``[cluster]`` rules: a region newer than this botocore's list must still be cleaned up.
     """
     from llamapod.config.cluster import ClusterSpec
 
-    return ClusterSpec(name=name, region=region)
+    return ClusterSpec.model_construct(name=name, region=region)
 
 
 def take_inventory(session, name: str, ledger: Ledger | None) -> Inventory:
@@ -224,25 +227,27 @@ def _network_leftovers(session, name: str) -> list[tuple[str, str]]:
     carries no tag (network interfaces HyperPod and FSx put in the subnet, the S3 endpoint),
     by the tagged VPCs they live in."""
     ec2 = session.client("ec2")
-    filters = [{"Name": "tag:llamapod:cluster", "Values": [name]}]
-    vpcs = [v["VpcId"] for v in call(ec2, "describe_vpcs", Filters=filters).get("Vpcs", [])]
+    filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [name]}]
+    vpcs = [v["VpcId"] for v in paginate(ec2, "describe_vpcs", "Vpcs", Filters=filters)]
     found = [("vpc", v) for v in vpcs]
-    found += [("subnet", s["SubnetId"]) for s in call(ec2, "describe_subnets", Filters=filters).get("Subnets", [])]
+    found += [("subnet", s["SubnetId"]) for s in paginate(ec2, "describe_subnets", "Subnets", Filters=filters)]
     found += [("security-group", g["GroupId"])
-              for g in call(ec2, "describe_security_groups", Filters=filters).get("SecurityGroups", [])]
+              for g in paginate(ec2, "describe_security_groups", "SecurityGroups", Filters=filters)]
     found += [("route-table", t["RouteTableId"])
-              for t in call(ec2, "describe_route_tables", Filters=filters).get("RouteTables", [])]
+              for t in paginate(ec2, "describe_route_tables", "RouteTables", Filters=filters)]
     found += [("internet-gateway", g["InternetGatewayId"])
-              for g in call(ec2, "describe_internet_gateways", Filters=filters).get("InternetGateways", [])]
+              for g in paginate(ec2, "describe_internet_gateways", "InternetGateways", Filters=filters)]
+    # DescribeAddresses is not paginated: it answers every matching address at once.
     found += [("elastic-ip", a["AllocationId"]) for a in call(ec2, "describe_addresses", Filters=filters).get(
         "Addresses", [])]
     # NAT gateways: tags read from each (the emulator ignores tag filters here); deleted ones cost nothing.
-    found += [("natgateway", g["NatGatewayId"]) for g in call(ec2, "describe_nat_gateways").get("NatGateways", [])
+    found += [("natgateway", g["NatGatewayId"]) for g in paginate(ec2, "describe_nat_gateways", "NatGateways")
               if has_cluster_tag(g.get("Tags"), name) and g.get("State") not in ("deleted", "deleting")]
     if vpcs:
         in_vpcs = [{"Name": "vpc-id", "Values": vpcs}]
-        found += [("vpc-endpoint", e["VpcEndpointId"]) for e in call(ec2, "describe_vpc_endpoints", Filters=in_vpcs)
-                  .get("VpcEndpoints", []) if e.get("State", "").lower() not in ("deleted", "deleting")]
+        found += [("vpc-endpoint", e["VpcEndpointId"])
+                  for e in paginate(ec2, "describe_vpc_endpoints", "VpcEndpoints", Filters=in_vpcs)
+                  if e.get("State", "").lower() not in ("deleted", "deleting")]
         found += [("network-interface", i["NetworkInterfaceId"])
-                  for i in call(ec2, "describe_network_interfaces", Filters=in_vpcs).get("NetworkInterfaces", [])]
+                  for i in paginate(ec2, "describe_network_interfaces", "NetworkInterfaces", Filters=in_vpcs)]
     return found

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.aws_names import has_cluster_tag
+from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lookup import call_or_none, paginate, paginate_or_empty
 from llamapod.cloud.progress import Waiter
 from llamapod.cloud.session import call
 from llamapod.errors import CloudError, ClusterStateError
@@ -18,21 +20,10 @@ CLUSTER_POLL_S = 20.0
 CLUSTER_CREATE_TIMEOUT_S = 90 * 60
 CLUSTER_DELETE_TIMEOUT_S = 45 * 60
 ROLE_PROPAGATION_S = 120.0  # a new IAM role can take this long before SageMaker may assume it
-_NOT_FOUND = ("ResourceNotFound", "ResourceNotFoundException")
-
-
-def _says_not_found(message: str) -> bool:
-    text = message.lower()
-    return "not found" in text or "could not find" in text or "does not exist" in text
 
 
 def find_cluster(session, name: str) -> dict[str, Any] | None:
-    try:
-        return call(session.client("sagemaker"), "describe_cluster", ClusterName=name)
-    except CloudError as exc:
-        if exc.code in _NOT_FOUND or (exc.code == "ValidationException" and _says_not_found(exc.aws_message)):
-            return None
-        raise
+    return call_or_none(session.client("sagemaker"), "describe_cluster", ClusterName=name)
 
 
 def describe_cluster(session, name: str) -> dict[str, Any]:
@@ -47,18 +38,11 @@ def describe_cluster(session, name: str) -> dict[str, Any]:
 def list_nodes(session, name: str, *, with_ips: bool = False) -> list[dict[str, Any]]:
     """Every node: InstanceId, InstanceGroupName, Status, LaunchTime (and PrivateIp with ``with_ips``)."""
     client = session.client("sagemaker")
-    nodes: list[dict[str, Any]] = []
-    token = None
-    while True:
-        page = call(client, "list_cluster_nodes", ClusterName=name, **({"NextToken": token} if token else {}))
-        for summary in page.get("ClusterNodeSummaries", []):
-            nodes.append({"InstanceId": summary["InstanceId"], "InstanceGroupName": summary["InstanceGroupName"],
-                          "InstanceType": summary.get("InstanceType"),
-                          "Status": summary.get("InstanceStatus", {}).get("Status", "Unknown"),
-                          "LaunchTime": summary.get("LaunchTime")})
-        token = page.get("NextToken")
-        if not token:
-            break
+    nodes = [{"InstanceId": summary["InstanceId"], "InstanceGroupName": summary["InstanceGroupName"],
+              "InstanceType": summary.get("InstanceType"),
+              "Status": summary.get("InstanceStatus", {}).get("Status", "Unknown"),
+              "LaunchTime": summary.get("LaunchTime")}
+             for summary in paginate(client, "list_cluster_nodes", "ClusterNodeSummaries", ClusterName=name)]
     if with_ips:
         for node in nodes:
             detail = call(client, "describe_cluster_node", ClusterName=name, NodeId=node["InstanceId"])
@@ -131,12 +115,8 @@ def _create(session, request: dict[str, Any], waiter: Waiter) -> str:
 
 
 def _tags(session, arn: str) -> list[dict[str, str]]:
-    try:
-        return call(session.client("sagemaker"), "list_tags", ResourceArn=arn).get("Tags", [])
-    except CloudError as exc:
-        if exc.code in _NOT_FOUND:
-            return []
-        raise
+    """The resource's tags; a resource deleted meanwhile has none."""
+    return paginate_or_empty(session.client("sagemaker"), "list_tags", "Tags", ResourceArn=arn)
 
 
 def wait_in_service(session, name: str, waiter: Waiter) -> dict[str, Any]:
@@ -170,11 +150,10 @@ def delete_cluster(session, name: str, waiter: Waiter) -> None:
         deadline = waiter.clock.now() + CLUSTER_DELETE_TIMEOUT_S
         while True:
             try:
-                call(session.client("sagemaker"), "delete_cluster", ClusterName=name)
+                if call_or_none(session.client("sagemaker"), "delete_cluster", ClusterName=name) is None:
+                    return
                 break
             except CloudError as exc:
-                if exc.code in _NOT_FOUND:
-                    return
                 # A cluster in the middle of an update refuses deletion until it settles.
                 if exc.code != "ConflictException" or waiter.clock.now() >= deadline:
                     raise

@@ -12,8 +12,10 @@ import json
 import urllib.parse
 from typing import Any
 
+from llamapod.aws_names import has_cluster_tag
 from llamapod.cloud import policies
-from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lookup import call_or_none, paginate, paginate_or_empty
 from llamapod.cloud.session import call
 from llamapod.errors import CloudError
 
@@ -27,12 +29,8 @@ def role_name(spec) -> str:
 
 
 def get_role(session, name: str) -> dict[str, Any] | None:
-    try:
-        return call(session.client("iam"), "get_role", RoleName=name)["Role"]
-    except CloudError as exc:
-        if exc.code == "NoSuchEntity":
-            return None
-        raise
+    answer = call_or_none(session.client("iam"), "get_role", RoleName=name)
+    return answer["Role"] if answer is not None else None
 
 
 def _same_document(a: Any, b: dict[str, Any]) -> bool:
@@ -47,12 +45,8 @@ def ensure_boundary(session) -> str:
     iam = session.client("iam")
     arn = policies.boundary_arn(session.account_id, session.partition)
     document = policies.permissions_boundary(session.account_id, session.partition)
-    try:
-        existing = call(iam, "get_policy", PolicyArn=arn)["Policy"]
-    except CloudError as exc:
-        if exc.code != "NoSuchEntity":
-            raise
-        existing = None
+    answer = call_or_none(iam, "get_policy", PolicyArn=arn)
+    existing = answer["Policy"] if answer is not None else None
     if existing is None:
         try:
             call(iam, "create_policy", PolicyName=policies.BOUNDARY_NAME, PolicyDocument=json.dumps(document),
@@ -75,7 +69,7 @@ def ensure_boundary(session) -> str:
 def _bound(iam, name: str, role: dict[str, Any], boundary: str) -> None:
     """Put llamapod's boundary on a role that lacks it (roles made before llamapod used one)."""
     if role.get("PermissionsBoundary", {}).get("PermissionsBoundaryArn") != boundary:
-        call(iam, "put_role_permissions_boundary", RoleName=name, PermissionsBoundary=boundary)
+        call_or_none(iam, "put_role_permissions_boundary", RoleName=name, PermissionsBoundary=boundary)
 
 
 def ensure_role(session, spec, bucket: str, tags: list[dict[str, str]], ledger: Ledger) -> str:
@@ -116,30 +110,15 @@ def find_roles(session, spec) -> list[str]:
     cluster_name, own_name = spec.name, role_name(spec)
     candidate_prefix = own_name.split("-exec-")[0] + "-"
     iam = session.client("iam")
-    names: list[str] = []
-    marker = None
-    while True:
-        page = call(iam, "list_roles", **({"Marker": marker} if marker else {}))
-        for role in page.get("Roles", []):
-            # llamapod names every role it makes after the cluster (llamapod-<name...>-exec-<digest>),
-            # so only those are worth asking for tags (one call per role).
-            if not role["RoleName"].startswith(candidate_prefix):
-                continue
-            if role["RoleName"] == own_name or _role_tagged(iam, role["RoleName"], cluster_name):
-                names.append(role["RoleName"])
-        marker = page.get("Marker") if page.get("IsTruncated") else None
-        if not marker:
-            return names
+    # llamapod names every role it makes after the cluster (llamapod-<name...>-exec-<digest>),
+    # so only those are worth asking for tags (one call per role).
+    candidates = [role["RoleName"] for role in paginate(iam, "list_roles", "Roles")
+                  if role["RoleName"].startswith(candidate_prefix)]
+    return [name for name in candidates if name == own_name or _role_tagged(iam, name, cluster_name)]
 
 
 def _role_tagged(iam, name: str, cluster_name: str) -> bool:
-    try:
-        tags = call(iam, "list_role_tags", RoleName=name).get("Tags", [])
-    except CloudError as exc:
-        if exc.code == "NoSuchEntity":
-            return False
-        raise
-    return has_cluster_tag(tags, cluster_name)
+    return has_cluster_tag(paginate_or_empty(iam, "list_role_tags", "Tags", RoleName=name), cluster_name)
 
 
 def delete_role(session, name: str) -> None:
@@ -149,25 +128,16 @@ def delete_role(session, name: str) -> None:
     before llamapod used one gets the boundary first.
     """
     iam = session.client("iam")
-    try:
-        role = call(iam, "get_role", RoleName=name)["Role"]
-        _bound(iam, name, role, policies.boundary_arn(session.account_id, session.partition))
-        for policy in call(iam, "list_attached_role_policies", RoleName=name).get("AttachedPolicies", []):
-            _ignore_missing(iam, "detach_role_policy", RoleName=name, PolicyArn=policy["PolicyArn"])
-        for policy_name in call(iam, "list_role_policies", RoleName=name).get("PolicyNames", []):
-            _ignore_missing(iam, "delete_role_policy", RoleName=name, PolicyName=policy_name)
-        for profile in call(iam, "list_instance_profiles_for_role", RoleName=name).get("InstanceProfiles", []):
-            _ignore_missing(iam, "remove_role_from_instance_profile", RoleName=name,
-                            InstanceProfileName=profile["InstanceProfileName"])
-        call(iam, "delete_role", RoleName=name)
-    except CloudError as exc:
-        if exc.code != "NoSuchEntity":
-            raise
-
-
-def _ignore_missing(client, op: str, **kwargs: Any) -> None:
-    try:
-        call(client, op, **kwargs)
-    except CloudError as exc:
-        if exc.code != "NoSuchEntity":
-            raise
+    role = get_role(session, name)
+    if role is None:
+        return
+    # Each step tolerates what another `down` removed a moment ago.
+    _bound(iam, name, role, policies.boundary_arn(session.account_id, session.partition))
+    for policy in paginate_or_empty(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name):
+        call_or_none(iam, "detach_role_policy", RoleName=name, PolicyArn=policy["PolicyArn"])
+    for policy_name in paginate_or_empty(iam, "list_role_policies", "PolicyNames", RoleName=name):
+        call_or_none(iam, "delete_role_policy", RoleName=name, PolicyName=policy_name)
+    for profile in paginate_or_empty(iam, "list_instance_profiles_for_role", "InstanceProfiles", RoleName=name):
+        call_or_none(iam, "remove_role_from_instance_profile", RoleName=name,
+                     InstanceProfileName=profile["InstanceProfileName"])
+    call_or_none(iam, "delete_role", RoleName=name)

@@ -20,9 +20,8 @@ from typing import Any
 from urllib.parse import quote
 
 from llamapod import paths, validate
+from llamapod.aws_names import CLUSTER_TAG, has_cluster_tag  # noqa: F401  (re-exported)
 from llamapod.errors import ConfigError
-
-CLUSTER_TAG = "llamapod:cluster"
 LEDGER_VERSION = 1
 
 # The kinds of resource ``up`` creates, in creation order (``down`` walks it backwards).
@@ -166,11 +165,6 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def has_cluster_tag(tags: list[dict[str, str]] | None, name: str) -> bool:
-    """True if an AWS tag list (``[{"Key", "Value"}]``) carries ``llamapod:cluster=<name>``."""
-    return any(t.get("Key") == CLUSTER_TAG and t.get("Value") == name for t in tags or [])
-
-
 @dataclass(frozen=True)
 class TaggedResource:
     """A resource found by tag: its ARN, and a short kind for messages ("ec2:vpc", "fsx:file-system")."""
@@ -201,20 +195,11 @@ def tagged_resources(session, name: str) -> list[TaggedResource]:
 
     IAM is not covered by that API: ``iam.find_roles`` looks roles up itself.
     """
-    from llamapod.cloud.session import call
+    from llamapod.cloud.lookup import paginate
 
-    client = session.client("resourcegroupstaggingapi")
-    found: list[TaggedResource] = []
-    token = ""  # nosec B105: a pagination token, not a password
-    while True:
-        kwargs: dict[str, Any] = {"TagFilters": [{"Key": CLUSTER_TAG, "Values": [name]}]}
-        if token:
-            kwargs["PaginationToken"] = token
-        page = call(client, "get_resources", **kwargs)
-        found.extend(TaggedResource(m["ResourceARN"]) for m in page.get("ResourceTagMappingList", []))
-        token = page.get("PaginationToken") or ""
-        if not token:
-            return found
+    mappings = paginate(session.client("resourcegroupstaggingapi"), "get_resources", "ResourceTagMappingList",
+                        TagFilters=[{"Key": CLUSTER_TAG, "Values": [name]}])
+    return [TaggedResource(mapping["ResourceARN"]) for mapping in mappings]
 
 
 _CONSOLE = "https://{region}.console.aws.amazon.com"

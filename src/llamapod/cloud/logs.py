@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamapod.cloud.session import call
-from llamapod.errors import CloudError
+from llamapod.cloud.lookup import call_or_none, paginate
 
 LOG_GROUP_PREFIX = "/aws/sagemaker/Clusters/"
 
@@ -27,21 +26,10 @@ def log_group_name(cluster_name: str, cluster_arn: str) -> str:
 def find_log_groups(session, cluster_name: str, *, not_of: set[str] = frozenset()) -> list[dict[str, Any]]:
     """Log groups of every cluster that had this name, except those of the cluster ids ``not_of``
     (a cluster of the same name that llamapod did not make keeps its logs)."""
-    client = session.client("logs")
     prefix = f"{LOG_GROUP_PREFIX}{cluster_name}/"
-    found: list[dict[str, Any]] = []
-    token = None
-    while True:
-        page = call(client, "describe_log_groups", logGroupNamePrefix=prefix, **({"nextToken": token} if token else {}))
-        found.extend(g for g in page.get("logGroups", []) if g["logGroupName"].removeprefix(prefix) not in not_of)
-        token = page.get("nextToken")
-        if not token:
-            return found
+    groups = paginate(session.client("logs"), "describe_log_groups", "logGroups", logGroupNamePrefix=prefix)
+    return [g for g in groups if g["logGroupName"].removeprefix(prefix) not in not_of]
 
 
 def delete_log_group(session, name: str) -> None:
-    try:
-        call(session.client("logs"), "delete_log_group", logGroupName=name)
-    except CloudError as exc:
-        if exc.code != "ResourceNotFoundException":
-            raise
+    call_or_none(session.client("logs"), "delete_log_group", logGroupName=name)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llamapod.aws_names import has_cluster_tag
 from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lookup import call_or_none, paginate
 from llamapod.cloud.progress import Waiter
 from llamapod.cloud.session import call, error_code
 from llamapod.errors import CloudError, ClusterStateError
@@ -42,12 +44,8 @@ class NetworkOutputs:
 
 def describe_stack(session, name_or_id: str) -> dict[str, Any] | None:
     """The stack, or None if CloudFormation does not know it (or it is fully deleted)."""
-    try:
-        stacks = call(session.client("cloudformation"), "describe_stacks", StackName=name_or_id)["Stacks"]
-    except CloudError as exc:
-        if exc.code == "ValidationError" and "does not exist" in exc.aws_message:
-            return None
-        raise
+    answer = call_or_none(session.client("cloudformation"), "describe_stacks", StackName=name_or_id)
+    stacks = answer["Stacks"] if answer is not None else []
     if not stacks or stacks[0]["StackStatus"] == "DELETE_COMPLETE":
         return None
     return stacks[0]
@@ -131,6 +129,8 @@ def _wait_stack_created(session, name: str, waiter: Waiter) -> dict[str, Any]:
 
 
 def _stack_events(session, stack_id: str) -> list[dict[str, Any]]:
+    # One page on purpose: it holds the newest events, which is all a progress line or the
+    # cause of a failure needs, and a poll should not re-read the stack's whole history.
     return call(session.client("cloudformation"), "describe_stack_events", StackName=stack_id).get("StackEvents", [])
 
 
@@ -200,22 +200,14 @@ def wait_stack_deleted(session, stack_id: str, waiter: Waiter) -> dict[str, Any]
 
 def find_stacks(session, spec) -> list[dict[str, Any]]:
     """Live stacks tagged for the cluster, plus the one named after it (tags may be missing)."""
-    from llamapod.cloud.ledger import has_cluster_tag
-
     cluster_name, own_name = spec.name, stack_name(spec)
-    client = session.client("cloudformation")
     found: dict[str, dict[str, Any]] = {}
-    token = None
-    while True:
-        page = call(client, "describe_stacks", **({"NextToken": token} if token else {}))
-        for stack in page.get("Stacks", []):
-            if stack["StackStatus"] == "DELETE_COMPLETE":
-                continue
-            if has_cluster_tag(stack.get("Tags"), cluster_name) or stack["StackName"] == own_name:
-                found[stack["StackId"]] = stack
-        token = page.get("NextToken")
-        if not token:
-            return list(found.values())
+    for stack in paginate(session.client("cloudformation"), "describe_stacks", "Stacks"):
+        if stack["StackStatus"] == "DELETE_COMPLETE":
+            continue
+        if has_cluster_tag(stack.get("Tags"), cluster_name) or stack["StackName"] == own_name:
+            found[stack["StackId"]] = stack
+    return list(found.values())
 
 
 def resolve_az_id(session, availability_zone: str | None, instance_types: list[str]) -> str:

@@ -19,15 +19,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llamapod.aws_names import cluster_tag, partition_of
 from llamapod.cloud.policies import (  # noqa: F401  (re-exported: the plan's public surface)
     BUCKET_PREFIX, ROLE_PREFIX, STACK_PREFIX, bucket_policy, execution_role_policies,
     execution_role_trust_policy, managed_policy_arns, operator_policy, operator_policy_parts)
-from llamapod.config.cluster import LIFECYCLE_PREFIX, ClusterSpec, partition_of
+from llamapod.config.cluster import LIFECYCLE_PREFIX, ClusterSpec
 from llamapod.errors import ConfigError
 from llamapod.instances import has_accelerators
 from llamapod.lifecycle import provisioning
 
-CLUSTER_TAG = "llamapod:cluster"
 ON_CREATE = "on_create.sh"
 FSX_LUSTRE_VERSION = "2.15"
 
@@ -91,7 +91,7 @@ def fsx_name(spec: ClusterSpec) -> str:
 
 def resource_tags(spec: ClusterSpec) -> list[dict[str, str]]:
     """Tags on everything llamapod creates; ``llamapod:cluster`` is how ``down`` finds it all."""
-    tags = [{"Key": CLUSTER_TAG, "Value": spec.name}]
+    tags = [cluster_tag(spec.name)]
     tags.extend({"Key": key, "Value": value} for key, value in sorted(spec.tags.items()))
     return tags
 

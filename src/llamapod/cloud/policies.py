@@ -18,11 +18,12 @@ import json
 
 from typing import Any
 
+from llamapod.aws_names import CLUSTER_TAG
+
 VERSION = "2012-10-17"
 INSTANCE_POLICY = "AmazonSageMakerClusterInstanceRolePolicy"
 NETWORK_POLICY_NAME = "llamapod-network-interfaces"
 BUCKET_POLICY_NAME = "llamapod-lifecycle-read"
-CLUSTER_TAG = "llamapod:cluster"
 
 # Names llamapod gives what it creates; the operator policy is scoped to them.
 ROLE_PREFIX = "llamapod-"

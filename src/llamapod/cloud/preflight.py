@@ -12,13 +12,14 @@ permissions llamapod needs (IAM policy simulation of the caller).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llamapod.aws_names import CLUSTER_TAG, partition_of
 from llamapod.cloud import policies
 from llamapod.cloud.policies import operator_policy
-from llamapod.config.cluster import ClusterSpec, partition_of
+from llamapod.cloud.session import lookup_retries
+from llamapod.config.cluster import ClusterSpec
 from llamapod.errors import CloudError
 
 Status = Literal["ok", "fail", "unknown"]
@@ -52,29 +53,9 @@ def ec2_instance_type(instance_type: str) -> str:
 # ---- clients for look-ups -----------------------------------------------------------
 
 
-_LOOKUP_CLIENTS: "weakref.WeakKeyDictionary[Any, dict[tuple[str, int], Any]]" = weakref.WeakKeyDictionary()
-
-
 def _lookup_client(session: Any, service: str, attempts: int = 3):
-    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait.
-
-    Made once per session, service and retry budget (creating a client costs more than a call).
-    """
-    clients = _LOOKUP_CLIENTS.setdefault(session, {})
-    if (service, attempts) not in clients:
-        clients[(service, attempts)] = _new_lookup_client(session, service, attempts)
-    return clients[(service, attempts)]
-
-
-def _new_lookup_client(session: Any, service: str, attempts: int):
-    from botocore.config import Config
-
-    config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=5, read_timeout=20,
-                    user_agent_extra="llamapod")
-    kwargs: dict[str, Any] = {"region_name": session.region, "config": config}
-    if session.endpoint_url:
-        kwargs["endpoint_url"] = session.endpoint_url
-    return session.boto.client(service, **kwargs)
+    """A client that gives up quickly: a look-up that cannot be answered is 'unknown', not a wait."""
+    return session.client(service, retries=lookup_retries(attempts))
 
 
 class _Unanswered(Exception):
@@ -322,7 +303,7 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
         "NetworkStack": ([f"arn:{p}:cloudformation:{region}:{account}:stack/{plan.network_stack_name(spec)}/"
                           "00000000-0000-0000-0000-000000000000"], []),
         "TagOnCreate": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx("ec2:CreateAction", "CreateVpc")),
-        "NetworkResources": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx(f"aws:ResourceTag/{plan.CLUSTER_TAG}", spec.name)),
+        "NetworkResources": ([f"{ec2}:vpc/vpc-0123456789abcdef0"], ctx(f"aws:ResourceTag/{CLUSTER_TAG}", spec.name)),
         "GroupRules": ([f"{ec2}:security-group-rule/sgr-0123456789abcdef0"], []),
         "FileSystem": ([f"arn:{p}:fsx:{region}:{account}:file-system/fs-0123456789abcdef0"], []),
         "ServiceLinkedRoles": ([f"arn:{p}:iam::{account}:role/aws-service-role/{policies.HYPERPOD_SERVICE_NAME}/"
@@ -344,7 +325,7 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
     for group in policies.TAGGED_CREATES.values():
         for action, kind in group.items():
             examples[action] = ([f"{ec2}:{kind}/{kind}-0123456789abcdef0"],
-                                ctx(f"aws:RequestTag/{plan.CLUSTER_TAG}", spec.name))
+                                ctx(f"aws:RequestTag/{CLUSTER_TAG}", spec.name))
     return examples
 
 

@@ -1,19 +1,25 @@
-"""AWS clients with one retry policy and one way of reporting failures.
+"""AWS clients from one factory and one way of reporting failures.
 
-Every AWS call in llamapod goes through ``AwsSession.client`` (botocore retries in
-adaptive mode, so throttling backs off across the whole process) and, where a failure
-should reach the user, through ``call`` which turns ``ClientError`` into a one-line
-``CloudError`` naming the operation, AWS's code and what to do.
+Every AWS client in llamapod comes from ``AwsSession.client``, with the retry policy its
+call site needs: ``PERSISTENT`` for what ``up``, ``down`` and their waits must get done
+(botocore's adaptive mode, so throttling backs off across the whole process), and
+``lookup_retries`` for look-ups whose failure is itself an answer (``doctor``'s "unknown").
+Where a failure should reach the user, calls go through ``call``, which turns
+``ClientError`` into a one-line ``CloudError`` naming the operation, AWS's code and what to do.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable, Literal, TypeVar
 
+from llamapod.aws_names import partition_of
 from llamapod.errors import AwsSetupError, CloudError
+
+T = TypeVar("T")
 
 # Errors worth retrying on top of botocore's own retries: they mean "not yet", not "no".
 TRANSIENT_CODES = frozenset({
@@ -36,17 +42,41 @@ _HINTS = {
 }
 
 
-class AwsSession:
-    """boto3 clients for one account/region, created once per service and shared."""
+@dataclass(frozen=True)
+class Retries:
+    """How a client retries and how long it waits for an answer: chosen by the call site."""
 
-    def __init__(self, region: str | None = None, profile: str | None = None, endpoint_url: str | None = None,
-                 max_attempts: int = 10):
+    mode: Literal["adaptive", "standard"]  # botocore's retry modes
+    attempts: int  # in all, the first one included
+    connect_timeout_s: int
+    read_timeout_s: int
+
+    def config(self):
+        from botocore.config import Config
+
+        return Config(retries={"mode": self.mode, "total_max_attempts": self.attempts},
+                      connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
+                      user_agent_extra="llamapod")
+
+
+# What must get done (create, delete, wait): a busy API is ridden out, not reported.
+PERSISTENT = Retries("adaptive", attempts=11, connect_timeout_s=10, read_timeout_s=60)
+
+
+def lookup_retries(attempts: int = 3) -> Retries:
+    """For a look-up that cannot be answered is "unknown", not a wait: a few quick tries."""
+    return Retries("standard", attempts, connect_timeout_s=5, read_timeout_s=20)
+
+
+class AwsSession:
+    """boto3 clients for one account/region, created once per service and retry policy, and shared."""
+
+    def __init__(self, region: str | None = None, profile: str | None = None, endpoint_url: str | None = None):
         self._region = region
         self._profile = profile
         # AWS_ENDPOINT_URL is boto3's own setting; passing it explicitly keeps tests obvious.
         self.endpoint_url = endpoint_url or os.environ.get("LLAMAPOD_AWS_ENDPOINT_URL") or None
-        self._max_attempts = max_attempts
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, Retries], Any] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -83,22 +113,21 @@ class AwsSession:
                                 "pass --region, set AWS_REGION, or set cluster.region in llamapod.toml")
         return region
 
-    def client(self, service: str):
+    def client(self, service: str, retries: Retries = PERSISTENT):
+        """The session's client of ``service`` with the ``retries`` policy (made once, then shared:
+        creating a client costs more than a call)."""
         with self._lock:
-            if service not in self._clients:
-                from botocore.config import Config
+            if (service, retries) not in self._clients:
                 from botocore.exceptions import BotoCoreError
 
-                config = Config(retries={"mode": "adaptive", "max_attempts": self._max_attempts},
-                                connect_timeout=10, read_timeout=60, user_agent_extra="llamapod")
-                kwargs: dict[str, Any] = {"region_name": self.region, "config": config}
+                kwargs: dict[str, Any] = {"region_name": self.region, "config": retries.config()}
                 if self.endpoint_url:
                     kwargs["endpoint_url"] = self.endpoint_url
                 try:
-                    self._clients[service] = self.boto.client(service, **kwargs)
+                    self._clients[(service, retries)] = self.boto.client(service, **kwargs)
                 except BotoCoreError as exc:
                     raise setup_error(exc, self._profile) from None
-            return self._clients[service]
+            return self._clients[(service, retries)]
 
     @cached_property
     def account_id(self) -> str:
@@ -106,7 +135,7 @@ class AwsSession:
 
     @property
     def partition(self) -> str:
-        return "aws-cn" if self.region.startswith("cn-") else ("aws-us-gov" if "gov" in self.region else "aws")
+        return partition_of(self.region)
 
 
 def _botocore_session():
@@ -145,11 +174,17 @@ def error_code(exc: BaseException) -> str | None:
 
 def call(client, op: str, **kwargs) -> dict:
     """``client.<op>(**kwargs)``, with AWS failures turned into a CloudError."""
+    return call_as(op, lambda: getattr(client, op)(**kwargs))
+
+
+def call_as(op: str, request: Callable[[], T]) -> T:
+    """``request()``, one or more AWS requests of operation ``op`` (every page of a listing, say),
+    with AWS failures turned into that operation's CloudError."""
     from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
                                      NoRegionError, ParamValidationError)
 
     try:
-        return getattr(client, op)(**kwargs)
+        return request()
     except ClientError as exc:
         code = error_code(exc) or "Unknown"
         message = exc.response.get("Error", {}).get("Message", str(exc))

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llamapod.cloud.ledger import Ledger, has_cluster_tag
+from llamapod.aws_names import has_cluster_tag
+from llamapod.cloud.ledger import Ledger
+from llamapod.cloud.lookup import call_or_none, paginate
 from llamapod.cloud.progress import Waiter
 from llamapod.cloud.session import call
-from llamapod.errors import CloudError, ClusterStateError
+from llamapod.errors import ClusterStateError
 
 FSX_POLL_S = 30.0
 FSX_CREATE_TIMEOUT_S = 60 * 60
@@ -37,27 +39,15 @@ class FileSystem:
 
 
 def describe(session, fs_id: str) -> dict[str, Any] | None:
-    try:
-        found = call(session.client("fsx"), "describe_file_systems", FileSystemIds=[fs_id])["FileSystems"]
-    except CloudError as exc:
-        if exc.code == "FileSystemNotFound":
-            return None
-        raise
+    answer = call_or_none(session.client("fsx"), "describe_file_systems", FileSystemIds=[fs_id])
+    found = answer["FileSystems"] if answer is not None else []
     return found[0] if found and found[0].get("Lifecycle") != "DELETED" else None
 
 
 def find_file_systems(session, cluster_name: str) -> list[dict[str, Any]]:
     """File systems tagged for the cluster (describe returns their tags)."""
-    client = session.client("fsx")
-    found: list[dict[str, Any]] = []
-    token = None
-    while True:
-        page = call(client, "describe_file_systems", **({"NextToken": token} if token else {}))
-        found.extend(fs for fs in page.get("FileSystems", [])
-                     if has_cluster_tag(fs.get("Tags"), cluster_name) and fs.get("Lifecycle") != "DELETED")
-        token = page.get("NextToken")
-        if not token:
-            return found
+    return [fs for fs in paginate(session.client("fsx"), "describe_file_systems", "FileSystems")
+            if has_cluster_tag(fs.get("Tags"), cluster_name) and fs.get("Lifecycle") != "DELETED"]
 
 
 def ensure_file_system(session, spec, network_stack_id: str, subnet_id: str, security_group_id: str,
@@ -127,11 +117,7 @@ def delete_file_system(session, fs_id: str, waiter: Waiter) -> None:
         kwargs: dict[str, Any] = {"FileSystemId": fs_id}
         if fs.get("LustreConfiguration", {}).get("DeploymentType", "").startswith("PERSISTENT"):
             kwargs["LustreConfiguration"] = {"SkipFinalBackup": True}
-        try:
-            call(session.client("fsx"), "delete_file_system", **kwargs)
-        except CloudError as exc:
-            if exc.code != "FileSystemNotFound":
-                raise
+        call_or_none(session.client("fsx"), "delete_file_system", **kwargs)
     wait_deleted(session, fs_id, waiter)
 
 

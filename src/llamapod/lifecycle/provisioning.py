@@ -233,13 +233,22 @@ def _user_problems(params: ProvisioningParameters) -> List[str]:
     return found
 
 
+# The rule each accounting value follows (the port's is a number range: port_problem).
+_ACCOUNTING_RULE_KINDS = {"storage_host": "host", "storage_user": "db_user",
+                          "storage_pass": "password",  # nosec B105: the name of a rule in RULES, not a password
+                          "storage_loc": "database"}
+
+
+def accounting_value_problem(key: str, value: object) -> Optional[str]:
+    """None when ``value`` is fit for the accounting setting ``key``, else the rule it breaks."""
+    if key == "storage_port":
+        return port_problem(value)
+    return rule_problem(_ACCOUNTING_RULE_KINDS[key], value)
+
+
 def accounting_rules(acct: Accounting) -> List[Tuple[str, str]]:
     """(key, the rule it breaks) for each accounting value that breaks one."""
-    checks = (("storage_host", rule_problem("host", acct.storage_host)),
-              ("storage_port", port_problem(acct.storage_port)),
-              ("storage_user", rule_problem("db_user", acct.storage_user)),
-              ("storage_pass", rule_problem("password", acct.storage_pass)),
-              ("storage_loc", rule_problem("database", acct.storage_loc)))
+    checks = ((key, accounting_value_problem(key, getattr(acct, key))) for key in ACCOUNTING_KEYS)
     return [(key, rule) for key, rule in checks if rule is not None]
 
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llamapod.config.cluster import ClusterSpec, hyperpod_instance_types, spec_from_table, validate_cluster_table
+from llamapod.config.cluster import (AccountingSpec, ClusterSpec, ControllerGroupSpec, FsxSpec, InstanceGroupSpec,
+                                     NetworkSpec, SharedUserSpec, WorkerGroupSpec, apply_overrides,
+                                     hyperpod_instance_types, spec_from_table, validate_cluster_table)
 from llamapod.errors import ConfigError
 
 SEED = {
@@ -273,3 +275,85 @@ def test_random_tables_give_a_spec_or_a_config_error(table):
     else:
         assert isinstance(spec, ClusterSpec)
         assert validate_cluster_table(table) == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table=st.one_of(_cluster, _values))
+def test_every_problem_reads_as_a_rule_on_one_line(table):
+    for line in validate_cluster_table(table):
+        rule = " must " in line or " is not a setting llamapod knows " in line
+        assert line.startswith(("cluster", "instance group names")) and rule and "\n" not in line, line
+        assert not any(words in line for words in ("Input should", "Field required", "Value error", "validation"))
+
+
+# ---- one schema: keys, defaults and rules come from the models -------------------------
+
+TABLES = {"cluster": (ClusterSpec, lambda t: t), "cluster.controller": (ControllerGroupSpec, lambda t: t["controller"]),
+          "cluster.workers[0]": (WorkerGroupSpec, lambda t: t["workers"][0]),
+          "cluster.login": (InstanceGroupSpec, lambda t: t.setdefault("login", {"name": "login",
+                                                                                 "instance_type": "ml.m5.4xlarge"})),
+          "cluster.fsx": (FsxSpec, lambda t: t["fsx"]), "cluster.network": (NetworkSpec, lambda t: t.setdefault("network", {})),
+          "cluster.shared_users[0]": (SharedUserSpec, lambda t: t.setdefault("shared_users", [{"name": "bob",
+                                                                                              "uid": 2001}])[0]),
+          "cluster.accounting": (AccountingSpec, lambda t: t.setdefault("accounting", {
+              "storage_host": "db", "storage_user": "slurm", "storage_pass": "pw"}))}
+
+
+@pytest.mark.parametrize("where", sorted(TABLES))
+def test_unknown_keys_are_told_the_models_own_keys(where):
+    model, table_at = TABLES[where]
+    table = copy.deepcopy(SEED)
+    table_at(table)["colour"] = "blue"
+    assert validate_cluster_table(table) == [
+        f"{where}.colour is not a setting llamapod knows (known: {', '.join(model.model_fields)})"]
+
+
+def test_the_defaults_are_the_models():
+    assert spec_from_table({}) == ClusterSpec()
+    assert spec_from_table({}).workers[0].partition == spec_from_table({}).workers[0].instance_type
+    # A flag on the seed's worker group keeps the partition following the instance type.
+    assert apply_overrides({}, {"worker_type": "ml.p5.48xlarge"})["workers"] == [
+        {"name": "worker-group-1", "instance_type": "ml.p5.48xlarge", "count": 4}]
+
+
+def test_rules_joining_settings_are_reported_with_every_other_problem():
+    table = {**copy.deepcopy(SEED), "name": "bad_name", "availability_zone": "us-west-2a",
+             "login": {"name": "controller-machine", "instance_type": "ml.c5.xlarge"},
+             "network": {"private_subnet_cidr": "10.2.0.0/17"},
+             "shared_users": [{"name": "ubuntu", "uid": 2001}], "fsx": {"capacity_gib": 1300}, "tags": {"aws:x": "y"}}
+    assert validate_cluster_table(table) == [
+        "cluster.name must be 1-63 letters, digits or hyphens, starting and ending with a letter or digit "
+        "(got 'bad_name')",
+        "cluster.availability_zone must be in cluster.region us-east-1 (got 'us-west-2a')",
+        "instance group names must be unique across controller, login and workers (got 'controller-machine' twice)",
+        "cluster.fsx.capacity_gib must be 1200 or a multiple of 2400 for PERSISTENT_2 (got 1300)",
+        "cluster.network.private_subnet_cidr must lie inside cluster.network.vpc_cidr 10.1.0.0/16 (got '10.2.0.0/17')",
+        "cluster.tags keys must be 1-128 letters, digits, spaces and _ . : / = + - @ and not start with aws: or "
+        "llamapod: (got 'aws:x')",
+        "cluster.shared_users[0].name must differ from cluster.cluster_user and the other shared users (got 'ubuntu')"]
+
+    # A rule over other settings waits for those to be valid: the groups' rule broke, so whether
+    # a group can run InstanceConnectivity is told once the names are fixed.
+    table["deep_health_checks"] = ["InstanceConnectivity"]
+    table["workers"][0]["count"] = 1
+    assert not any(p.startswith("cluster.deep_health_checks") for p in validate_cluster_table(table))
+    table["login"]["name"] = "login"
+    assert validate_cluster_table(table)[2].startswith("cluster.deep_health_checks: InstanceConnectivity needs")
+
+
+def test_a_type_error_reads_as_the_settings_rule():
+    assert validate_cluster_table({**SEED, "threads_per_core": True, "containers": "yes", "ebs_volume_gb": "500",
+                                   "fsx": {"throughput_per_tib": "fast"}}) == [
+        "cluster.threads_per_core must be 1 or 2 (1 turns hyperthreading off) (got True)",
+        "cluster.ebs_volume_gb must be a whole number of GB from 1 to 16384 (got '500')",
+        "cluster.fsx.throughput_per_tib must be one of 125, 250, 500, 1000 for PERSISTENT_2 (got 'fast')",
+        "cluster.containers must be true or false (got 'yes')"]
+
+
+@pytest.mark.parametrize("password", [12345, "p w", ["secret"]])
+def test_a_password_is_never_shown(password):
+    table = {**SEED, "accounting": {"storage_host": "db", "storage_user": "slurm", "storage_pass": password}}
+    problems = validate_cluster_table(table)
+    assert problems == ["cluster.accounting.storage_pass must be a password of 1-128 printable ASCII characters "
+                        "without spaces, quotes, backslash, ` or #, not starting with - (got a value that breaks it)"]
+    assert str(password) not in problems[0] and repr(password) not in problems[0]
