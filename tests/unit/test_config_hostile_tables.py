@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from llamapod.config.cluster import ClusterSpec, load_cluster_spec, spec_from_table
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.errors import ConfigError
 from llamapod.workflows.connect import RemoteSettings, load_remote_settings
 from llamapod.slurm.spec import SlurmJob, load_slurm_job

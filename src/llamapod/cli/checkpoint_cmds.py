@@ -70,7 +70,7 @@ def export(checkpoint: Path, hf_out: Path | None, consolidated_out: Path | None,
     step_dir = resolve_checkpoint(checkpoint)
     meta = validate_checkpoint(step_dir)
     if hf_out is not None:
-        from llamapod.train.hf import export_hf
+        from llamapod.train.hf_export import export_hf
 
         shard_bytes = _parse_size(max_shard_size)
         ui.step(f"exporting {step_dir} (step {meta.get('step')}) to Hugging Face format in {hf_out}")
@@ -80,7 +80,7 @@ def export(checkpoint: Path, hf_out: Path | None, consolidated_out: Path | None,
         ui.out(str(hf_out))
         ui.info(f"  load it with: LlamaForCausalLM.from_pretrained({str(hf_out)!r})")
     if consolidated_out is not None:
-        from llamapod.train.hf import export_consolidated
+        from llamapod.train.hf_export import export_consolidated
 
         ui.step(f"exporting {step_dir} (step {meta.get('step')}) to {consolidated_out}")
         export_consolidated(step_dir, consolidated_out, force=force)

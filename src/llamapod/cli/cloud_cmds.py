@@ -344,7 +344,7 @@ def _planned_training(config_path: Path | None, spec) -> tuple[Any, dict[str, An
     import tempfile
 
     from llamapod.config.files import default_config_path, load_table
-    from llamapod.config.train import read_train_args
+    from llamapod.config.train_flags import read_train_args
     from llamapod.instances import instance_info
 
     path = config_path or default_config_path()
@@ -372,8 +372,8 @@ def _planned_training(config_path: Path | None, spec) -> tuple[Any, dict[str, An
 @_profile_option
 def operator_policy(account: str | None, part: str | None, region: str | None, profile: str | None) -> None:
     """Print the least-privilege IAM policy a user needs to run llamapod."""
-    from llamapod.cloud.policies import MANAGED_POLICY_MAX_CHARS, operator_policy_parts, policy_chars
-    from llamapod.cloud.policies import operator_policy as build_policy
+    from llamapod.cloud.operator_policy import MANAGED_POLICY_MAX_CHARS, operator_policy_parts, policy_chars
+    from llamapod.cloud.operator_policy import operator_policy as build_policy
     from llamapod.aws_names import partition_of
     from llamapod.config.cluster import DEFAULT_REGION
     from llamapod.errors import ConfigError

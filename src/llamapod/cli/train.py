@@ -65,13 +65,13 @@ def train(ctx: click.Context, config_path, nproc, slurm, dry_run, cluster, detac
           **slurm_opts) -> None:
     """Train a Llama model: locally, with --slurm, or on --cluster NAME."""
     if show_help:
-        from llamapod.config.train import flags_help
+        from llamapod.config.train_flags import flags_help
 
         ui.out(LAUNCH_HELP)
         ui.out(flags_help())
         return
     from llamapod.config.files import default_config_path
-    from llamapod.config.train import read_train_args
+    from llamapod.config.train_flags import read_train_args
 
     config_path = config_path or default_config_path()
     parsed = read_train_args(list(ctx.args), config_path=config_path)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from llamapod.aws_names import cluster_tag, partition_of
+from llamapod.cloud.operator_policy import operator_policy, operator_policy_parts
 from llamapod.cloud.policies import (  # noqa: F401  (re-exported: the plan's public surface)
     BUCKET_PREFIX, ROLE_PREFIX, STACK_PREFIX, bucket_policy, execution_role_policies,
-    execution_role_trust_policy, managed_policy_arns, operator_policy, operator_policy_parts)
+    execution_role_trust_policy, managed_policy_arns)
 from llamapod.config.cluster import LIFECYCLE_PREFIX, ClusterSpec
 from llamapod.errors import ConfigError
 from llamapod.instances import has_accelerators

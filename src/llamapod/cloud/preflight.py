@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llamapod.aws_names import CLUSTER_TAG, partition_of
-from llamapod.cloud import policies
-from llamapod.cloud.policies import operator_policy
+from llamapod.cloud import operator_policy as operator, policies
+from llamapod.cloud.operator_policy import operator_policy
 from llamapod.cloud.session import lookup_retries
 from llamapod.config.cluster import ClusterSpec
 from llamapod.errors import CloudError
@@ -322,7 +322,7 @@ def _example_resources(spec: ClusterSpec, account: str) -> dict[str, tuple[list[
         "OwnSessions": ([f"arn:{p}:ssm:{region}:{account}:session/llamapod-0123456789abcdef0"], []),
     }
     # Each create statement names several resource types: one example per action, of its own type.
-    for group in policies.TAGGED_CREATES.values():
+    for group in operator.TAGGED_CREATES.values():
         for action, kind in group.items():
             examples[action] = ([f"{ec2}:{kind}/{kind}-0123456789abcdef0"],
                                 ctx(f"aws:RequestTag/{CLUSTER_TAG}", spec.name))

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         _exit_with_the_launcher()
     spec = None
     try:
-        from llamapod.config.train import read_train_args
+        from llamapod.config.train_flags import read_train_args
         from llamapod.train.loop import train_worker
 
         config, flags = _split_config(sys.argv[1:] if argv is None else argv)

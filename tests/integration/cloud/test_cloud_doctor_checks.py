@@ -55,7 +55,7 @@ def test_everything_ok_picks_an_az_offering_every_type(session):
     assert len(quota_calls) == 2  # two pages
     # Every action of the operator policy was simulated, with resources named like up's.
     simulated = {a for call in simulations for a in call["ActionNames"]}
-    from llamapod.cloud.policies import operator_policy, policy_actions
+    from llamapod.cloud.operator_policy import operator_policy, policy_actions
 
     assert simulated == policy_actions(operator_policy(ACCOUNT))
     pass_role = next(c for c in simulations if c["ActionNames"] == ["iam:PassRole"])

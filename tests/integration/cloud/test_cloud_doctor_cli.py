@@ -53,7 +53,7 @@ def test_init_writes_the_seed_and_refuses_to_overwrite(run_cli, tmp_path, monkey
 
 
 def test_init_seed_train_section_is_accepted_by_the_trainer(tmp_path, run_cli, monkeypatch):
-    from llamapod.config.train import parse_train_args
+    from llamapod.config.train_flags import parse_train_args
     from llamapod.slurm.spec import load_slurm_job
 
     monkeypatch.chdir(tmp_path)
@@ -176,7 +176,7 @@ def test_doctor_cli_warns_for_unknown_and_strict_fails(run_cli, emulator):
 
 
 def test_operator_policy_prints_the_scoped_policy(run_cli, emulator):
-    from llamapod.cloud.policies import operator_policy
+    from llamapod.cloud.operator_policy import operator_policy
 
     code, out, err = run_cli("operator-policy")
     assert code == 0, err

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.slurm.jobs import SlurmJobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.netns, pytest.mark.slow]

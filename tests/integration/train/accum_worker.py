@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.train.loop import Trainer
 from llamapod.train.parallel import exit_without_teardown, fill_launch_env, init_distributed, read_env
 

@@ -145,7 +145,7 @@ def test_ctrl_c_prints_the_exact_resume_command_and_the_resume_is_exact(tmp_path
                                     f"run/checkpoints/{newest}")
     assert "Traceback" not in err and "internal error" not in err and "Received 2 death signal" not in err
     command = _resume_hint(err)
-    from llamapod.config.train import parse_train_args
+    from llamapod.config.train_flags import parse_train_args
 
     printed = parse_train_args(shlex.split(command)[2:])
     given = parse_train_args([*FLAGS, "--max_steps", "1000", "--run_dir", "run",

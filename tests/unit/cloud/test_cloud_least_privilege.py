@@ -15,11 +15,11 @@ import json
 import pytest
 
 from fixtures.iam_eval import EXPLICIT_DENY, Request, allowed, evaluate
-from llamapod.cloud import policies
+from llamapod.cloud import operator_policy as operator, policies
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-OPERATOR = policies.operator_policy(ACCOUNT)
+OPERATOR = operator.operator_policy(ACCOUNT)
 BOUNDARY_ARN = policies.boundary_arn(ACCOUNT)
 BOUNDARY = policies.permissions_boundary(ACCOUNT)
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/llamapod-demo-exec-0123abcd"
@@ -135,7 +135,7 @@ def test_no_ec2_write_on_untagged_resources():
 
 def test_ec2_creates_need_the_tag_in_the_request():
     tagged_request = {f"aws:RequestTag/{TAG}": "demo"}
-    for action, kind in {a: k for group in policies.TAGGED_CREATES.values() for a, k in group.items()}.items():
+    for action, kind in {a: k for group in operator.TAGGED_CREATES.values() for a, k in group.items()}.items():
         assert _operator_may(action, _ec2(kind, "new"), **tagged_request), action
         assert not _operator_may(action, _ec2(kind, "new")), action
 
@@ -247,7 +247,7 @@ ACCEPTED_STRICT_ESCALATIONS = {
 
 
 def _documents() -> dict[str, dict]:
-    docs = {"operator policy": OPERATOR, "operator policy, any account": policies.operator_policy("*"),
+    docs = {"operator policy": OPERATOR, "operator policy, any account": operator.operator_policy("*"),
             "permissions boundary": BOUNDARY}
     docs.update({f"execution role {name}": doc
                  for name, doc in policies.execution_role_policies(None, ACCOUNT, BUCKET, REGION).items()})
@@ -285,9 +285,9 @@ def test_operator_policy_attaches_as_two_managed_policies_that_grant_exactly_the
     # IAM quota: a managed policy holds at most 6,144 characters, whitespace not counted
     # (IAM User Guide, "IAM and AWS STS quotas").
     for account in (ACCOUNT, "*"):
-        parts = policies.operator_policy_parts(account)
+        parts = operator.operator_policy_parts(account)
         for part in parts.values():
             assert len(json.dumps(part, separators=(",", ":"))) <= 6144
-        whole = policies.operator_policy(account)["Statement"]
+        whole = operator.operator_policy(account)["Statement"]
         joined = parts["network"]["Statement"] + parts["cluster"]["Statement"]
         assert sorted(json.dumps(s, sort_keys=True) for s in joined) == sorted(json.dumps(s, sort_keys=True) for s in whole)

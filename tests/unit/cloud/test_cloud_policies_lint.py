@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llamapod.cloud import plan, policies
+from llamapod.cloud import operator_policy as operator, plan, policies
 from llamapod.config.cluster import spec_from_table
 
 ACCOUNT = "123456789012"
@@ -44,9 +44,9 @@ def _documents() -> dict[str, dict]:
     docs = {f"role inline {name}": doc
             for name, doc in policies.execution_role_policies(spec, ACCOUNT, bucket, spec.region).items()}
     docs["bucket policy"] = policies.bucket_policy(bucket)
-    docs["operator policy"] = policies.operator_policy(ACCOUNT)
-    docs["operator policy, any account"] = policies.operator_policy("*")
-    docs["operator policy, aws-cn"] = policies.operator_policy(ACCOUNT, "aws-cn")
+    docs["operator policy"] = operator.operator_policy(ACCOUNT)
+    docs["operator policy, any account"] = operator.operator_policy("*")
+    docs["operator policy, aws-cn"] = operator.operator_policy(ACCOUNT, "aws-cn")
     docs["permissions boundary"] = policies.permissions_boundary(ACCOUNT)
     return docs
 
@@ -84,7 +84,7 @@ def test_execution_role_reads_only_its_own_bucket():
     bucket = "sagemaker-llamapod-x-0123456789"
     read = policies.lifecycle_read_policy(bucket)
     assert {s["Resource"] for s in read["Statement"]} == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
-    assert policies.policy_actions(read) == {"s3:ListBucket", "s3:GetObject"}
+    assert operator.policy_actions(read) == {"s3:ListBucket", "s3:GetObject"}
     assert policies.managed_policy_arns() == ["arn:aws:iam::aws:policy/AmazonSageMakerClusterInstanceRolePolicy"]
 
 
@@ -95,7 +95,7 @@ def test_bucket_policy_denies_plain_http():
 
 
 def test_operator_policy_scopes_writes_to_llamapod_names():
-    policy = policies.operator_policy(ACCOUNT)
+    policy = operator.operator_policy(ACCOUNT)
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["ExecutionRole"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/llamapod-*"
     assert by_sid["PassRoleToSageMaker"]["Condition"] == {
@@ -197,18 +197,18 @@ def test_the_scan_sees_the_calls_it_should():
 
 
 def test_operator_policy_allows_every_operation_llamapod_calls():
-    allowed = policies.policy_actions(policies.operator_policy(ACCOUNT))
+    allowed = operator.policy_actions(operator.operator_policy(ACCOUNT))
     missing = []
     for service, operations in sorted(_used_operations().items()):
         for operation in sorted(operations):
-            action = policies.iam_action(service, operation)
+            action = operator.iam_action(service, operation)
             if action is not None and action not in allowed:
                 missing.append(f"{service}.{operation} -> {action}")
     assert missing == []
 
 
 def test_create_cluster_needs_pass_role_and_it_is_there():
-    allowed = policies.policy_actions(policies.operator_policy(ACCOUNT))
+    allowed = operator.policy_actions(operator.operator_policy(ACCOUNT))
     assert {"iam:PassRole", "sagemaker:CreateCluster", "fsx:CreateFileSystem", "cloudformation:CreateStack",
             "ec2:CreateVpc", "servicequotas:ListServiceQuotas", "iam:SimulatePrincipalPolicy"} <= allowed
 
@@ -216,6 +216,6 @@ def test_create_cluster_needs_pass_role_and_it_is_there():
 def test_ssh_sessions_may_use_the_documents_llamapod_ssh_starts():
     from llamapod.cloud import access
 
-    statement = next(s for s in policies.operator_policy(ACCOUNT)["Statement"] if s["Sid"] == "NodeSessions")
+    statement = next(s for s in operator.operator_policy(ACCOUNT)["Statement"] if s["Sid"] == "NodeSessions")
     for document in (access.SSH_DOCUMENT, access.COMMAND_DOCUMENT):
         assert f"arn:aws:ssm:*:*:document/{document}" in statement["Resource"]

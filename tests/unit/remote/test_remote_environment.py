@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.errors import ConfigError, RemoteError
 from llamapod.workflows.connect import ClusterAccess, Node, RemoteSettings, load_remote_settings
 from llamapod.workflows.environment import (EnvOptions, RemoteLayout, check_base_python, env_key, local_wheel,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fixtures.hostile import hostile_text
 from llamapod import validate
-from llamapod.config.train import build_spec
+from llamapod.config.train_flags import build_spec
 from llamapod.errors import ConfigError, LlamapodError
 from llamapod.slurm.render import job_paths, job_train_args, render_sbatch
 from llamapod.slurm.spec import SlurmJob, build_slurm_job

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.slurm.render import network_env, render_sbatch
 from llamapod.slurm.spec import SlurmJob
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from llamapod.config.train import TrainSpec, flags_help, parse_train_args, resolve_model_args
+from llamapod.config.train import TrainSpec, resolve_model_args
+
+from llamapod.config.train_flags import flags_help, parse_train_args
 from llamapod.errors import ConfigError
 
 SEED_7B = ("--max_context_width=2048 --num_key_value_heads=32 --llama_intermediate_size=11008 --hidden_width=4096 "
@@ -158,7 +160,7 @@ NO_EFFECT = {"same_seed", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_fi
 
 
 def test_every_reference_flag_is_accepted_and_the_meaningless_ones_say_so():
-    from llamapod.config.train import read_train_args
+    from llamapod.config.train_flags import read_train_args
 
     for name, value in REFERENCE_FLAGS.items():
         parsed = read_train_args(["--preset=tiny", f"--{name}={value}"])
@@ -203,7 +205,7 @@ def test_the_main_job_and_toy_presets_keep_the_quickstart_recipe():
 def test_the_seed_job_pasted_as_a_bash_array_runs_with_a_warning_about_the_stray_words():
     import subprocess
 
-    from llamapod.config.train import read_train_args
+    from llamapod.config.train_flags import read_train_args
 
     # The seed's step-7 array, comment lines and trailing spaces as written in the guide.
     script = """declare -a TRAINING_ARGS=(

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from llamapod.config.train import parse_train_args
+from llamapod.config.train_flags import parse_train_args
 from llamapod.train.failures import (ERROR_FILE_ENV, Failure, WorkerRecord, describe, first_failure, read_record,
                                      record_failure, stop_signal)
 from llamapod.train.resume import NPROC_ENV, resume_command

@@ -77,7 +77,8 @@ def test_parts_add_up_and_the_overhead_is_the_allocators():
 
 
 def test_known_tokenizers_size_the_vocabulary():
-    from llamapod.config.train import read_train_args, resolve_model_args
+    from llamapod.config.train import resolve_model_args
+    from llamapod.config.train_flags import read_train_args
 
     spec = read_train_args(["--preset", "llama2-7b", "--tokenizer", "EleutherAI/gpt-neox-20b"]).spec
     fit = assess_memory(spec, resolve_model_args(spec), instance_type="ml.g5.48xlarge", nodes=4, gpus_per_node=8)
@@ -94,14 +95,16 @@ def test_default_tokenizer_vocabulary_is_the_built_in_one():
 
 
 def test_cpu_nodes_have_nothing_to_fit():
-    from llamapod.config.train import read_train_args, resolve_model_args
+    from llamapod.config.train import resolve_model_args
+    from llamapod.config.train_flags import read_train_args
 
     spec = read_train_args(["--preset", "tiny"]).spec
     assert assess_memory(spec, resolve_model_args(spec), instance_type="ml.c5.xlarge", nodes=1, gpus_per_node=2) is None
 
 
 def test_refusal_names_the_gpu_and_the_settings_that_fit():
-    from llamapod.config.train import read_train_args, resolve_model_args
+    from llamapod.config.train import resolve_model_args
+    from llamapod.config.train_flags import read_train_args
     from llamapod.errors import TrainingError
 
     spec = read_train_args(NO_CHECKPOINTING).spec
