@@ -1,6 +1,6 @@
 """The one error hierarchy.
 
-Library code raises these; only ``llamapod.cli`` turns them into a red line, a hint
+Library code raises these; only the command line (the ``cli`` package) turns them into a red line, a hint
 and an exit code. Every error carries the problem (``message``) and, where there is
 one, the fix (``hint``), so the user never has to read a traceback.
 """

@@ -6,7 +6,7 @@ script may want: a path, a command), ``report.progress(...)`` (a bar with ``upda
 ``log``) and ``report.waiting(...)`` (an indeterminate wait). Where it goes is the current
 ``Reporter``'s business: by default the ``llamapod`` logger, so code that imports llamapod
 as a library sees it in its own logs; the command line installs one that renders it on the
-terminal (``llamapod.cli.ui``), and only ``cli`` prints.
+terminal (the ``cli`` package's ``ui`` module), and only ``cli`` prints.
 """
 
 from __future__ import annotations
