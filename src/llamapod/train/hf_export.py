@@ -107,19 +107,9 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, dtyp
 
 
 def _read_tensors(state: dict[str, torch.Tensor], opened) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
+    from llamapod.train.checkpoint.index import read_tensors
 
-    from llamapod.train.checkpoint.folder import _older_hint
-    from llamapod.train.checkpoint.index import _first_line, _quiet_single_process
-
-    step_dir = opened.step_dir
-    try:
-        with _quiet_single_process():
-            dcp.load(state, storage_reader=opened.reader(), no_dist=True)
-    except (Exception, CheckpointException) as exc:
-        raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
-                              hint=_older_hint(step_dir)) from None
+    read_tensors(opened, state)
 
 
 def _to_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:

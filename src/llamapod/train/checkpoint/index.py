@@ -183,3 +183,13 @@ def _first_line(exc: BaseException) -> str:
         exc = inner[0] if isinstance(inner, tuple) else inner
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def read_tensors(opened: OpenedCheckpoint, state: dict[str, Any]) -> None:
+    """Fill ``state`` (DCP keys -> tensors of the saved shapes) from ``opened`` in this process."""
+    try:
+        with _quiet_single_process():
+            dcp.load(state, storage_reader=opened.reader(), no_dist=True)
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(f"checkpoint {opened.step_dir} could not be read: {_first_line(exc)}",
+                              hint=_older_hint(opened.step_dir)) from None

@@ -6,12 +6,10 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 
 from llamapod.errors import CheckpointError
 from llamapod.train.checkpoint.folder import META_FILE, _older_hint, resolve_checkpoint
-from llamapod.train.checkpoint.index import _first_line, _quiet_single_process, open_checkpoint
+from llamapod.train.checkpoint.index import open_checkpoint, read_tensors
 
 
 def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
@@ -33,10 +31,5 @@ def load_model_state_for_inference(checkpoint_path: str | os.PathLike):
     for key, item in opened.index.state_dict_metadata.items():
         if key.startswith("model.") and isinstance(item, TensorStorageMetadata):
             state[key] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
-    try:
-        with _quiet_single_process():
-            dcp.load(state, storage_reader=opened.reader(), no_dist=True)
-    except (Exception, CheckpointException) as exc:
-        raise CheckpointError(f"checkpoint {step_dir} could not be read: {_first_line(exc)}",
-                              hint=_older_hint(step_dir)) from None
+    read_tensors(opened, state)
     return args, {k[len("model."):]: v for k, v in state.items()}, meta
