@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
@@ -43,18 +44,18 @@ def compression_of(path: Path) -> str | None:
     return None
 
 
-class _Decoder:
+class _Decoder(ABC):
     """One compression format's decoder over a sequence of members/frames."""
 
     name = ""
 
+    @abstractmethod
     def feed(self, data: bytes, offset: int) -> bytes:
         """Decompressed bytes of ``data``, which starts at compressed byte ``offset``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finished(self) -> bool:
         """Whether the data fed so far ends exactly at the end of a member/frame."""
-        raise NotImplementedError
 
 
 class _GzipDecoder(_Decoder):
