@@ -150,7 +150,9 @@ def fsx_request(spec: ClusterSpec, subnet_id: str, sg_id: str, tags: list[dict[s
         "SubnetIds": [subnet_id],
         "SecurityGroupIds": [sg_id],
         "LustreConfiguration": lustre,
-        "Tags": [*tags, {"Key": "Name", "Value": fsx_name(spec)}],
+        # One Name: FSx refuses a request whose tags repeat a key, and llamapod's Name wins here as
+        # the template's resource-level Name does over a stack tag on the network's resources.
+        "Tags": [*(t for t in tags if t["Key"] != "Name"), {"Key": "Name", "Value": fsx_name(spec)}],
     }
     if client_token:
         request["ClientRequestToken"] = client_token

@@ -26,9 +26,9 @@ from pydantic import (AfterValidator, Field, ValidationError, ValidationInfo, Va
 
 from llamapod import validate
 from llamapod.aws_names import partition_of
-from llamapod.config.cluster_tables import (AccountingSpec, ClusterName, ControllerGroupSpec, FsxSpec,
-                                            InstanceGroupSpec, LinuxUser, NetworkSpec, SharedUserSpec, TagKey,
-                                            TagValue, WorkerGroupSpec, TomlTable)
+from llamapod.config.cluster_tables import (MAX_USER_TAGS, AccountingSpec, ClusterName, ControllerGroupSpec,
+                                            FsxSpec, InstanceGroupSpec, LinuxUser, NetworkSpec, SharedUserSpec,
+                                            TagKey, TagValue, WorkerGroupSpec, TomlTable)
 from llamapod.config.hyperpod_facts import deep_health_check_types, hyperpod_instance_types, known_regions
 from llamapod.config.problems import broken_rule, closest, full_match, problem, problems, raise_all
 from llamapod.errors import ConfigError
@@ -86,7 +86,9 @@ class ClusterSpec(TomlTable):
     node_recovery: Literal["Automatic", "None"] = Field("Automatic", description="must be Automatic or None")
     fsx: FsxSpec = Field(default_factory=FsxSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
-    tags: dict[TagKey, TagValue] = Field(default_factory=dict)
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_USER_TAGS,
+                                         description=f"must be at most {MAX_USER_TAGS} tags (AWS takes 50 on a "
+                                                     f"resource and llamapod adds 2)")
     cluster_user: LinuxUser = provisioning.DEFAULT_CLUSTER_USER
     shared_users: tuple[SharedUserSpec, ...] = Field((), strict=False,
                                                      description="must be a list of {name, uid} tables")
@@ -151,6 +153,19 @@ class ClusterSpec(TomlTable):
             raise problem("cluster.deep_health_checks: InstanceConnectivity needs a GPU or Trainium group of at "
                           "least 2 instances, and no group has that; remove it or raise a group's count")
         return checks
+
+    @field_validator("tags")
+    @classmethod
+    def _keys_distinct_ignoring_case(cls, tags: dict[str, str]) -> dict[str, str]:
+        """IAM tag keys are case-insensitive: CreateRole refuses two keys that differ only in case
+        (IAM user guide, "Tagging IAM resources": "tag keys are case insensitive")."""
+        seen: dict[str, str] = {}
+        for key in tags:
+            if key.lower() in seen:
+                raise problem(f"cluster.tags keys must differ in more than letter case: IAM treats "
+                              f"'{seen[key.lower()]}' and '{key}' as one key")
+            seen[key.lower()] = key
+        return tags
 
     @field_validator("shared_users")
     @classmethod

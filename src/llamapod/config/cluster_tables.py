@@ -214,6 +214,12 @@ def _tag_key(key: str) -> str:
     return _tag_text(key)
 
 
+# Every service llamapod tags takes at most 50 tags on a resource (the TagList/Tags shapes of the
+# SageMaker, FSx, IAM and CloudFormation models: max 50; S3 and EC2: 50 per resource, their user
+# guides). llamapod adds two of its own to some resources: llamapod:cluster everywhere, and Name on
+# the file system and the network stack's resources.
+MAX_USER_TAGS = 48
+
 # The Tag Key/Value shapes of the SageMaker, IAM and FSx models; 1, not 0, for values:
 # CloudFormation's stack tags refuse an empty value (TagValue, min 1).
 TagKey = Annotated[str, Field(min_length=1, max_length=128,

@@ -13,6 +13,7 @@ from botocore.validate import ParamValidator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fixtures.aws_model import violations
 from llamapod.cloud import plan
 from llamapod.config.cluster import hyperpod_instance_types, spec_from_table
 
@@ -249,11 +250,47 @@ def valid_tables(draw):
     return table
 
 
+def _requests(spec) -> list[tuple[str, str, dict]]:
+    """Every request `up` builds from the spec, as (service, operation, parameters)."""
+    tags = plan.resource_tags(spec)
+    bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
+    stack_id = f"arn:aws:cloudformation:{spec.region}:{ACCOUNT}:stack/{plan.network_stack_name(spec)}/0f1e2d3c"
+    requests = [
+        ("sagemaker", "CreateCluster", _cluster_request(spec)),
+        ("fsx", "CreateFileSystem", plan.fsx_request(spec, SUBNET, SG, tags, plan.fsx_client_token(spec, stack_id))),
+        ("cloudformation", "CreateStack", {"StackName": plan.network_stack_name(spec),
+                                           "TemplateBody": plan.network_template(),
+                                           "Parameters": plan.network_parameters(spec, "use1-az4"), "Tags": tags,
+                                           "OnFailure": "ROLLBACK"}),
+        ("iam", "CreateRole", {"RoleName": plan.execution_role_name(spec), "Tags": tags,
+                               "AssumeRolePolicyDocument": json.dumps(plan.execution_role_trust_policy(ACCOUNT))}),
+        ("s3", "PutBucketTagging", {"Bucket": bucket, "Tagging": {"TagSet": tags}}),
+    ]
+    for name, document in plan.execution_role_policies(spec, ACCOUNT, bucket, spec.region, "aws").items():
+        requests.append(("iam", "PutRolePolicy", {"RoleName": plan.execution_role_name(spec), "PolicyName": name,
+                                                  "PolicyDocument": json.dumps(document)}))
+    return requests
+
+
+def test_the_most_tags_a_config_takes_fit_every_service():
+    # 48 of the user's, one of them Name (the file system gets llamapod's Name, once), with keys
+    # and values as long as the config allows: every request stays within 50 distinct keys.
+    tags = {"Name": "mine", **{f"{i:02d}" + "k" * 126: "v" * 256 for i in range(47)}}
+    spec = spec_from_table({"name": "A" * 63, "tags": tags})
+    for service, operation, params in _requests(spec):
+        assert violations(service, operation, params) == [], (service, operation)
+    fsx_tags = plan.fsx_request(spec, SUBNET, SG, plan.resource_tags(spec))["Tags"]
+    assert [t["Value"] for t in fsx_tags if t["Key"] == "Name"] == [plan.fsx_name(spec)]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(table=valid_tables())
 def test_valid_specs_give_requests_the_service_model_accepts(table):
     spec = spec_from_table(table)
     assert _validate("sagemaker", "CreateCluster", _cluster_request(spec)) == ""
     assert _validate("fsx", "CreateFileSystem", plan.fsx_request(spec, SUBNET, SG, plan.resource_tags(spec))) == ""
+    # And every constraint botocore does not check on the client (patterns, maxima, enums).
+    for service, operation, params in _requests(spec):
+        assert violations(service, operation, params) == [], (service, operation)
     bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
     assert len(bucket) <= 63 and bucket == bucket.lower()

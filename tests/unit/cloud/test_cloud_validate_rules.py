@@ -121,6 +121,14 @@ RULES = [
      "llamapod: (got 'cost#center')"),
     ({"tags": {"team": ""}},
      "cluster.tags.team must be 1-256 letters, digits, spaces and _ . : / = + - @ (got '')"),
+    # AWS takes 50 tags on a resource (the SageMaker/FSx/IAM/CloudFormation models' TagList max 50);
+    # llamapod adds llamapod:cluster and, on the file system and network resources, Name.
+    ({"tags": {f"k{i}": "v" for i in range(49)}},
+     "cluster.tags must be at most 48 tags (AWS takes 50 on a resource and llamapod adds 2) "
+     "(got {'k0': 'v', 'k1': 'v', 'k2': 'v', 'k3': ...)"),
+    # IAM compares tag keys ignoring case (CreateRole: "Duplicate tag keys found").
+    ({"tags": {"Team": "a", "team": "b"}},
+     "cluster.tags keys must differ in more than letter case: IAM treats 'Team' and 'team' as one key"),
     ({"cluster_user": "Root User"},
      "cluster.cluster_user must be a Linux user name (up to 32 lowercase letters, digits, _ or -, not starting "
      "with a digit or -) (got 'Root User')"),
