@@ -199,7 +199,11 @@ def leftovers(session, name: str) -> list[Leftover]:
         add("sagemaker:cluster", cluster["ClusterName"], cluster["ClusterArn"])
     for fs in storage.find_file_systems(session, name):
         add("fsx:file-system", fs["FileSystemId"], fs.get("ResourceARN") or _arn(session, "fsx", f"file-system/{fs['FileSystemId']}"))
-    for bucket in buckets.find_buckets(session, name, []):
+    # By its name too, as the inventory finds it: a bucket an interrupted `up` created but had not
+    # tagged yet (CreateBucket, then PutBucketTagging) is in no tag lookup, and it bills storage.
+    from llamapod.cloud import plan
+
+    for bucket in buckets.find_buckets(session, name, [plan.lifecycle_bucket_name(spec, session.account_id)]):
         add("s3:bucket", bucket, f"arn:{session.partition}:s3:::{bucket}")
     for role in iam.find_roles(session, spec):
         add("iam:role", role, f"arn:{session.partition}:iam::{session.account_id}:role/{role}")

@@ -86,3 +86,20 @@ def test_the_proof_lists_what_hyperpod_leaves_untagged(aws_gaps, cluster_name, r
     code, out, err = run_cli("down", cluster_name, "--yes", "--region", "us-east-1")
     assert code == 0, err
     assert counts(resources_for(aws_gaps.endpoint, cluster_name)) == NOTHING
+
+
+def test_the_proof_finds_the_lifecycle_bucket_by_name_before_it_is_tagged(aws_warm, cluster_name):
+    """`up` creates the bucket, then tags it: interrupted in between, the bucket carries no tag.
+    The inventory finds it by its name; the proof that nothing is left must too."""
+    from llamapod.cloud import plan
+    from llamapod.cloud.down import leftovers, naming_spec
+
+    session = AwsSession(region="us-east-1")
+    bucket = plan.lifecycle_bucket_name(naming_spec(cluster_name, "us-east-1"), session.account_id)
+    s3 = _raw(aws_warm, "s3")
+    s3.create_bucket(Bucket=bucket)
+    try:
+        kinds = {(item.kind, item.id) for item in leftovers(session, cluster_name)}
+        assert ("s3:bucket", bucket) in kinds
+    finally:
+        s3.delete_bucket(Bucket=bucket)
