@@ -51,3 +51,17 @@ def test_each_kind_of_constraint_is_enforced(service, operation, params, found):
 
 def test_a_valid_request_passes():
     assert violations("sagemaker", "DescribeCluster", {"ClusterName": "ml-4-g5-48x-cluster"}) == []
+
+
+def test_stack_parameters_are_held_to_the_templates_constraints():
+    from llamapod.cloud import plan
+    from llamapod.config.cluster import spec_from_table
+
+    spec = spec_from_table({})
+    params = {"StackName": "s", "TemplateBody": plan.network_template(),
+              "Parameters": plan.network_parameters(spec, "use1-az4")}
+    assert violations("cloudformation", "CreateStack", params) == []
+    bad = [p if p["ParameterKey"] != "AvailabilityZoneId" else {**p, "ParameterValue": "us-east-1a"}
+           for p in params["Parameters"]]
+    assert violations("cloudformation", "CreateStack", {**params, "Parameters": bad}) == [
+        "Parameter 'AvailabilityZoneId' must match pattern [a-z]{2,5}[0-9]+-az[0-9]+"]
