@@ -128,8 +128,13 @@ def find_buckets(session, cluster_name: str, candidates: list[str]) -> list[str]
     """Buckets tagged for the cluster among llamapod's ``sagemaker-`` buckets, plus known names that exist."""
     s3 = session.client("s3")
     found = [name for name in candidates if bucket_exists(session, name)]
-    for bucket in paginate(s3, "list_buckets", "Buckets", Prefix="sagemaker-"):
+    # ListBuckets answers the buckets of every region, and a cluster of the same name in another
+    # region tags its bucket just the same: only this region's are this cluster's (S3 API
+    # reference, ListBuckets BucketRegion; each entry names its BucketRegion).
+    for bucket in paginate(s3, "list_buckets", "Buckets", Prefix="sagemaker-", BucketRegion=session.region):
         name = bucket["Name"]
+        if bucket.get("BucketRegion", session.region) != session.region:
+            continue
         if name not in found and has_cluster_tag(_bucket_tags(s3, name), cluster_name):
             found.append(name)
     return found

@@ -112,9 +112,22 @@ def find_roles(session, spec) -> list[str]:
     iam = session.client("iam")
     # llamapod names every role it makes after the cluster (llamapod-<name...>-exec-<digest>),
     # so only those are worth asking for tags (one call per role).
+    # IAM is global: a cluster of the same name in another region has its own role, tagged the
+    # same, named with that region in its digest. It is that cluster's, not this one's.
+    elsewhere = _role_names_in_other_regions(spec)
     candidates = [role["RoleName"] for role in paginate(iam, "list_roles", "Roles")
-                  if role["RoleName"].startswith(candidate_prefix)]
+                  if role["RoleName"].startswith(candidate_prefix) and role["RoleName"] not in elsewhere]
     return [name for name in candidates if name == own_name or _role_tagged(iam, name, cluster_name)]
+
+
+def _role_names_in_other_regions(spec) -> set[str]:
+    from llamapod.aws_names import partition_of
+    from llamapod.cloud import plan
+    from llamapod.config.hyperpod_facts import known_regions
+
+    partition = partition_of(spec.region)
+    return {plan.execution_role_name(spec.model_copy(update={"region": region})) for region in known_regions()
+            if region != spec.region and partition_of(region) == partition}
 
 
 def _role_tagged(iam, name: str, cluster_name: str) -> bool:
