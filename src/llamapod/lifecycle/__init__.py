@@ -24,6 +24,7 @@ NODE_FILES = (
     "node_storage.py",
     "node_users.py",
     "node_slurm.py",
+    "node_accounting.py",
     "provisioning.py",
 )
 

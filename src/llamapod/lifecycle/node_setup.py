@@ -28,9 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from node_accounting import ensure_accounting  # noqa: E402
 from node_cluster import Cluster, Node, load_cluster, this_node  # noqa: E402
 from node_settings import Settings, load_settings  # noqa: E402
-from node_slurm import ensure_accounting, ensure_munge, ensure_slurm  # noqa: E402
+from node_slurm import ensure_munge, ensure_slurm  # noqa: E402
 from node_storage import ensure_containers, ensure_fsx  # noqa: E402
 from node_system import ServiceManager, StepError  # noqa: E402
 from node_users import ensure_shared_homes, ensure_ssh, ensure_users  # noqa: E402

@@ -26,7 +26,6 @@ from node_system import (
     StepError,
     TransientError,
     file_lock,
-    replace_managed_block,
     retry,
     run,
     write_file,
@@ -132,7 +131,7 @@ def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, co
         "SelectTypeParameters=CR_Core",
     ]
     if cluster.accounting is not None:
-        lines += accounting_lines(controller_host)
+        lines += accounting_lines(controller.address)
     # Nodes register themselves (dynamic nodes, slurmd -Z) with the hardware slurmd finds, so
     # no CPU or memory figure is guessed here, and a group HyperPod scales up later needs no
     # new slurm.conf. Each worker joins its group's partition through a feature.
@@ -146,79 +145,21 @@ def render_slurm_conf(settings: Settings, cluster: Cluster, controller: Node, co
     return "\n".join(lines) + "\n"
 
 
-def accounting_lines(controller_host: str) -> list[str]:
+def accounting_lines(controller_address: str) -> list[str]:
+    """slurmctld reaches slurmdbd (on the controller) by address: a HyperPod node's host name
+    does not resolve there (the reference's setup_mariadb_accounting.sh takes the address from
+    SlurmctldHost for that reason), and configless clients read the same line."""
     return [
         "AccountingStorageType=accounting_storage/slurmdbd",
-        f"AccountingStorageHost={controller_host}",
+        f"AccountingStorageHost={controller_address}",
         "JobAcctGatherType=jobacct_gather/linux",
     ]
-
-
-def render_slurmdbd_conf(settings: Settings, cluster: Cluster, controller_host: str) -> str:
-    acct = cluster.accounting
-    if acct is None:
-        raise StepError("accounting was not requested in provisioning_parameters.json")
-    return "\n".join([
-        f"{MARKER}.",
-        "AuthType=auth/munge",
-        f"AuthInfo=socket={settings.munge_socket}",
-        f"DbdHost={controller_host}",
-        "SlurmUser=root",
-        "StorageType=accounting_storage/mysql",
-        f"StorageHost={acct.storage_host}",
-        f"StoragePort={acct.storage_port}",
-        f"StorageUser={acct.storage_user}",
-        f"StoragePass={acct.storage_pass}",
-        f"StorageLoc={acct.storage_loc}",
-        f"LogFile={settings.log_dir / 'slurm' / 'slurmdbd.log'}",
-        f"PidFile={settings.run_dir / 'slurmdbd.pid'}",
-    ]) + "\n"
 
 
 def slurm_env(settings: Settings, node: Node) -> dict[str, str]:
     """Which slurm.conf client commands read: the controller's own, or slurmd's configless cache."""
     conf = settings.slurm_conf if node.role == "controller" else settings.slurm_client_conf
     return {"SLURM_CONF": str(conf)}
-
-
-# --- accounting ----------------------------------------------------------------------------------
-
-
-def ensure_accounting(settings: Settings, cluster: Cluster, node: Node, services: ServiceManager) -> None:
-    if cluster.accounting is None or node.role != "controller":
-        log.info("Slurm accounting not requested for this node")
-        return
-    managed = slurm_conf_is_managed(settings)
-    if not managed:
-        # HyperPod's slurm.conf has no accounting: add it the way the reference's
-        # setup_rds_accounting.sh does (appended lines), as a block a re-run replaces.
-        wait_for_hyperpod_slurm_conf(settings, cluster)
-        text = settings.slurm_conf.read_text()
-        block = "\n".join(accounting_lines(settings.hostname))
-        conf_changed = write_file(settings.slurm_conf, replace_managed_block(text, block, "llamapod accounting"))
-    conf = settings.slurm_dir / "etc" / "slurmdbd.conf"
-    # slurmdbd refuses a config other users can read: it holds the database password.
-    changed = write_file(conf, render_slurmdbd_conf(settings, cluster, settings.hostname), mode=0o600)
-    (settings.log_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    slurmdbd = settings.commands["slurmdbd"]
-    service = Service("slurmdbd", slurmdbd, (slurmdbd,), (("SLURM_CONF", str(settings.slurm_conf)),),
-                      foreground=(slurmdbd, "-D", "-s"))
-    running = services.is_running(service)
-    if running and not changed:
-        log.info("slurmdbd already running")
-    else:
-        result = services.start(service, restart=running)
-        if not result.ok:
-            raise StepError(f"slurmdbd did not start (is the database at {cluster.accounting.storage_host} "
-                            f"reachable?): {result.summary()}")
-    if not managed and conf_changed:
-        controller = slurmctld_service(settings, managed)
-        if services.is_running(controller):
-            # slurmctld reads slurm.conf once: the accounting lines need a restart to count.
-            result = services.start(controller, restart=True)
-            if not result.ok:
-                raise StepError(f"slurmctld did not restart with accounting: {result.summary()}")
-            log.info("slurmctld restarted with accounting")
 
 
 # --- daemons ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from llamapod.lifecycle import LIFECYCLE_DIR
 
 sys.path.insert(0, str(LIFECYCLE_DIR))
 
+import node_accounting  # noqa: E402
 import node_cluster  # noqa: E402
 import node_settings  # noqa: E402
 import node_slurm  # noqa: E402
@@ -326,16 +327,20 @@ def test_accounting_on_hyperpod_adds_its_lines_to_hyperpods_slurm_conf_once(tmp_
     (tmp_path / "opt/sagemaker_cluster").mkdir(parents=True)  # on HyperPod
     params = {**PARAMS, "accounting": {"storage_host": "db.internal", "storage_user": "slurm", "storage_pass": "pw"}}
     cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
-    hyperpods = "# written by HyperPod\nSlurmctldHost=ip-10-1-0-10(10.1.0.10)\n"
+    # As HyperPod writes it: slurmctld runs as slurm (test_lifecycle_real_node.py cites the source).
+    hyperpods = "# written by HyperPod\nSlurmctldHost=ip-10-1-0-10(10.1.0.10)\nSlurmUser=slurm\n"
+    write_passwd(s.etc_dir)
+    with open(s.etc_dir / "passwd", "a") as passwd:
+        passwd.write("slurm:x:401:401::/home/slurm:/usr/sbin/nologin\n")
     s.slurm_conf.parent.mkdir(parents=True)
     s.slurm_conf.write_text(hyperpods)
     services = node_system.ServiceManager("direct", "systemctl", s.etc_dir)
     s.hostname = "ip-10-1-0-10"
     for _ in range(2):
-        node_slurm.ensure_accounting(s, cluster, cluster.controller, services)
+        node_accounting.ensure_accounting(s, cluster, cluster.controller, services)
     assert s.slurm_conf.read_text() == hyperpods + (
         "\n# BEGIN llamapod accounting\nAccountingStorageType=accounting_storage/slurmdbd\n"
-        "AccountingStorageHost=ip-10-1-0-10\nJobAcctGatherType=jobacct_gather/linux\n# END llamapod accounting\n")
+        "AccountingStorageHost=10.1.0.10\nJobAcctGatherType=jobacct_gather/linux\n# END llamapod accounting\n")
     assert oct((s.slurm_dir / "etc/slurmdbd.conf").stat().st_mode & 0o777) == "0o600"
 
 
@@ -344,8 +349,8 @@ def test_accounting_adds_slurmdbd_and_its_private_config(tmp_path):
     params = {**PARAMS, "accounting": {"storage_host": "db.internal", "storage_user": "slurm", "storage_pass": "pw"}}
     cluster = node_cluster.load_cluster(*write_inputs(tmp_path, params=params))
     conf = node_slurm.render_slurm_conf(s, cluster, cluster.controller, "ctl")
-    assert "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=ctl\n" in conf
-    dbd = node_slurm.render_slurmdbd_conf(s, cluster, "ctl").splitlines()
+    assert "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=10.1.0.10\n" in conf
+    dbd = node_accounting.render_slurmdbd_conf(s, cluster, "ctl").splitlines()
     assert {"StorageHost=db.internal", "StoragePort=3306", "StorageUser=slurm", "StoragePass=pw",
             "StorageLoc=slurm_acct_db", "DbdHost=ctl"} <= set(dbd)
 
