@@ -33,6 +33,7 @@ class PasswdEntry:
 class UserRequest:
     name: str
     uid: int | None
+    gid: int | None = None  # the user's own group; the uid when None
 
 
 def read_passwd(etc_dir: Path) -> dict[str, PasswdEntry]:
@@ -72,7 +73,8 @@ def ensure_user(settings: Settings, request: UserRequest, home: Path) -> PasswdE
     if request.uid is not None:
         groups = (settings.etc_dir / "group").read_text().splitlines()
         if not any(g.split(":")[0] == request.name for g in groups):
-            run([settings.commands["groupadd"], *prefix, "-g", str(request.uid), request.name])
+            gid = request.uid if request.gid is None else request.gid
+            run([settings.commands["groupadd"], *prefix, "-g", str(gid), request.name])
         group_args = ["-u", str(request.uid), "-g", request.name]
     else:
         group_args = ["-U"]
@@ -93,9 +95,54 @@ def cluster_users(settings: Settings, cluster: Cluster) -> list[UserRequest]:
     return [UserRequest(main, None), *extras]
 
 
+def id_record(settings: Settings, name: str) -> Path:
+    """Where the uid and gid of a user without a fixed uid are kept for every node: on /fsx."""
+    return settings.shared_state_dir / "users" / f"{name}.ids"
+
+
+def _recorded_ids(path: Path) -> tuple[int, int] | None:
+    try:
+        uid, gid = (int(part) for part in path.read_text().split(":"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise StepError(f"{path} is not <uid>:<gid>; remove it only if no file on /fsx belongs to that user yet") from None
+    return uid, gid
+
+
+def _same_ids_everywhere(settings: Settings, request: UserRequest, home: Path) -> PasswdEntry:
+    """A user whose uid the image decides gets the same uid on every node, as files on /fsx need.
+
+    useradd picks the next free uid, which depends on what each image already has, so the
+    first node to settle the user records its uid and gid on /fsx (under a cluster lock) and
+    every other node, replacement nodes included, creates the user with those numbers.
+    """
+    record = id_record(settings, request.name)
+    with file_lock(settings.shared_state_dir / "users.lock", timeout=settings.lock_timeout, what="cluster user ids"):
+        recorded = _recorded_ids(record)
+        existing = read_passwd(settings.etc_dir).get(request.name)
+        if existing is not None and recorded is not None and (existing.uid, existing.gid) != recorded:
+            raise StepError(
+                f"user {request.name} has uid {existing.uid} (gid {existing.gid}) on this node but "
+                f"{recorded[0]} (gid {recorded[1]}) on the cluster's other nodes ({record}): files on /fsx would "
+                f"change owner; give this image the same ids or list the user in shared_users with a fixed uid")
+        if existing is None and recorded is not None:
+            request = UserRequest(request.name, recorded[0], recorded[1])
+        entry = ensure_user(settings, request, home)
+        if recorded is None:
+            write_file(record, f"{entry.uid}:{entry.gid}\n", mode=0o644)
+            log.info("recorded %s's ids %d:%d for the other nodes in %s", entry.name, entry.uid, entry.gid, record)
+    return entry
+
+
 def ensure_users(settings: Settings, cluster: Cluster) -> list[PasswdEntry]:
-    entries = [ensure_user(settings, request, settings.fsx_dir / request.name)
-               for request in cluster_users(settings, cluster)]
+    entries = []
+    for request in cluster_users(settings, cluster):
+        home = settings.fsx_dir / request.name
+        if request.uid is None:
+            entries.append(_same_ids_everywhere(settings, request, home))
+        else:
+            entries.append(ensure_user(settings, request, home))
     log.info("users in place: %s", ", ".join(f"{e.name} (uid {e.uid})" for e in entries))
     return entries
 

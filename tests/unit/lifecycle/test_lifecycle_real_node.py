@@ -30,6 +30,7 @@ import node_accounting  # noqa: E402
 import node_cluster  # noqa: E402
 import node_settings  # noqa: E402
 import node_system  # noqa: E402
+import node_users  # noqa: E402
 from node_system import StepError  # noqa: E402
 
 PARAMS = {
@@ -76,6 +77,38 @@ def node_root(base: Path, name: str, extra_users: int = 0) -> Path:
 
 def settings_for(root: Path, fsx: Path, **env: str) -> node_settings.Settings:
     return node_settings.load_settings([], {"LLAMAPOD_ROOT": str(root), "LLAMAPOD_FSX_DIR": str(fsx), **env})
+
+
+# --- one uid for the cluster user on every node -----------------------------------------------------
+
+
+def test_a_cluster_user_the_images_lack_gets_the_same_ids_on_every_node(tmp_path):
+    fsx = tmp_path / "fsx"
+    fsx.mkdir()
+    cluster = cluster_for(tmp_path, cluster_user="alice")
+    first = settings_for(node_root(tmp_path, "a", extra_users=2), fsx)
+    other = settings_for(node_root(tmp_path, "b"), fsx)  # useradd alone would pick 1001 here
+    alice = node_users.ensure_users(first, cluster)[0]
+    assert (alice.uid, alice.gid) == (1003, 1003)
+    assert node_users.id_record(first, "alice").read_text() == "1003:1003\n"
+    for _ in range(2):  # and again, as on a re-run or a replacement node
+        created = node_users.ensure_users(other, cluster)[0]
+        assert (created.uid, created.gid, created.home) == (1003, 1003, str(fsx / "alice"))
+    assert node_users.id_record(first, "alice").read_text() == "1003:1003\n"
+
+
+def test_a_node_whose_cluster_user_has_other_ids_than_the_cluster_is_refused(tmp_path):
+    fsx = tmp_path / "fsx"
+    fsx.mkdir()
+    cluster = cluster_for(tmp_path, cluster_user="ubuntu")
+    first = settings_for(node_root(tmp_path, "a"), fsx)
+    assert node_users.ensure_users(first, cluster)[0].uid == 1000
+    odd = settings_for(node_root(tmp_path, "b"), fsx)
+    passwd = odd.etc_dir / "passwd"
+    passwd.write_text(passwd.read_text().replace("ubuntu:x:1000:1000:", "ubuntu:x:1100:1100:"))
+    with pytest.raises(StepError, match=r"^user ubuntu has uid 1100 \(gid 1100\) on this node but 1000 \(gid 1000\) "
+                                        r"on the cluster's other nodes"):
+        node_users.ensure_users(odd, cluster)
 
 
 # --- Slurm accounting against HyperPod's slurm.conf --------------------------------------------------
