@@ -30,6 +30,8 @@ PATH_SETTINGS: dict[str, tuple[str, str, str]] = {
     "spool_dir": ("LLAMAPOD_SPOOL_DIR", "var/spool", "Slurm state and spool directories"),
     "log_dir": ("LLAMAPOD_LOG_DIR", "var/log", "daemon logs and the lifecycle log (<log_dir>/llamapod/lifecycle.log)"),
     "nvme_dir": ("LLAMAPOD_NVME_DIR", "opt/dlami/nvme", "local NVMe for container data and caches"),
+    "ebs_dir": ("LLAMAPOD_EBS_DIR", "opt/sagemaker",
+                "HyperPod's extra EBS volume (InstanceStorageConfigs): container data where there is no NVMe"),
     "munge_socket": ("LLAMAPOD_MUNGE_SOCKET", "run/munge/munge.socket.2", "munged's socket"),
     "systemd_dir": ("LLAMAPOD_SYSTEMD_DIR", "run/systemd/system", "exists when systemd runs the node"),
     "hyperpod_marker": ("LLAMAPOD_HYPERPOD_MARKER", "opt/sagemaker_cluster",
@@ -61,6 +63,9 @@ TIMEOUTS: dict[str, tuple[str, float, str]] = {
     "fsx_timeout": ("LLAMAPOD_FSX_TIMEOUT", 1800.0, "how long to wait for FSx to become mountable"),
     "slurm_timeout": ("LLAMAPOD_SLURM_TIMEOUT", 600.0, "how long to wait for the controller / registration"),
     "lock_timeout": ("LLAMAPOD_LOCK_TIMEOUT", 120.0, "how long to wait for a lock held by another node"),
+    # The DLAMI's dlami-nvme.service may still be mounting NVMe when the lifecycle runs (the
+    # reference's install_enroot_pyxis.sh waits up to 120 s for it for that reason).
+    "nvme_timeout": ("LLAMAPOD_NVME_TIMEOUT", 120.0, "how long to wait for local NVMe to be mounted"),
 }
 
 
@@ -76,6 +81,7 @@ class Settings:
     spool_dir: Path
     log_dir: Path
     nvme_dir: Path
+    ebs_dir: Path
     munge_socket: Path
     systemd_dir: Path
     hyperpod_marker: Path
@@ -90,6 +96,7 @@ class Settings:
     fsx_timeout: float = 1800.0
     slurm_timeout: float = 600.0
     lock_timeout: float = 120.0
+    nvme_timeout: float = 120.0
     only: tuple[str, ...] = STEPS
 
     @property

@@ -190,23 +190,52 @@ def check_writable(directory: Path, hostname: str) -> None:
 # --- containers ------------------------------------------------------------------------------
 
 
-def container_paths(settings: Settings, mount_table: Path) -> dict[str, Path]:
-    """Docker and enroot data on local NVMe; enroot's image cache on /fsx so nodes share pulls.
+def container_volume(settings: Settings, mount_table: Path) -> Path:
+    """Where container data goes: local NVMe, else HyperPod's extra EBS volume, never the root volume.
 
-    Docker's overlay2 cannot live on Lustre, so without NVMe there is no safe place for it and
-    the step refuses rather than filling the 100 GB root volume.
+    The DLAMI's dlami-nvme.service mounts NVMe while the node boots, possibly after the
+    lifecycle started, so its mount is waited for (bounded), as the reference's
+    install_enroot_pyxis.sh does; without it the reference falls back to /opt/sagemaker.
     """
-    if mounted_at(mount_table, settings.nvme_dir) is None:
-        raise StepError(
-            f"containers: {settings.nvme_dir} is not a mounted file system; Docker and enroot data "
-            f"would land on the root volume. Use an instance type with local NVMe or disable containers")
+    def nvme_mounted() -> None:
+        if mounted_at(mount_table, settings.nvme_dir) is None:
+            raise TransientError(f"{settings.nvme_dir} is not mounted yet")
+
+    try:
+        retry(nvme_mounted, what=f"local NVMe at {settings.nvme_dir}", timeout=settings.nvme_timeout,
+              first_delay=1.0, max_delay=5.0)
+        return settings.nvme_dir
+    except StepError:
+        if mounted_at(mount_table, settings.ebs_dir) is not None:
+            log.info("containers: no local NVMe mounted; using HyperPod's EBS volume %s", settings.ebs_dir)
+            return settings.ebs_dir
+    raise StepError(
+        f"containers: neither {settings.nvme_dir} nor {settings.ebs_dir} is a mounted file system; Docker and "
+        f"enroot data would land on the root volume. Use an instance type with local NVMe, give the group an "
+        f"EBS volume (InstanceStorageConfigs) or disable containers")
+
+
+def container_paths(settings: Settings, mount_table: Path) -> dict[str, Path]:
+    """Docker and enroot data on local NVMe (or HyperPod's EBS volume); enroot's image cache on
+    /fsx so nodes share pulls.
+
+    Docker's overlay2 cannot live on Lustre, so without either volume there is no safe place
+    for it and the step refuses rather than filling the 100 GB root volume.
+    """
+    volume = container_volume(settings, mount_table)
     return {
-        "docker": settings.nvme_dir / "docker",
-        "enroot_data": settings.nvme_dir / "enroot" / "data",
-        "enroot_runtime": settings.nvme_dir / "enroot" / "runtime",
-        "enroot_temp": settings.nvme_dir / "enroot" / "tmp",
+        "docker": volume / "docker",
+        "enroot_data": volume / "enroot" / "data",
+        "enroot_runtime": volume / "enroot" / "runtime",
+        "enroot_temp": volume / "enroot" / "tmp",
         "enroot_cache": settings.shared_state_dir / "enroot-cache",
     }
+
+
+# enroot runs as the job's user (through pyxis) and creates its per-user directories and cache
+# entries itself: these must take every user's writes, sticky like /tmp (the reference's
+# install_enroot_pyxis.sh makes them 1777).
+ENROOT_SHARED = ("enroot_data", "enroot_runtime", "enroot_temp", "enroot_cache")
 
 
 def docker_daemon_json(current: str, data_root: Path) -> str:
@@ -251,7 +280,8 @@ def _move_container_data(settings: Settings, mount_table: Path) -> None:
     paths = container_paths(settings, mount_table)
     for path in paths.values():
         path.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths["enroot_temp"], 0o1777)  # nosec B103: a shared scratch folder with the sticky bit, like /tmp
+    for name in ENROOT_SHARED:
+        os.chmod(paths[name], 0o1777)  # nosec B103: shared folders with the sticky bit, like /tmp
     daemon_json = settings.etc_dir / "docker" / "daemon.json"
     current = daemon_json.read_text() if daemon_json.exists() else ""
     try:

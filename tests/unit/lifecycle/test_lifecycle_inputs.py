@@ -356,11 +356,11 @@ def test_accounting_adds_slurmdbd_and_its_private_config(tmp_path):
 
 
 def test_containers_refuse_the_root_volume_and_keep_data_on_nvme(tmp_path):
-    s = settings_for(tmp_path)
+    s = settings_for(tmp_path, LLAMAPOD_NVME_TIMEOUT="0")
     table = tmp_path / "mounts"
     table.write_text("/dev/root / ext4 rw 0 0\n")
-    with pytest.raises(StepError, match=r"^containers: .*/opt/dlami/nvme is not a mounted file system; Docker and "
-                                        r"enroot data would land on the root volume\."):
+    with pytest.raises(StepError, match=r"^containers: neither .*/opt/dlami/nvme nor .*/opt/sagemaker is a mounted "
+                                        r"file system; Docker and enroot data would land on the root volume\."):
         node_storage.container_paths(s, table)
     (tmp_path / "opt/dlami/nvme").mkdir(parents=True)
     table.write_text(f"/dev/nvme1n1 {tmp_path}/opt/dlami/nvme ext4 rw 0 0\n")

@@ -8,6 +8,10 @@
   slurmctld only from root or its own SlurmUser (Slurm's src/slurmdbd/proc_req.c,
   ``_validate_slurm_user``) and refuses a slurmdbd.conf its SlurmUser does not own
   (src/slurmdbd/read_config.c: "slurmdbd.conf not owned by SlurmUser").
+- The DLAMI's dlami-nvme.service may mount /opt/dlami/nvme after OnCreate started; without NVMe,
+  HyperPod's extra EBS volume is /opt/sagemaker; enroot, run as each job's user, creates its
+  per-user directories itself (the reference's install_enroot_pyxis.sh waits up to 120 s for
+  dlami-nvme, falls back to /opt/sagemaker, and makes enroot's directories 1777).
 - A HyperPod node's host name does not resolve on the node ("`hostname -i` gave us hostname:
   Name or service not known" in the reference's setup_mariadb_accounting.sh, which takes the
   address from SlurmctldHost instead); its slurm.conf includes accounting.conf, "empty by
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +34,7 @@ sys.path.insert(0, str(LIFECYCLE_DIR))
 import node_accounting  # noqa: E402
 import node_cluster  # noqa: E402
 import node_settings  # noqa: E402
+import node_storage  # noqa: E402
 import node_system  # noqa: E402
 import node_users  # noqa: E402
 from node_system import StepError  # noqa: E402
@@ -171,3 +177,33 @@ def test_the_slurm_user_is_read_as_slurm_reads_it():
     assert node_accounting.included_accounting_conf(Path("/r"), conf, "include /etc/slurm/accounting.conf\n") == \
         Path("/r/etc/slurm/accounting.conf")
     assert node_accounting.included_accounting_conf(Path("/r"), conf, "include other.conf\n") is None
+
+
+# --- containers: NVMe mounted while the node boots, enroot as every user ------------------------------
+
+
+def test_containers_wait_for_the_nvme_mount_and_open_enroots_folders_to_every_user(tmp_path):
+    s = settings_for(tmp_path, tmp_path / "fsx", LLAMAPOD_NVME_TIMEOUT="10", LLAMAPOD_SYSTEMCTL="/bin/true")
+    table = tmp_path / "mounts"
+    table.write_text("/dev/root / ext4 rw 0 0\n")
+    nvme = tmp_path / "opt/dlami/nvme"
+    nvme.mkdir(parents=True)
+    late = threading.Timer(0.5, lambda: table.write_text(f"/dev/root / ext4 rw 0 0\n/dev/md0 {nvme} ext4 rw 0 0\n"))
+    late.start()
+    try:
+        node_storage._move_container_data(s, table)
+    finally:
+        late.cancel()
+    paths = node_storage.container_paths(s, table)
+    assert paths["docker"] == nvme / "docker"
+    for name in node_storage.ENROOT_SHARED:
+        assert oct(paths[name].stat().st_mode & 0o7777) == "0o1777", name
+    assert oct(paths["docker"].stat().st_mode & 0o7777) == "0o755"  # Docker's own: root only
+
+
+def test_containers_use_hyperpods_ebs_volume_where_there_is_no_nvme(tmp_path):
+    s = settings_for(tmp_path, tmp_path / "fsx", LLAMAPOD_NVME_TIMEOUT="0")
+    table = tmp_path / "mounts"
+    table.write_text(f"/dev/root / ext4 rw 0 0\n/dev/nvme1n1 {tmp_path}/opt/sagemaker xfs rw 0 0\n")
+    (tmp_path / "opt/sagemaker").mkdir(parents=True)
+    assert node_storage.container_paths(s, table)["enroot_data"] == tmp_path / "opt/sagemaker/enroot/data"
