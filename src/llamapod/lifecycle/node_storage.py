@@ -25,6 +25,7 @@ class MountEntry:
     source: str
     target: str
     fstype: str
+    options: tuple[str, ...] = ()
 
 
 def _unescape(field: str) -> str:
@@ -49,7 +50,8 @@ def read_mount_table(path: Path) -> list[MountEntry]:
     for line in lines:
         fields = line.split()
         if len(fields) >= 3:
-            entries.append(MountEntry(_unescape(fields[0]), _unescape(fields[1]), fields[2]))
+            options = tuple(fields[3].split(",")) if len(fields) >= 4 else ()
+            entries.append(MountEntry(_unescape(fields[0]), _unescape(fields[1]), fields[2], options))
     return entries
 
 
@@ -138,6 +140,13 @@ def _mount_lustre(settings: Settings, cluster: Cluster, mount_table: Path) -> No
     current = mounted_at(mount_table, settings.fsx_dir)
     if current is not None:
         if is_our_lustre_mount(current, cluster):
+            if "flock" not in current.options:
+                # Without flock, Lustre's locks are refused (or, with localflock, seen by this
+                # node only): the cluster locks that keep nodes from racing on /fsx would not hold.
+                raise StepError(
+                    f"{settings.fsx_dir} is mounted without the flock option ({','.join(current.options)}): locks "
+                    f"on /fsx would not be seen by the other nodes; unmount it and re-run (it mounts with "
+                    f"-o {LUSTRE_OPTIONS})")
             log.info("%s already mounted at %s (as %s)", source, settings.fsx_dir, current.source)
             return
         raise StepError(

@@ -6,6 +6,7 @@ Runs on bare HyperPod nodes with only /usr/bin/python3: standard library only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -177,7 +178,11 @@ def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    # Lustre mounted without -o flock answers ENOSYS: no node could ever lock it.
+                    raise StepError(f"{what}: cannot lock {path}: {exc.strerror}; a lock on /fsx needs "
+                                    f"FSx for Lustre mounted with -o flock") from None
                 if time.monotonic() >= deadline:
                     raise StepError(f"{what}: lock {path} still held after {timeout:.0f}s") from None
                 time.sleep(0.1)

@@ -264,7 +264,7 @@ def test_mount_table_paths_are_unescaped_and_the_last_mount_wins(tmp_path):
     target.mkdir()
     escaped = str(target).replace(" ", "\\040")
     table.write_text(f"tmpfs {escaped} tmpfs rw 0 0\nfs@tcp:/m {escaped} lustre rw,flock 0 0\n")
-    assert node_storage.mounted_at(table, target) == node_storage.MountEntry("fs@tcp:/m", str(target), "lustre")
+    assert node_storage.mounted_at(table, target) == node_storage.MountEntry("fs@tcp:/m", str(target), "lustre", ("rw", "flock"))
     assert node_storage.mounted_at(table, tmp_path) is None
 
 

@@ -12,6 +12,9 @@
   HyperPod's extra EBS volume is /opt/sagemaker; enroot, run as each job's user, creates its
   per-user directories itself (the reference's install_enroot_pyxis.sh waits up to 120 s for
   dlami-nvme, falls back to /opt/sagemaker, and makes enroot's directories 1777).
+- Lustre honours locks across nodes only when mounted with ``-o flock`` (the option the AWS FSx
+  guide and the reference's mount_fsx.sh use); without it fcntl locks fail with ENOSYS, and with
+  ``localflock`` they hold on one node only. /proc/mounts lists ``flock`` among the options.
 - A HyperPod node's host name does not resolve on the node ("`hostname -i` gave us hostname:
   Name or service not known" in the reference's setup_mariadb_accounting.sh, which takes the
   address from SlurmctldHost instead); its slurm.conf includes accounting.conf, "empty by
@@ -20,6 +23,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import threading
@@ -207,3 +211,29 @@ def test_containers_use_hyperpods_ebs_volume_where_there_is_no_nvme(tmp_path):
     table.write_text(f"/dev/root / ext4 rw 0 0\n/dev/nvme1n1 {tmp_path}/opt/sagemaker xfs rw 0 0\n")
     (tmp_path / "opt/sagemaker").mkdir(parents=True)
     assert node_storage.container_paths(s, table)["enroot_data"] == tmp_path / "opt/sagemaker/enroot/data"
+
+
+# --- /fsx locks need Lustre's flock option -----------------------------------------------------------
+
+
+def test_an_fsx_mounted_without_flock_is_refused_as_the_cluster_locks_would_not_hold(tmp_path):
+    cluster = cluster_for(tmp_path)
+    s = settings_for(tmp_path, tmp_path / "fsx")
+    table = tmp_path / "mounts"
+    for options, ok in (("rw,flock,lazystatfs,encrypt", True), ("rw,localflock,lazystatfs", False), ("rw", False)):
+        table.write_text(f"127.0.0.1@tcp:/mnt {tmp_path}/fsx lustre {options} 0 0\n")
+        if ok:
+            node_storage._mount_lustre(s, cluster, table)
+        else:
+            with pytest.raises(StepError, match=r"mounted without the flock option .*-o noatime,flock"):
+                node_storage._mount_lustre(s, cluster, table)
+
+
+def test_a_lock_the_file_system_cannot_take_fails_at_once_instead_of_waiting(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(node_system.fcntl, "lockf", no_locks)
+    with pytest.raises(StepError, match=r"^cluster SSH setup: cannot lock .*: Function not implemented; .*-o flock$"):
+        with node_system.file_lock(tmp_path / "ssh.lock", timeout=60, what="cluster SSH setup"):
+            pass
