@@ -1,0 +1,71 @@
+"""Decisions the trainer takes differently on a GPU, made on a CPU: which GPU a worker
+takes, how many CPU threads it uses, pinned memory, AdamW's kernel, how an async save
+copies GPU state. Fake CUDA tensors (FakeTensorMode) stand in for real ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from llamapod.errors import TrainingError
+from llamapod.train.checkpoint.staging import settle_device_writes, staging_options, state_devices
+from llamapod.train.optim import adamw_kernel
+from llamapod.train.parallel import DistEnv, configure_cpu_threads, cpu_offload_policy, cuda_device_index
+
+
+@pytest.mark.parametrize("local_rank, local_world, visible, expected", [
+    (3, 8, 8, 3),    # torchrun, or srun giving each task the node's GPUs
+    (5, 8, 1, 0),    # srun --gpus-per-task=1: each task sees its own GPU only
+    (0, 1, 4, 0),    # one worker on a multi-GPU machine
+])
+def test_each_worker_takes_its_own_gpu(local_rank, local_world, visible, expected):
+    assert cuda_device_index(local_rank, local_world, visible) == expected
+
+
+def test_two_workers_never_share_a_gpu():
+    with pytest.raises(TrainingError, match="8 workers on this node but only 4 GPUs"):
+        cuda_device_index(5, 8, 4)
+    with pytest.raises(TrainingError, match="no CUDA GPU is visible"):
+        cuda_device_index(0, 1, 0)
+
+
+def test_gpu_workers_get_their_share_of_the_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    env = DistEnv(rank=1, world_size=8, local_rank=1, local_world_size=8, nodes=1, device=torch.device("cuda", 1))
+    try:
+        torch.set_num_threads(1)  # what torchrun's OMP_NUM_THREADS=1 leaves
+        configure_cpu_threads(env)
+        assert torch.get_num_threads() == 12
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pinned_memory_follows_the_training_device_not_the_host():
+    assert cpu_offload_policy("cuda").pin_memory is True
+    assert cpu_offload_policy("cpu").pin_memory is False
+
+
+def test_adamw_is_fused_for_gpu_parameters_only():
+    with FakeTensorMode():
+        gpu = [torch.empty(4, device="cuda")]
+    cpu = [torch.empty(4)]
+    assert adamw_kernel(gpu, "cuda") == {"fused": True}
+    assert adamw_kernel(cpu, "cuda") == {"foreach": True}  # --cpu_offload: the parameters are in host memory
+    assert adamw_kernel(cpu, "cpu") == {"foreach": True}
+
+
+def test_async_save_of_gpu_state_stages_through_pinned_memory_after_the_gpu_settles():
+    with FakeTensorMode():
+        state = {"model": {"w": torch.empty(2, device="cuda:1")},
+                 "optimizer": {"state": {"w": {"exp_avg": torch.empty(2, device="cuda:1")}}, "param_groups": [{}]}}
+    devices = state_devices(state)
+    assert devices == {torch.device("cuda", 1)}
+    options = staging_options(devices)
+    assert options.use_pinned_memory and options.use_non_blocking_copy
+    settled = []
+    settle_device_writes(devices | {torch.device("cpu")}, synchronize=settled.append)
+    assert settled == [torch.device("cuda", 1)]
+    plain = staging_options({torch.device("cpu")})
+    assert not plain.use_pinned_memory and not plain.use_non_blocking_copy
