@@ -69,3 +69,44 @@ def test_async_save_of_gpu_state_stages_through_pinned_memory_after_the_gpu_sett
     assert settled == [torch.device("cuda", 1)]
     plain = staging_options({torch.device("cpu")})
     assert not plain.use_pinned_memory and not plain.use_non_blocking_copy
+
+
+def _gpu_benchmark():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_train.py"
+    spec = importlib.util.spec_from_file_location("gpu_train_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_runs_the_target_configurations_first_and_keeps_to_its_budget():
+    bench = _gpu_benchmark()
+    assert bench.configurations(False)[:2] == [(False, "none"), (True, "none")]
+    assert bench.configurations(True) == [(False, "none"), (False, "selective"), (False, "full")]
+    now = [0.0]
+    budget = bench.Budget(480, started=0.0, reserve_s=40, clock=lambda: now[0])
+    assert budget.allows(("llamapod", True))  # nothing measured yet: the first of a kind always runs
+    now[0] = 330.0
+    budget.record(("llamapod", True), 120.0)
+    assert not budget.allows(("llamapod", True))  # 330 + 120 + 40 > 480
+    assert budget.allows(("llamapod", False))
+
+
+def test_gpu_benchmark_reports_a_failed_configuration_and_goes_on():
+    from types import SimpleNamespace
+
+    bench = _gpu_benchmark()
+
+    def build(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    opts = SimpleNamespace(preset="tiny", seq=16, batch=1, steps=1, warmup=0, device="cpu")
+    row = bench.measure_or_fail(opts, "transformers", build, None, None, torch.device("cpu"), "none", False, None)
+    assert row.error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "OutOfMemoryError" in bench.format_row(row)
+    assert bench.ratio_lines([row]) == []
