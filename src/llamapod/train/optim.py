@@ -67,12 +67,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (over all shards); returns the norm before clipping."""
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm (over all shards); returns the norm before clipping.
+
+    A 0-dim tensor on the gradients' device, not a float: reading it back would make the
+    CPU wait for the whole backward on a GPU every step, instead of queueing the optimizer
+    step and the next forward behind it. The trainer reads it on logging steps only.
+    """
     params = [p for p in model.parameters() if p.grad is not None]
     limit = max_norm if max_norm > 0 else math.inf
     total = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
     if hasattr(total, "full_tensor"):
-        # The norm of DTensor gradients is itself a DTensor (partial over ranks).
+        # The norm of DTensor gradients is itself a DTensor (partial over ranks): every rank
+        # reduces it every step, the same collective in the same order.
         total = total.full_tensor()
-    return float(total)
+    return total.detach()
