@@ -273,8 +273,7 @@ class Trainer:
             log.write({"event": "start", "step": self.step, "peak_flops": self.peak_flops.flops,
                        "peak_flops_source": self.peak_flops.source, "recipe": spec.recipe})
         first_loss = last_loss = val_loss = None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        m.reset_peak_memory(self.device)
         with _progress(main, spec.max_steps) as progress:
             progress.update(self.step)
             while not self._done():
