@@ -110,3 +110,14 @@ def test_gpu_benchmark_reports_a_failed_configuration_and_goes_on():
     assert row.error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert "OutOfMemoryError" in bench.format_row(row)
     assert bench.ratio_lines([row]) == []
+
+
+def test_llamapod_train_starts_one_worker_per_gpu_unless_told_to_train_on_the_cpu(monkeypatch):
+    from llamapod.train.launch import default_nproc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert default_nproc("auto") == default_nproc("cuda") == 8
+    assert default_nproc("cpu") == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_nproc("auto") == 2
