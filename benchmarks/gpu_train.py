@@ -1,6 +1,6 @@
 """The GPU benchmark: what a user of one H100/H200 (or any CUDA GPU) gets from llamapod.
 
-    python benchmarks/gpu_train.py                 # on a GPU machine, about 6-8 minutes
+    python benchmarks/gpu_train.py                 # on a GPU machine, at most 8 minutes (--budget-s)
     python benchmarks/gpu_train.py --device cpu --preset tiny --seq 64 --batch 2 --steps 2   # a dry run on a CPU
 
 Four parts, printed as they finish, then one table:
@@ -42,6 +42,8 @@ AC_MODES = ("none", "selective", "full")
 # far, and leaving time for the export part) is reported as skipped; the headline ones run first.
 DEFAULT_BUDGET_S = 450
 EXPORT_RESERVE_S = 40
+TARGET_MFU = 0.45           # llama-1b bf16 compiled on one H100/H200
+TARGET_RATIO = 1.10         # llamapod's tokens/s over transformers' in the same configuration
 
 
 def parse() -> argparse.Namespace:
@@ -331,6 +333,26 @@ def ratio_lines(rows: list[Row]) -> list[str]:
     return lines
 
 
+def target_lines(rows: list[Row]) -> list[str]:
+    """The targets, met or not: the best compiled MFU, the smallest speed-up over transformers."""
+    ok = [r for r in rows if r.error is None]
+    compiled = [r for r in ok if r.model == "llamapod" and r.compiled and r.mfu is not None]
+    lines = []
+    if compiled:
+        best = max(compiled, key=lambda r: r.mfu)
+        lines.append(f"  target MFU >= {100 * TARGET_MFU:.0f}% (compiled): best {100 * best.mfu:.1f}% "
+                     f"(AC {best.checkpointing}): {'met' if best.mfu >= TARGET_MFU else 'NOT met'}")
+    theirs = {(r.compiled, r.checkpointing): r for r in ok if r.model == "transformers"}
+    ratios = [(r.tokens_per_s / theirs[(r.compiled, r.checkpointing)].tokens_per_s, r) for r in ok
+              if r.model == "llamapod" and (r.compiled, r.checkpointing) in theirs]
+    if ratios:
+        worst, row = min(ratios, key=lambda pair: pair[0])
+        lines.append(f"  target >= {TARGET_RATIO:.2f}x transformers: smallest {worst:.2f}x "
+                     f"({'compiled' if row.compiled else 'eager'}, AC {row.checkpointing}): "
+                     f"{'met' if worst >= TARGET_RATIO else 'NOT met'}")
+    return lines
+
+
 # ---- 4. export and logits parity ------------------------------------------------------
 
 
@@ -377,7 +399,7 @@ def main() -> int:
             rows, peak_text = throughput(opts)
             results["throughput"] = [asdict(r) for r in rows]
             print(f"  {peak_text}")
-            for line in ratio_lines(rows):
+            for line in ratio_lines(rows) + target_lines(rows):
                 print(line)
         if "export" in parts and "smoke" in parts:
             print("4. export to Hugging Face and logits parity on the device", flush=True)

@@ -121,3 +121,14 @@ def test_llamapod_train_starts_one_worker_per_gpu_unless_told_to_train_on_the_cp
     assert default_nproc("cpu") == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_nproc("auto") == 2
+
+
+def test_gpu_benchmark_says_whether_the_targets_are_met():
+    bench = _gpu_benchmark()
+    rows = [bench.Row("llamapod", True, "none", 1200.0, 0.47, 30.0, 28.0),
+            bench.Row("transformers", True, "none", 1000.0, 0.39, 40.0, 28.0),
+            bench.Row("llamapod", False, "none", 1000.0, 0.38, 30.0, 28.0),
+            bench.Row("transformers", False, "none", 950.0, 0.36, 40.0, 28.0)]
+    lines = bench.target_lines(rows)
+    assert "best 47.0% (AC none): met" in lines[0]
+    assert "smallest 1.05x (eager, AC none): NOT met" in lines[1]
