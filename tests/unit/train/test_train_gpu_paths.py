@@ -132,3 +132,16 @@ def test_gpu_benchmark_says_whether_the_targets_are_met():
     lines = bench.target_lines(rows)
     assert "best 47.0% (AC none): met" in lines[0]
     assert "smallest 1.05x (eager, AC none): NOT met" in lines[1]
+
+
+def test_the_gradient_norm_stays_on_the_device_until_the_trainer_reads_it():
+    from llamapod.train.optim import clip_gradients
+
+    model = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    model(torch.ones(1, 4)).sum().backward()  # every gradient element is 1: the norm is 4
+    norm = clip_gradients(model, 1.0)
+    assert isinstance(norm, torch.Tensor) and norm.device == model.weight.device and norm.ndim == 0
+    assert float(norm) == pytest.approx(4.0)
+    assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
