@@ -1,6 +1,6 @@
 """The GPU benchmark: what a user of one H100/H200 (or any CUDA GPU) gets from llamapod.
 
-    python benchmarks/gpu_train.py                 # on a GPU machine, about 6-8 minutes
+    python benchmarks/gpu_train.py                 # on a GPU machine, at most 8 minutes (--budget-s)
     python benchmarks/gpu_train.py --device cpu --preset tiny --seq 64 --batch 2 --steps 2   # a dry run on a CPU
 
 Four parts, printed as they finish, then one table:
@@ -37,6 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 AC_MODES = ("none", "selective", "full")
+# The whole benchmark must end within 8 minutes on one H100/H200: a configuration that
+# would end past this many seconds from the start (judged by the slowest one of its kind so
+# far, and leaving time for the export part) is reported as skipped; the headline ones run first.
+DEFAULT_BUDGET_S = 450
+EXPORT_RESERVE_S = 40
+TARGET_MFU = 0.45           # llama-1b bf16 compiled on one H100/H200
+TARGET_RATIO = 1.10         # llamapod's tokens/s over transformers' in the same configuration
 
 
 def parse() -> argparse.Namespace:
@@ -51,6 +58,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--parts", default="smoke,throughput,export", help="comma-separated parts to run")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help="the whole benchmark's time limit: configurations that would end past it are skipped")
     return p.parse_args()
 
 
@@ -90,6 +99,7 @@ class Row:
     mfu: float | None
     peak_gib: float
     estimate_gib: float | None
+    error: str | None = None
 
 
 def model_args(opts):
@@ -149,8 +159,11 @@ def build_transformers(args, mesh, device, checkpointing: str, compiled: bool):
             local = param.to_local()
             local.fill_(1.0) if name.endswith("norm.weight") else local.normal_(0.0, 0.02)
         rotary = model.model.rotary_emb
-        inv_freq, scaling = rotary.compute_default_rope_parameters(rotary.config, device=device)
-        rotary.inv_freq, rotary.original_inv_freq, rotary.attention_scaling = inv_freq, inv_freq, scaling
+        # Computed on the CPU whatever device is asked for (transformers 5 ignores it): left
+        # there, every forward would copy it to the GPU from pageable memory, a host sync.
+        inv_freq, scaling = rotary.compute_default_rope_parameters(rotary.config)
+        inv_freq = inv_freq.to(device)
+        rotary.inv_freq, rotary.original_inv_freq, rotary.attention_scaling = inv_freq, inv_freq.clone(), scaling
     return model
 
 
@@ -223,6 +236,17 @@ def estimate_gib(opts, checkpointing: str) -> float:
     return estimate_memory(job).tensors / 2**30
 
 
+def configurations(skip_compile: bool) -> list[tuple[bool, str]]:
+    """(compiled, checkpointing) in the order they run: without checkpointing first, eager
+    then compiled (the targets' figures), so a run cut short by the budget still has them."""
+    return [(compiled, checkpointing) for checkpointing in AC_MODES
+            for compiled in ((False,) if skip_compile else (False, True))]
+
+
+def failed_row(name: str, compiled: bool, checkpointing: str, error: str) -> Row:
+    return Row(name, compiled, checkpointing, float("nan"), None, float("nan"), None, error)
+
+
 def throughput(opts) -> tuple[list[Row], str]:
     import torch
     from torch.distributed.device_mesh import init_device_mesh
@@ -233,24 +257,65 @@ def throughput(opts) -> tuple[list[Row], str]:
     fill_launch_env()
     env = read_env(opts.device)
     init_distributed(env)
-    device = env.device
-    mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",))
-    peak = gpu_peak_flops(device) if device.type == "cuda" else cpu_peak(torch.bfloat16, torch.get_num_threads())
-    models = [("llamapod", build_ours, ours_loss)]
-    if not opts.skip_transformers:
-        models.append(("transformers", build_transformers, transformers_loss))
-    rows = []
-    for compiled in ((False,) if opts.skip_compile else (False, True)):
-        for checkpointing in AC_MODES:
+    try:
+        device = env.device
+        mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",))
+        peak = gpu_peak_flops(device) if device.type == "cuda" else cpu_peak(torch.bfloat16, torch.get_num_threads())
+        models = [("llamapod", build_ours, ours_loss)]
+        if not opts.skip_transformers:
+            models.append(("transformers", build_transformers, transformers_loss))
+        rows, budget = [], Budget(opts.budget_s, opts.started, reserve_s=opts.reserve_s)
+        for compiled, checkpointing in configurations(opts.skip_compile):
             for name, build, loss_of in models:
-                row = measure(opts, name, build, loss_of, mesh, device, checkpointing, compiled, peak)
+                kind = (name, compiled)
+                if not budget.allows(kind):
+                    row = failed_row(name, compiled, checkpointing, f"skipped: it would end past the "
+                                                                    f"{opts.budget_s:.0f} s budget")
+                else:
+                    began = time.perf_counter()
+                    row = measure_or_fail(opts, name, build, loss_of, mesh, device, checkpointing, compiled, peak)
+                    budget.record(kind, time.perf_counter() - began)
                 print(f"  {format_row(row)}", flush=True)
                 rows.append(row)
-    torch.distributed.destroy_process_group()
-    return rows, peak.describe()
+        return rows, peak.describe()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+class Budget:
+    """Whether one more configuration fits: the slowest of its kind so far predicts it."""
+
+    def __init__(self, total_s: float, started: float, reserve_s: float = 0.0, clock=time.perf_counter):
+        self.total_s, self.started, self.reserve_s, self.clock = total_s, started, reserve_s, clock
+        self.slowest: dict = {}
+
+    def allows(self, kind) -> bool:
+        expected = self.slowest.get(kind, 0.0)
+        return self.clock() - self.started + expected + self.reserve_s <= self.total_s
+
+    def record(self, kind, seconds: float) -> None:
+        self.slowest[kind] = max(seconds, self.slowest.get(kind, 0.0))
+
+
+def measure_or_fail(opts, name, build, loss_of, mesh, device, checkpointing: str, compiled: bool, peak) -> Row:
+    """``measure``, except that a configuration that fails (out of memory, a compile error) is
+    a row saying so and the others still run."""
+    import torch
+
+    try:
+        return measure(opts, name, build, loss_of, mesh, device, checkpointing, compiled, peak)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the benchmark goes on
+        error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return failed_row(name, compiled, checkpointing, error)
 
 
 def format_row(row: Row) -> str:
+    if row.error is not None:
+        return f"{row.model:>12}  {'compiled' if row.compiled else 'eager':>8}  {row.checkpointing:>9}  {row.error}"
     mfu = f"{100 * row.mfu:5.1f}%" if row.mfu is not None else "   n/a"
     estimate = f"{row.estimate_gib:6.1f}" if row.estimate_gib is not None else "   n/a"
     return (f"{row.model:>12}  {'compiled' if row.compiled else 'eager':>8}  {row.checkpointing:>9}  "
@@ -262,9 +327,29 @@ def ratio_lines(rows: list[Row]) -> list[str]:
     by_key = {(r.model, r.compiled, r.checkpointing): r for r in rows}
     for (model, compiled, checkpointing), row in by_key.items():
         other = by_key.get(("transformers", compiled, checkpointing))
-        if model == "llamapod" and other is not None:
+        if model == "llamapod" and other is not None and row.error is None and other.error is None:
             lines.append(f"  llamapod / transformers, {'compiled' if compiled else 'eager'}, AC {checkpointing}: "
                          f"{row.tokens_per_s / other.tokens_per_s:.2f}x")
+    return lines
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    """The targets, met or not: the best compiled MFU, the smallest speed-up over transformers."""
+    ok = [r for r in rows if r.error is None]
+    compiled = [r for r in ok if r.model == "llamapod" and r.compiled and r.mfu is not None]
+    lines = []
+    if compiled:
+        best = max(compiled, key=lambda r: r.mfu)
+        lines.append(f"  target MFU >= {100 * TARGET_MFU:.0f}% (compiled): best {100 * best.mfu:.1f}% "
+                     f"(AC {best.checkpointing}): {'met' if best.mfu >= TARGET_MFU else 'NOT met'}")
+    theirs = {(r.compiled, r.checkpointing): r for r in ok if r.model == "transformers"}
+    ratios = [(r.tokens_per_s / theirs[(r.compiled, r.checkpointing)].tokens_per_s, r) for r in ok
+              if r.model == "llamapod" and (r.compiled, r.checkpointing) in theirs]
+    if ratios:
+        worst, row = min(ratios, key=lambda pair: pair[0])
+        lines.append(f"  target >= {TARGET_RATIO:.2f}x transformers: smallest {worst:.2f}x "
+                     f"({'compiled' if row.compiled else 'eager'}, AC {row.checkpointing}): "
+                     f"{'met' if worst >= TARGET_RATIO else 'NOT met'}")
     return lines
 
 
@@ -295,7 +380,9 @@ def export_parity(work: Path, device: str) -> dict:
 
 def main() -> int:
     opts = parse()
+    opts.started = time.perf_counter()
     parts = set(opts.parts.split(","))
+    opts.reserve_s = EXPORT_RESERVE_S if {"export", "smoke"} <= parts else 0.0
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="llamapod-gpu-bench-") as tmp:
         work = Path(tmp)
@@ -312,7 +399,7 @@ def main() -> int:
             rows, peak_text = throughput(opts)
             results["throughput"] = [asdict(r) for r in rows]
             print(f"  {peak_text}")
-            for line in ratio_lines(rows):
+            for line in ratio_lines(rows) + target_lines(rows):
                 print(line)
         if "export" in parts and "smoke" in parts:
             print("4. export to Hugging Face and logits parity on the device", flush=True)
@@ -321,6 +408,8 @@ def main() -> int:
     if opts.json:
         opts.json.write_text(json.dumps(results, indent=1))
     failed = [part for part in ("smoke", "export") if part in results and not results[part]["ok"]]
+    failed += [f"{r['model']} {r['checkpointing']}" for r in results.get("throughput", [])
+               if r["model"] == "llamapod" and r["error"] and not r["error"].startswith("skipped")]
     return 1 if failed else 0
 
 

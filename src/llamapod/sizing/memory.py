@@ -17,7 +17,8 @@ the largest phase as the peak:
   the hidden states and of the output weight (fp32, unsharded) during the forward pass;
 - **gradient reduction**: each block's gradients are copied into a reduce-scatter buffer
   of the reduce dtype (fp32), which FSDP2 keeps until the next block's reduction;
-- **optimizer step**: AdamW's foreach update makes one temporary the size of the shards.
+- **optimizer step**: AdamW's foreach update (CPU workers, or ``--cpu_offload``) makes one
+  temporary the size of the shards; on a GPU the trainer's fused AdamW makes none.
 
 On a GPU, add the caching allocator's slack and cuBLAS workspaces (``ALLOCATOR_SLACK``,
 ``WORKSPACE_BYTES``); the CUDA context and NCCL's buffers live outside torch's allocator
@@ -434,9 +435,11 @@ def _root_reductions(job: MemoryJob, shapes: _Shapes) -> list[MemoryEstimate]:
 
 
 def _optimizer_step(job: MemoryJob, shapes: _Shapes) -> MemoryEstimate:
-    """AdamW's foreach update: one temporary the size of the shards (the square-root term)."""
+    """AdamW's foreach update: one temporary the size of the shards (the square-root term);
+    the fused update the trainer runs on GPU-resident parameters makes none."""
     state = _state(job, shapes, with_grads=True)
-    state["optimizer_states"] += state["sharded_params"]
+    if job.device != "cuda":
+        state["optimizer_states"] += state["sharded_params"]
     return _phase("in the optimizer step", **state, activations=_rotary_bytes(job))
 
 

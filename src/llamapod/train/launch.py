@@ -22,10 +22,14 @@ from llamapod.config.train import TrainSpec, resolve_model_args
 from llamapod.errors import Interrupted
 
 
-def default_nproc() -> int:
+def default_nproc(device_choice: str = "auto") -> int:
+    """One worker per GPU when training on GPUs; two CPU workers otherwise (``--device cpu``
+    on a GPU machine included: one CPU worker per GPU there would say nothing of the CPU)."""
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 2
+    if device_choice != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 2
 
 
 def worker_command(spec: TrainSpec) -> list[str]:
@@ -64,7 +68,7 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
     with _stop_signals_raised():
         try:
             _check_folders_free(spec)
-            workers = nproc or default_nproc()
+            workers = nproc or default_nproc(spec.device)
             spec = prepare(spec)
             if workers == 1:
                 return 0, _train_in_this_process(spec, nproc)

@@ -203,8 +203,12 @@ class Trainer:
         if self.spec.sharding_strategy == "hybrid":
             self.model.set_requires_all_reduce(last)
 
-    def train_step(self) -> tuple[torch.Tensor, float, float, float]:
-        """One optimizer step; returns (local mean loss, grad norm, lr, data seconds)."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """One optimizer step; returns (local mean loss, grad norm, lr, data seconds).
+
+        Loss and norm stay on the device (reading them would wait for the GPU): the caller
+        reads them on logging steps.
+        """
         spec = self.spec
         lr = lr_at(self.step, max_lr=spec.lr, min_lr=spec.final_lr(), warmup_steps=spec.warmup_steps(),
                    decay_steps=spec.decay_steps(), style=spec.lr_decay_style, plateau_steps=spec.plateau_steps())
@@ -269,8 +273,7 @@ class Trainer:
             log.write({"event": "start", "step": self.step, "peak_flops": self.peak_flops.flops,
                        "peak_flops_source": self.peak_flops.source, "recipe": spec.recipe})
         first_loss = last_loss = val_loss = None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        m.reset_peak_memory(self.device)
         with _progress(main, spec.max_steps) as progress:
             progress.update(self.step)
             while not self._done():
@@ -278,24 +281,27 @@ class Trainer:
                 loss, grad_norm, lr, data_seconds = self.train_step()
                 step = self.step
                 final = self._done()
-                if step % spec.logging_freq == 0 or final or step == 1:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    meter.add(global_batch * self.seq_len, time.perf_counter() - started, data_seconds)
+                logs = step % spec.logging_freq == 0 or final or step == 1
+                validates = self.val_data is not None and (final or bool(spec.validation_freq)
+                                                           and step % spec.validation_freq == 0)
+                saves = bool((spec.checkpoint_freq and step % spec.checkpoint_freq == 0) or final)
+                if logs or validates or saves:
+                    # A GPU runs behind the CPU: the step's time is whole once its kernels have run,
+                    # and must not leak into the validation's or the save's.
+                    m.synchronize(self.device)
+                meter.add(global_batch * self.seq_len, time.perf_counter() - started, data_seconds)
+                if logs:
                     last_loss = mean_over_ranks(loss)
                     first_loss = last_loss if first_loss is None else first_loss
-                    record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": grad_norm, **meter.snapshot(),
-                              "peak_mem_gib": m.peak_memory_gib(self.device)}
+                    record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                              **meter.snapshot(), "peak_mem_gib": m.peak_memory_gib(self.device)}
                     if main:
                         log.write(record)
                         if board is not None:
                             board.write(record)
                         progress.log(m.format_step_line(step, spec.max_steps, record))
                         progress.update(step, f"training | loss {last_loss:.3f}")
-                else:
-                    meter.add(global_batch * self.seq_len, time.perf_counter() - started, data_seconds)
-                if self.val_data is not None and ((spec.validation_freq and step % spec.validation_freq == 0)
-                                                  or final):
+                if validates:
                     val_loss = self.validate()
                     if main:
                         log.write({"step": step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
@@ -303,7 +309,7 @@ class Trainer:
                             board.write({"step": step, "val_loss": val_loss, "val_ppl": _ppl(val_loss)})
                         progress.log(f"step {step}/{spec.max_steps} | val_loss {val_loss:.4f} | "
                                      f"val_ppl {_ppl(val_loss):.2f}")
-                if (spec.checkpoint_freq and step % spec.checkpoint_freq == 0) or final:
+                if saves:
                     self.save_checkpoint()
                 if main:
                     progress.update(step)

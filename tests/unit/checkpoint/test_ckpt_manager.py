@@ -231,3 +231,20 @@ def test_ckpt_same_tokenizer_loaded_another_way_is_compatible():
     assert same_tokenizer("tokenizer.json@0123456789ab", "my-llama-folder@0123456789ab")
     assert not same_tokenizer("tokenizer.json@0123456789ab", "tokenizer.json@ba9876543210")
     assert not same_tokenizer("gpt2", "llama")
+
+
+def test_ckpt_async_save_settles_the_devices_of_the_state_before_staging(tmp_path, monkeypatch):
+    # On a GPU the stager copies on a stream of its own: the training stream is drained first.
+    import llamapod.train.checkpoint.manager as manager_module
+
+    order = []
+    monkeypatch.setattr(manager_module, "settle_device_writes", lambda devices: order.append(("settle", devices)))
+    real_async_save = manager_module.dcp.async_save
+    monkeypatch.setattr(manager_module.dcp, "async_save",
+                        lambda *a, **k: order.append(("stage", None)) or real_async_save(*a, **k))
+    model, optimizer = build()
+    manager = CheckpointManager(tmp_path, async_save=True)
+    manager.save(1, model, optimizer, meta_for())
+    manager.close()
+    assert order == [("settle", {torch.device("cpu")}), ("stage", None)]
+    assert find_latest(tmp_path).name == "step_00000001"

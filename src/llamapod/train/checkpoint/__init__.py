@@ -5,8 +5,8 @@
 - ``index``: DCP's index of a checkpoint, read once per load, and the checks against it;
 - ``manager``: ``CheckpointManager``, saving and restoring with torch.distributed.checkpoint,
   synchronously or in the background;
-- ``rng``, ``save_errors``, ``inference``: RNG streams, why a save failed, reading a model
-  in one process.
+- ``rng``, ``save_errors``, ``staging``, ``inference``: RNG streams, why a save failed, how an
+  async save copies the state out of GPU memory, reading a model in one process.
 """
 
 from llamapod.train.checkpoint.folder import (DCP_METADATA, FORMAT, MARKER, META_FILE, TMP_SUFFIX, complete_steps,

@@ -21,6 +21,7 @@ from llamapod.train.checkpoint import folder
 from llamapod.train.checkpoint.index import _first_line, _quiet_single_process, check_compatible, open_checkpoint
 from llamapod.train.checkpoint.rng import capture_rng, restore_rng
 from llamapod.train.checkpoint.save_errors import _CheckedWriter, save_failure, state_bytes
+from llamapod.train.checkpoint.staging import settle_device_writes, staging_options, state_devices
 
 
 def _distributed() -> bool:
@@ -143,9 +144,12 @@ class CheckpointManager:
 
     def _start_async(self, state, writer, optimizer, tmp: Path, final: Path, describe) -> None:
         self._guard_optimizer(optimizer)
+        devices = state_devices(state)
+        stager = self._async_stager(devices)
+        settle_device_writes(devices)
         with _quiet_single_process():
             future = dcp.async_save(state, storage_writer=writer, process_group=self._async_process_group(),
-                                    no_dist=not _distributed(), async_stager=self._async_stager())
+                                    no_dist=not _distributed(), async_stager=stager)
         self._staging = getattr(future, "staging_completion", None)
         self._pending = threading.Thread(target=self._finish_async, args=(future, tmp, final, describe),
                                          name=f"checkpoint-commit-{final.name}", daemon=False)
@@ -180,16 +184,14 @@ class CheckpointManager:
                 dist.destroy_process_group(self._async_group)
             self._async_group = None
 
-    def _async_stager(self):
+    def _async_stager(self, devices):
         # One stager for the whole run: it keeps its CPU buffers between saves, so only the
         # first save pays for allocating (and, on GPU, pinning) them. The copy runs in a
         # background thread; the optimizer guard below keeps it consistent.
         if self._stager is None:
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+            from torch.distributed.checkpoint.staging import DefaultStager
 
-            cuda = torch.cuda.is_available()
-            self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                                        use_async_staging=True, use_non_blocking_copy=cuda))
+            self._stager = DefaultStager(staging_options(devices))
         return self._stager
 
     def _guard_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
