@@ -43,5 +43,23 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def warnings_reported():
+    """The warnings library code reports during the test, whatever reporter an earlier test installed."""
+    from llamapod import report
+    from llamapod.report import LogReporter
+
+    said: list[str] = []
+
+    class Recorder(LogReporter):
+        def warn(self, message: str) -> None:
+            said.append(message)
+
+    before = report.current()
+    report.use(Recorder())
+    yield said
+    report.use(before)
+
+
+@pytest.fixture
 def python_exe() -> str:
     return sys.executable
