@@ -61,15 +61,17 @@ _KNOWN: dict[str, InstanceInfo] = {
     "ml.t3.medium": InstanceInfo(hourly_usd=0.058),
 }
 
-# Dense bf16 peak per accelerator (FLOP/s), for MFU. A10G: the A10 data sheet's figure,
-# an upper bound (the G variant clocks lower), so MFU on g5 is labelled as such.
-# Dense bf16 tensor-core peaks from the data sheets, the divisor of MFU.
+# Dense bf16 tensor-core peak per accelerator (FLOP/s) from the data sheets, the divisor of MFU
+# (half the "with sparsity" figure where a sheet gives only that). Matched against the device
+# name longest key first, so the PCIe and NVL boards of the H100 are not taken for the SXM one.
 PEAK_BF16_FLOPS: dict[str, float] = {
     "A10G": 125e12,
     "L4": 121e12,
     "L40S": 362e12,
     "A100": 312e12,
     "H100": 989e12,
+    "H100 PCIE": 756e12,
+    "H100 NVL": 835e12,
     "H200": 989e12,
 }
 

@@ -36,6 +36,9 @@ def test_throughput_meter_reports_per_device_flops_and_mfu():
 def test_gpu_peaks_come_from_the_table():
     assert m.peak_flops_for_gpu_name("NVIDIA H100 80GB HBM3").flops == 989e12
     assert m.peak_flops_for_gpu_name("NVIDIA L40S").flops == 362e12
+    assert m.peak_flops_for_gpu_name("NVIDIA H100 PCIe").flops == 756e12
+    assert m.peak_flops_for_gpu_name("NVIDIA H100 NVL").flops == 835e12
+    assert m.peak_flops_for_gpu_name("NVIDIA H200").flops == 989e12
     assert m.peak_flops_for_gpu_name("NVIDIA L4").flops == 121e12
     assert m.peak_flops_for_gpu_name("Tesla T4").flops is None
     assert m.peak_flops_for_gpu_name("Tesla T4").describe() == "MFU not reported: no known peak for Tesla T4"
