@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ui.configure(debug=True)
     ui.install_reporter()
     try:
+        _refuse_nul(args)
         # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
         code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -156,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # the last line of defence: never a bare traceback
         return _internal_error(exc)
+
+
+def _refuse_nul(args: list[str]) -> None:
+    # A shell cannot pass one, but a script calling main() can; every path call would fail on it.
+    for arg in args:
+        if "\0" in arg:
+            shown = arg.replace("\0", "\\0")
+            raise click.UsageError(f"argument '{shown}' holds a NUL character")
 
 
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}

@@ -32,7 +32,7 @@ def worker_command(spec: TrainSpec) -> list[str]:
     return [sys.executable, "-m", "llamapod.train", *spec.to_cli_args()]
 
 
-def prepare(spec: TrainSpec) -> TrainSpec:
+def prepare(spec: TrainSpec, workers: int = 1) -> TrainSpec:
     """Everything that can fail or take long once, before any worker starts.
 
     The tokenizer and the token shards are built here in one process (workers then find
@@ -48,10 +48,39 @@ def prepare(spec: TrainSpec) -> TrainSpec:
     with report.waiting("preparing tokenizer and data (cached after the first run)"):
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)
+        _require_host_memory(spec, args, workers)
         build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
     if spec.run_dir is None:
         spec = spec.model_copy(update={"run_dir": default_run_dir()})
     return spec
+
+
+def _require_host_memory(spec: TrainSpec, args, workers: int) -> None:
+    """On a CPU, refuse a job whose estimated peak is more than this machine's memory.
+
+    It would only be killed by the kernel (or swap for hours) after its data was prepared.
+    """
+    import torch
+
+    from llamapod.errors import TrainingError
+    from llamapod.sizing.memory import GIB, MemoryJob, estimate_memory
+
+    if spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available()):
+        return  # the GPU path reports an out-of-memory itself, with what to change
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    job = MemoryJob(model=args, seq_len=args.max_seq_len, batch_size=spec.train_batch_size, nodes=1,
+                    gpus_per_node=workers, bf16=bool(spec.bf16), activation_checkpointing=spec.activation_checkpointing,
+                    device="cpu")
+    need = estimate_memory(job).total * workers
+    if need > total:
+        raise TrainingError(
+            f"the job needs an estimated {need / GIB:,.1f} GiB of memory on {workers} CPU worker(s), more than this "
+            f"machine's {total / GIB:,.1f} GiB: it would run out of memory",
+            "pick a smaller --preset (or --hidden_width, --num_layers, --train_batch_size, --max_context_width), "
+            "or train on GPUs with --slurm or --cluster")
 
 
 def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict | None]:
@@ -65,7 +94,7 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
         try:
             _check_folders_free(spec)
             workers = nproc or default_nproc()
-            spec = prepare(spec)
+            spec = prepare(spec, workers)
             if workers == 1:
                 return 0, _train_in_this_process(spec, nproc)
             return _launch_workers(spec, workers, nproc), None

@@ -32,6 +32,7 @@ from llamapod.errors import CheckpointError
 from llamapod.train.runfolder import LOCK_FILE as RUN_LOCK_FILE
 
 FORMAT = "llamapod-checkpoint/1"
+_FORMAT_FAMILY = "llamapod-checkpoint/"
 
 MARKER = "COMPLETE"
 
@@ -161,6 +162,9 @@ def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     except PermissionError:
         raise CheckpointError(f"cannot read {meta_path}: permission denied",
                               hint=f"check the file's permissions (ls -l {meta_path})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} is not UTF-8 text",
+                              hint=_older_hint(step_dir)) from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -168,6 +172,11 @@ def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {step_dir} is corrupted: {META_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})",
             hint=_older_hint(step_dir),
         ) from None
+    written = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(written, str) and written.startswith(_FORMAT_FAMILY) and written != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {step_dir} has format {written!r}, which this llamapod ({FORMAT!r}) cannot read",
+            hint="upgrade llamapod (pip install -U llamapod) to read checkpoints written by a newer one")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{step_dir} was not written by llamapod: {META_FILE} lacks format {FORMAT!r}",
