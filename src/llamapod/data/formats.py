@@ -219,7 +219,10 @@ def load_folder(path: Path) -> Tokenizer:
             tokenizer = load_file(path / name)
             tokenizer.label = path.name
             return tokenizer
-    if _transformers_available():
+    # transformers' own message for a folder without any of them names no file ("Couldn't
+    # instantiate the backend tokenizer from one of: ...").
+    other_layouts = ("tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model")
+    if _transformers_available() and any((path / name).is_file() for name in other_layouts):
         return load_with_transformers(str(path), label=path.name, local=True)
     raise DataError(f"no tokenizer.json or tokenizer.model in {path}",
                     "pass the tokenizer file itself, or pip install 'llamapod[hf]' for other layouts")

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from llamapod import report
 from llamapod.config.train import TrainSpec, resolve_model_args
-from llamapod.errors import Interrupted
+from llamapod.errors import ConfigError, Interrupted
 
 
 def default_nproc() -> int:
@@ -94,6 +94,7 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
         try:
             _check_folders_free(spec)
             workers = nproc or default_nproc()
+            _require_workers(spec, nproc)
             spec = prepare(spec, workers)
             if workers == 1:
                 return 0, _train_in_this_process(spec, nproc)
@@ -103,6 +104,24 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
             raise _interrupted(spec, signum, nproc) from None
 
 
+def _require_workers(spec: TrainSpec, nproc: int | None) -> None:
+    """An explicit --nproc this machine can run: one worker per GPU, or at most one per CPU core."""
+    import torch
+
+    if nproc is None:
+        return
+    if spec.device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise ConfigError(f"--nproc {nproc} is more workers than this machine's {gpus} GPU(s)",
+                              f"pass --nproc {gpus} or less (one worker per GPU), or --device cpu")
+        return
+    cores = os.cpu_count() or 1
+    if nproc > max(cores, 2):
+        raise ConfigError(f"--nproc {nproc} is more CPU workers than this machine's {cores} core(s)",
+                          f"pass --nproc {max(cores, 2)} or less")
+
+
 def _check_folders_free(spec: TrainSpec) -> None:
     """Fail before the data is prepared and workers start when another run holds the folders.
 
@@ -110,6 +129,10 @@ def _check_folders_free(spec: TrainSpec) -> None:
     """
     from llamapod.train.runfolder import lock_run
 
+    board = Path(spec.tensorboard_dir) if spec.tensorboard_dir else None
+    if board is not None and board.exists() and not board.is_dir():
+        raise ConfigError(f"--tensorboard_dir {board} is a file, not a folder",
+                          "pass a folder (new or one TensorBoard already writes to)")
     if spec.run_dir is None:
         return  # a new, time-stamped folder
     for lock in lock_run(Path(spec.run_dir), Path(spec.effective_checkpoint_dir(spec.run_dir))):

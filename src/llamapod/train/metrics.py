@@ -204,7 +204,13 @@ class TensorBoardLog:
                                 "pip install tensorboard (it comes with `pip install llamapod[train]`)") from None
         # purge_step drops events a crashed run wrote past its last checkpoint, so a resumed
         # run's curves do not double back.
-        self._writer = SummaryWriter(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
+        if directory.exists() and not directory.is_dir():
+            raise TrainingError(f"--tensorboard_dir {directory} is a file, not a folder",
+                                "pass a folder (new or one TensorBoard already writes to)")
+        try:
+            self._writer = SummaryWriter(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
+        except OSError as exc:
+            raise _unwritable(directory, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])
