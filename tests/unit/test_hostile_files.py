@@ -1,0 +1,150 @@
+"""Files a user hands llamapod that were damaged, written by something else, or by a newer
+llamapod: each is refused with one error naming the file and the fix, never a Python
+exception from deep inside (a TypeError, a MemoryError, an UnicodeDecodeError)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+
+import pytest
+
+from llamapod.errors import CheckpointError, ConfigError, DataError, TrainingError
+
+
+# ---- checkpoints ------------------------------------------------------------------
+
+
+def _step(tmp_path, meta: bytes):
+    step = tmp_path / "step_00000002"
+    step.mkdir()
+    (step / "meta.json").write_bytes(meta)
+    return step
+
+
+def test_checkpoint_meta_that_is_not_utf8(tmp_path):
+    from llamapod.train.checkpoint.folder import read_meta
+
+    with pytest.raises(CheckpointError, match="meta.json is not UTF-8 text"):
+        read_meta(_step(tmp_path, b"\xff\xfe\x00garbage"))
+
+
+def test_checkpoint_of_a_newer_format_asks_for_an_upgrade(tmp_path):
+    from llamapod.train.checkpoint.folder import read_meta
+
+    with pytest.raises(CheckpointError, match="format 'llamapod-checkpoint/2'") as caught:
+        read_meta(_step(tmp_path, json.dumps({"format": "llamapod-checkpoint/2", "step": 2}).encode()))
+    assert "upgrade llamapod" in caught.value.hint
+
+
+def test_a_shard_that_does_not_unpickle_is_named_damaged():
+    from llamapod.train.checkpoint.index import _first_line
+
+    text = _first_line(pickle.UnpicklingError("Weights only load failed. In PyTorch 2.6, we changed ..."))
+    assert text == "a tensor shard is damaged (its contents do not unpickle)"
+
+
+# ---- prepared datasets --------------------------------------------------------------
+
+
+def _dataset(tmp_path, index) -> "object":
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    return folder
+
+
+def _index(**changes):
+    from llamapod.data.shards import FORMAT, VERSION
+
+    return {"format": FORMAT, "version": VERSION, "dtype": "<u2", "shards": [], "tokenizer": {}, **changes}
+
+
+@pytest.mark.parametrize("index, message", [
+    ("[1]", "is not a dataset index"),
+    (_index(version=99), "was prepared by a newer llamapod"),
+    (_index(dtype="garbage"), "index.json is damaged"),
+    (_index(shards=5), "index.json is damaged"),
+    (_index(tokenizer=5), "index.json is damaged"),
+], ids=["list", "newer", "dtype", "shards", "tokenizer"])
+def test_damaged_dataset_index(tmp_path, index, message):
+    from llamapod.data.shards import ShardSet
+
+    with pytest.raises(DataError, match=message):
+        ShardSet(_dataset(tmp_path, index))
+
+
+def test_a_file_as_a_dataset_folder(tmp_path):
+    from llamapod.data.shards import ShardSet
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a prepared dataset folder"):
+        ShardSet(tmp_path / "notes.txt")
+
+
+def test_a_tokenizer_folder_without_a_tokenizer(tmp_path):
+    from llamapod.data.formats import load_folder
+
+    with pytest.raises(DataError, match="no tokenizer.json or tokenizer.model in"):
+        load_folder(tmp_path)
+
+
+# ---- Hugging Face folders (--init_from) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1], "is not a model config"),
+    ({"model_type": "llama", "hidden_size": "64", "num_hidden_layers": 2, "num_attention_heads": 4,
+      "vocab_size": 10, "intermediate_size": 8}, "missing or wrong values for: hidden_size"),
+    ({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": True, "num_attention_heads": 4,
+      "vocab_size": 10, "intermediate_size": 8, "rms_norm_eps": "x"},
+     "missing or wrong values for: num_hidden_layers, rms_norm_eps"),
+], ids=["list", "text-size", "bool-and-text"])
+def test_hugging_face_config_of_the_wrong_types(tmp_path, config, message):
+    from llamapod.train.hf import read_hf_config
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        read_hf_config(tmp_path)
+
+
+@pytest.mark.parametrize("index", ['[1]', '{"weight_map": {"a": "../../etc/x.safetensors"}}'], ids=["list", "outside"])
+def test_hugging_face_weight_index_that_names_no_file_of_the_folder(tmp_path, index):
+    from llamapod.train.hf import _weight_files
+
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json is corrupted"):
+        _weight_files(tmp_path)
+
+
+# ---- sizes ----------------------------------------------------------------------------
+
+
+def test_memory_estimate_of_an_absurd_batch_is_immediate():
+    from llamapod.shapes import get_preset
+    from llamapod.sizing.memory import MemoryJob, estimate_memory
+
+    started = time.monotonic()
+    estimate = estimate_memory(MemoryJob(model=get_preset("tiny"), seq_len=32, batch_size=2**63, device="cpu"))
+    assert estimate.total > 2**63 and time.monotonic() - started < 5
+
+
+def test_a_cpu_job_larger_than_this_machine_is_refused_before_it_starts():
+    from llamapod.config.train import TrainSpec, resolve_model_args
+    from llamapod.train.launch import _require_host_memory
+
+    spec = TrainSpec(preset="tiny", hidden_width=65536, num_heads=64, device="cpu")
+    with pytest.raises(TrainingError, match="more than this machine's"):
+        _require_host_memory(spec, resolve_model_args(spec, 8192), workers=1)
+    small = TrainSpec(preset="tiny", device="cpu")
+    _require_host_memory(small, resolve_model_args(small, 8192), workers=1)
+
+
+def test_the_shape_ceiling_names_the_flag():
+    from llamapod.config.train import TrainSpec
+
+    with pytest.raises(ConfigError, match="more than 10,000 transformer blocks"):
+        TrainSpec(preset="tiny", num_layers=10**6)
+    with pytest.raises(ConfigError, match="parameters, more than any model"):
+        TrainSpec(preset="tiny", intermediate_size=2**63)
