@@ -105,18 +105,16 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
 
 
 def _require_workers(spec: TrainSpec, nproc: int | None) -> None:
-    """An explicit --nproc this machine can run: one worker per GPU, or at most one per CPU core."""
+    """An explicit --nproc of CPU workers this machine can run: at most one per core.
+
+    (Workers may share a GPU: rank r uses GPU r modulo the count.) Thousands of processes
+    that each import torch would take the machine down long before training.
+    """
     import torch
 
-    if nproc is None:
+    if nproc is None or (spec.device != "cpu" and torch.cuda.is_available()):
         return
-    if spec.device != "cpu" and torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
-        if nproc > gpus:
-            raise ConfigError(f"--nproc {nproc} is more workers than this machine's {gpus} GPU(s)",
-                              f"pass --nproc {gpus} or less (one worker per GPU), or --device cpu")
-        return
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if nproc > max(cores, 2):
         raise ConfigError(f"--nproc {nproc} is more CPU workers than this machine's {cores} core(s)",
                           f"pass --nproc {max(cores, 2)} or less")
