@@ -182,6 +182,21 @@ CASES = {
     "export onto an existing model": Case(_export_onto_a_model, "error: export target hf already holds a Hugging Face "
                                                                 "model"),
     "consolidated export onto a file": Case(_consolidated_onto_a_file, "error: export target model.pt already exists"),
+    "--force consolidated export onto notes": Case(
+        lambda folder, tools: (folder / "notes.txt").write_text("mine") and
+        ["export", "--checkpoint", "run/checkpoints", "--consolidated", "notes.txt", "--force"],
+        "error: export target notes.txt is not an earlier --consolidated export"),
+    "--force consolidated export onto the checkpoint": Case(
+        lambda folder, tools: ["export", "--checkpoint", "run/checkpoints", "--consolidated", f"{STEP}/meta.json",
+                               "--force"],
+        f"error: export target {STEP}/meta.json is not an earlier --consolidated export"),
+    "checkpoint meta.json that is not text": Case(_damage(f"{STEP}/meta.json", b"\xff\xfe\x00"),
+                                                  f"error: checkpoint {STEP} is corrupted: meta.json is not UTF-8 text"),
+    "checkpoint of a newer llamapod": Case(_damage(f"{STEP}/meta.json", _meta_with(format="llamapod-checkpoint/2")),
+                                           f"error: checkpoint {STEP} has format 'llamapod-checkpoint/2'"),
+    "shard overwritten with noise": Case(
+        _damage(f"{STEP}/__0_0.distcp", lambda data: bytes(len(data))),
+        f"error: checkpoint {STEP} could not be read: "),
     "export onto a full disk": Case(_export_onto_a_full_disk, "error: cannot write the export "),
     "run folder in use": Case(_busy_run_folder, "error: run folder run is in use by another run"),
 }

@@ -163,8 +163,9 @@ def _refuse_nul(args: list[str]) -> None:
     # A shell cannot pass one, but a script calling main() can; every path call would fail on it.
     for arg in args:
         if "\0" in arg:
-            shown = arg.replace("\0", "\\0")
-            raise click.UsageError(f"argument '{shown}' holds a NUL character")
+            from llamapod.validate import shown
+
+            raise click.UsageError(f"argument {shown(arg)} holds a NUL character")
 
 
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
