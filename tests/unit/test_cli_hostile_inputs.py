@@ -80,6 +80,9 @@ CASES = [
     ("operator-policy-profile-space", ["operator-policy", "--account", "123456789012", "--profile", "a b"], None, 2),
     ("pull-run-newline", ["pull", "--cluster", "demo", "run\n1"], None, 2),
     ("status-home-is-a-file", ["status", "demo"], "HOME-FILE", 2),
+    # Paths echoed in an error keep it one line, and cannot restyle or reorder the terminal.
+    ("sample-checkpoint-newline-escape", ["sample", "--checkpoint", "ck\npt\x1b[31m\u202e"], None, 1),
+    ("inspect-newline", ["data", "inspect", "out\nx"], None, 1),
 ]
 
 
@@ -128,5 +131,6 @@ def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, nam
     # The error is one line: whatever follows it is the hint, then the list of problems.
     assert all(line.startswith(("  hint: ", "  - ")) for line in lines[errors[0] + 1:]), err
     assert "Traceback" not in err and "internal error" not in err
+    assert "\x1b" not in err and "\u202e" not in err
     assert _snapshot(world) == before
     assert not list(world.rglob("pwned"))

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         ui.error(exc.message, exc.hint)
         for problem in getattr(exc, "problems", []) or []:
-            ui.info(f"  - {problem}")
+            ui.info(f"  - {ui.one_line(problem)}")
         return exc.exit_code
     except KeyboardInterrupt:
         ui.error("interrupted", "run the same command again: it continues where it stopped")
