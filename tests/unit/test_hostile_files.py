@@ -148,3 +148,60 @@ def test_the_shape_ceiling_names_the_flag():
         TrainSpec(preset="tiny", num_layers=10**6)
     with pytest.raises(ConfigError, match="parameters, more than any model"):
         TrainSpec(preset="tiny", intermediate_size=2**63)
+
+
+# ---- FIFOs where a file belongs: reading one would block forever -------------------------
+
+
+def _read_meta(folder):
+    from llamapod.train.checkpoint.folder import read_meta
+
+    read_meta(folder)
+
+
+def _read_hf_config(folder):
+    from llamapod.train.hf import read_hf_config
+
+    read_hf_config(folder)
+
+
+def _open_dataset(folder):
+    from llamapod.data.shards import ShardSet
+
+    ShardSet(folder)
+
+
+def _tokenizer(folder):
+    from llamapod.data.formats import load_tokenizer_spec
+
+    load_tokenizer_spec(str(folder / "tokenizer.json"))
+
+
+def _source(folder):
+    from llamapod.data.sources import open_source
+
+    open_source(str(folder / "corpus.txt"))
+
+
+@pytest.mark.parametrize("name, read, error", [
+    ("meta.json", _read_meta, CheckpointError), ("config.json", _read_hf_config, CheckpointError),
+    ("index.json", _open_dataset, DataError), ("tokenizer.json", _tokenizer, DataError),
+    ("corpus.txt", _source, DataError),
+], ids=["checkpoint-meta", "hf-config", "dataset-index", "tokenizer", "data-source"])
+def test_a_fifo_where_a_file_belongs_is_refused_at_once(tmp_path, name, read, error):
+    import os
+    import signal
+
+    os.mkfifo(tmp_path / name)
+
+    def _blocked(*_):
+        raise AssertionError(f"reading the FIFO {name} blocked")
+
+    previous = signal.signal(signal.SIGALRM, _blocked)
+    signal.alarm(10)
+    try:
+        with pytest.raises(error, match="not a regular file"):
+            read(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -274,6 +274,9 @@ def load_tokenizer_spec(spec: str) -> Tokenizer:
         return load_file(path)
     if path.is_dir():
         return load_folder(path)
+    if path.exists() or path.is_symlink():
+        raise DataError(f"tokenizer {spec} is not a regular file or folder (a FIFO, a device, or a broken or looping "
+                        f"symbolic link)", "pass a tokenizer.json, tokenizer.model or folder")
     if _PATH_LIKE.search(spec) or not _HUB_ID.match(spec):
         raise DataError(f"tokenizer file {spec} does not exist",
                         "pass an existing tokenizer.json, tokenizer.model or folder, or a Hugging Face hub id")

@@ -165,6 +165,8 @@ class ShardSet:
         if self.directory.exists() and not self.directory.is_dir():
             raise DataError(f"{self.directory} is a file, not a prepared dataset folder",
                             "pass the folder given to `llamapod data prepare --out`")
+        if index_path.exists() and not index_path.is_file():
+            raise DataError(f"{index_path} is not a regular file", "re-run `llamapod data prepare` for this directory")
         try:
             self.index = json.loads(index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:

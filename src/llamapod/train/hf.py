@@ -111,6 +111,8 @@ def hf_config(args, *, torch_dtype: str, bos_id: int | None, eos_id: int | None)
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     path = hf_dir / HF_CONFIG
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file", hint="point --init_from at a Hugging Face model folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

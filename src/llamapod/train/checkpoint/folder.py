@@ -152,6 +152,9 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
 def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     step_dir = Path(step_dir)
     meta_path = step_dir / META_FILE
+    if meta_path.exists() and not meta_path.is_file():
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} is not a regular file",
+                              hint=_older_hint(step_dir))
     try:
         text = meta_path.read_text(encoding="utf-8")
     except FileNotFoundError:
