@@ -4,7 +4,6 @@ the checkpoint fit this model, does it hold optimizer state."""
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -182,7 +181,7 @@ def _first_line(exc: BaseException) -> str:
         # Its text is every rank's traceback: the first rank's exception says what went wrong.
         inner = next(iter(exc.failures.values()))
         exc = inner[0] if isinstance(inner, tuple) else inner
-    if isinstance(exc, pickle.UnpicklingError):
+    if type(exc).__name__ == "UnpicklingError":  # pickle's, without importing pickle here
         # torch.load's text is advice about weights_only, which is no help with a damaged file.
         return "a tensor shard is damaged (its contents do not unpickle)"
     text = str(exc).strip().splitlines()
