@@ -197,6 +197,14 @@ CASES = {
     "shard overwritten with noise": Case(
         _damage(f"{STEP}/__0_0.distcp", lambda data: bytes(len(data))),
         f"error: checkpoint {STEP} could not be read: "),
+    "one step needs more sequences than the data holds": Case(
+        lambda folder, tools: ["train", *TINY, "--max_steps", "1", "--run_dir", "big", "--grad_accum", "100000",
+                               "--train_batch_size", "1000"],
+        "error: one optimizer step needs 100,000,000 sequences"),
+    "a validation batch of 2**40 sequences": Case(
+        lambda folder, tools: ["train", *TINY[:-6], "--max_steps", "1", "--run_dir", "big", "--validation_batches",
+                               "1", "--val_batch_size", str(2**40)],
+        "error: one validation batch needs 1,099,511,627,776 sequences"),
     "export onto a full disk": Case(_export_onto_a_full_disk, "error: cannot write the export "),
     "run folder in use": Case(_busy_run_folder, "error: run folder run is in use by another run"),
 }

@@ -49,7 +49,8 @@ def prepare(spec: TrainSpec, workers: int = 1) -> TrainSpec:
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)
         _require_host_memory(spec, args, workers)
-        build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
+        train, val = build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
+    _require_batches_fit(spec, workers, train, val)
     if spec.run_dir is None:
         spec = spec.model_copy(update={"run_dir": default_run_dir()})
     return spec
@@ -81,6 +82,25 @@ def _require_host_memory(spec: TrainSpec, args, workers: int) -> None:
             f"machine's {total / GIB:,.1f} GiB: it would run out of memory",
             "pick a smaller --preset (or --hidden_width, --num_layers, --train_batch_size, --max_context_width), "
             "or train on GPUs with --slurm or --cluster")
+
+
+def _require_batches_fit(spec: TrainSpec, workers: int, train, val) -> None:
+    """One optimizer step (or one validation batch) must not need more sequences than its split holds.
+
+    The data order wraps around, so a larger batch would silently train on repeats of the
+    same sequences within one step (and a huge one allocates it all first).
+    """
+    step = spec.train_batch_size * spec.grad_accum * workers
+    if step > train.num_sequences:
+        raise ConfigError(
+            f"one optimizer step needs {step:,} sequences (--train_batch_size {spec.train_batch_size} x --grad_accum "
+            f"{spec.grad_accum} x {workers} worker(s)), more than the {train.num_sequences:,} of the training data",
+            "lower --train_batch_size or --grad_accum, or use more data")
+    if val is not None and spec.val_batch_size * workers > val.num_sequences:
+        raise ConfigError(
+            f"one validation batch needs {spec.val_batch_size * workers:,} sequences (--val_batch_size "
+            f"{spec.val_batch_size} x {workers} worker(s)), more than the {val.num_sequences:,} held out for validation",
+            "lower --val_batch_size, or pass --validation_batches 0")
 
 
 def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict | None]:
