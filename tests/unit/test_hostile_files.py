@@ -205,3 +205,20 @@ def test_a_fifo_where_a_file_belongs_is_refused_at_once(tmp_path, name, read, er
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_layers": 10**9}, "no model can be built with: num_layers 1000000000"),
+    ({"dim": 2**40}, "no model can be built with: this shape has"),
+    ({"norm_eps": -1.0}, "model_args of the wrong type: norm_eps"),
+], ids=["layers", "width", "negative-eps"])
+def test_checkpoint_meta_with_an_impossible_shape(tmp_path, changes, message):
+    """The model is built from the meta before any tensor is read: a shape past any model
+    would hang (a billion layers) or fail inside torch."""
+    from llamapod.shapes import get_preset
+    from llamapod.train.checkpoint.folder import FORMAT, read_meta
+
+    shape = {**get_preset("tiny").to_dict(), **changes}
+    meta = {"format": FORMAT, "step": 2, "model_args": shape}
+    with pytest.raises(CheckpointError, match=message):
+        read_meta(_step(tmp_path, json.dumps(meta).encode()))

@@ -20,6 +20,7 @@ Resume picks the highest complete step and ignores the rest.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -218,6 +219,23 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
         wrong = [name for name, value in args.items() if not _fits_model_field(name, value)]
         if wrong:
             return f"has model_args of the wrong type: {', '.join(sorted(wrong))}"
+        return _shape_problem(args)
+    return None
+
+def _shape_problem(args: dict[str, Any]) -> str | None:
+    """A shape no model can be built with (the model is built from it before any tensor is read)."""
+    import dataclasses
+
+    from llamapod.errors import ConfigError
+    from llamapod.shapes import ModelArgs, check_shape
+
+    known = {f.name for f in dataclasses.fields(ModelArgs)}
+    try:
+        check_shape(ModelArgs(**{k: v for k, v in args.items() if k in known}))
+    except TypeError:
+        return None  # fields missing: whoever reads the meta names them
+    except ConfigError as exc:
+        return f"has model_args no model can be built with: {exc.message}"
     return None
 
 def _fits_model_field(name: str, value: Any) -> bool:
@@ -231,7 +249,7 @@ def _fits_model_field(name: str, value: Any) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     return True
 
 def _older_hint(step_dir: Path) -> str:
