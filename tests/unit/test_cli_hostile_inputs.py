@@ -83,6 +83,8 @@ CASES = [
     # Paths echoed in an error keep it one line, and cannot restyle or reorder the terminal.
     ("sample-checkpoint-newline-escape", ["sample", "--checkpoint", "ck\npt\x1b[31m\u202e"], None, 1),
     ("inspect-newline", ["data", "inspect", "out\nx"], None, 1),
+    # A file where llamapod's cache folder belongs: the environment, not a bug (exit 1, not 70).
+    ("data-cache-is-a-file", ["data", "prepare", "src.txt", "--out", "out"], "CACHE-FILE", 1),
 ]
 
 
@@ -117,6 +119,8 @@ def world(tmp_path, monkeypatch):
 def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, name, args, config, code):
     if config == "FIFO":
         os.mkfifo(world / "work" / "fifo")  # reading it would block until a writer came
+    elif config == "CACHE-FILE":
+        (world / "user" / ".llamapod" / "cache").write_text("notes")
     elif config == "HOME-FILE":
         shutil.rmtree(world / "user" / ".llamapod")
         (world / "user" / ".llamapod").write_text("notes")

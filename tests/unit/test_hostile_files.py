@@ -222,3 +222,36 @@ def test_checkpoint_meta_with_an_impossible_shape(tmp_path, changes, message):
     meta = {"format": FORMAT, "step": 2, "model_args": shape}
     with pytest.raises(CheckpointError, match=message):
         read_meta(_step(tmp_path, json.dumps(meta).encode()))
+
+
+# ---- llamapod's own caches: damaged copies are rebuilt, never a reason to stop ------------------
+
+
+def test_a_damaged_cpu_peak_cache_is_measured_again(tmp_path, monkeypatch):
+    import torch
+
+    from llamapod.train import metrics
+
+    monkeypatch.setenv("LLAMAPOD_HOME", str(tmp_path))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cpu_matmul_peak.json").write_text("[1, 2]")
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda dtype, threads: 123.0)
+    assert metrics.cpu_peak_flops(torch.float32, 1) == 123.0
+
+
+def test_a_damaged_default_tokenizer_and_corpus_are_rebuilt(tmp_path, monkeypatch):
+    from llamapod import report
+    from llamapod.data import default
+
+    warnings: list[str] = []
+    monkeypatch.setattr(report, "warn", warnings.append)
+    monkeypatch.setenv("LLAMAPOD_HOME", str(tmp_path))
+    tokenizer_file = default.default_tokenizer_path()
+    tokenizer_file.write_bytes(b"\x00garbage")
+    default._default_tokenizer_cached.cache_clear()
+    tokenizer = default.default_tokenizer()
+    assert tokenizer.vocab_size == default.VOCAB_SIZE
+    shards = default.default_corpus_shards(tokenizer)
+    (shards.directory / "index.json").write_text("{oops")
+    assert default.default_corpus_shards(tokenizer).num_tokens > 0
+    assert [w.split(": ")[-1] for w in warnings] == ["training it again", "tokenizing it again"]

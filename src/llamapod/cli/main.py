@@ -153,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Permissions, read-only mounts and full disks are this machine's state, not a bug.
         where = f": {exc.filename}" if exc.filename else ""
-        ui.error(f"{exc.strerror}{where}", "check the permissions and free space there, or choose another path")
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            hint = "a file stands where llamapod needs a folder: move it away, or choose another path"
+        else:
+            hint = "check the permissions and free space there, or choose another path"
+        ui.error(f"{exc.strerror}{where}", hint)
         return 1
     except Exception as exc:  # the last line of defence: never a bare traceback
         return _internal_error(exc)
@@ -168,7 +172,8 @@ def _refuse_nul(args: list[str]) -> None:
             raise click.UsageError(f"argument {shown(arg)} holds a NUL character")
 
 
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+# ENOTDIR and EEXIST: a file where a folder belongs (a path component, or what mkdir would make).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
 
 
 def _internal_error(exc: Exception) -> int:

@@ -109,7 +109,9 @@ def cpu_peak_flops(dtype: torch.dtype, threads: int) -> float:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key in cached:
+    if not isinstance(cached, dict):
+        cached = {}  # a cache another program (or a damaged disk) overwrote: measure again
+    if isinstance(cached.get(key), (int, float)) and not isinstance(cached[key], bool):
         return float(cached[key])
     value = measure_matmul_peak(dtype, threads)
     cached[key] = value
