@@ -255,3 +255,24 @@ def test_a_damaged_default_tokenizer_and_corpus_are_rebuilt(tmp_path, monkeypatc
     (shards.directory / "index.json").write_text("{oops")
     assert default.default_corpus_shards(tokenizer).num_tokens > 0
     assert [w.split(": ")[-1] for w in warnings] == ["training it again", "tokenizing it again"]
+
+
+# ---- a failed --overwrite leaves the prepared dataset whole -------------------------------------
+
+
+def test_a_failed_overwrite_keeps_the_prepared_dataset(tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("first corpus. " * 400)
+    (tmp_path / "b.txt").write_text("second corpus. " * 400)
+    (tmp_path / "bad.jsonl").write_text('{"body": "no text field"}\n')
+    assert run_cli("data", "prepare", "a.txt", "--out", "ds", "--workers", "1")[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()}
+
+    code, _, err = run_cli("data", "prepare", "bad.jsonl", "--out", "ds", "--overwrite", "--workers", "1")
+    assert code == 1 and "has no 'text' field" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()} == before
+
+    assert run_cli("data", "prepare", "b.txt", "--out", "ds", "--overwrite", "--workers", "1")[0] == 0
+    index = json.loads((tmp_path / "ds" / "index.json").read_text())
+    assert index["source"]["files"] == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "bad.jsonl", "ds"]
