@@ -84,6 +84,7 @@ CASES = [
     ("sample-checkpoint-newline-escape", ["sample", "--checkpoint", "ck\npt\x1b[31m\u202e"], None, 1),
     ("inspect-newline", ["data", "inspect", "out\nx"], None, 1),
     # A file where llamapod's cache folder belongs: the environment, not a bug (exit 1, not 70).
+    ("train-slurm-nodes-2**63", ["train", "--slurm", "--dry-run", "--preset", "tiny", "--nodes", str(2**63)], None, 2),
     ("data-cache-is-a-file", ["data", "prepare", "src.txt", "--out", "out"], "CACHE-FILE", 1),
 ]
 
