@@ -109,8 +109,26 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> int:
     return 6 * (n - args.vocab_size * args.dim) + 12 * args.n_layers * args.dim * seq_len
 
 
+# Far above any model trained (the largest preset has 70 billion parameters), far below
+# where a size stops fitting torch's 64-bit sizes or a layer loop stops ending.
+MAX_PARAMETERS = 10**13
+MAX_LAYERS = 10_000
+MAX_SEQ_LEN = 1 << 24
+
+
 def check_shape(args: ModelArgs) -> None:
     """Raise ConfigError for a shape the model cannot be built with."""
+    if args.n_layers > MAX_LAYERS:
+        raise ConfigError(f"num_layers {args.n_layers} is more than {MAX_LAYERS:,} transformer blocks",
+                          "pick a --num_layers a model can train with (llama2-70b has 80)")
+    if args.max_seq_len > MAX_SEQ_LEN:
+        raise ConfigError(f"max_context_width {args.max_seq_len} is more than {MAX_SEQ_LEN:,} tokens",
+                          "pick a --max_context_width of at most the preset's (llama3-8b: 8192)")
+    if count_parameters(args) > MAX_PARAMETERS:
+        raise ConfigError(f"this shape has {count_parameters(args):.3g} parameters, more than any model can be "
+                          f"trained with ({MAX_PARAMETERS:.0e})",
+                          "check --hidden_width, --intermediate_size, --vocab_size and --num_layers "
+                          "(llama2-70b: 8192, 28672, 32000, 80)")
     if args.dim % args.n_heads:
         raise ConfigError(
             f"hidden width {args.dim} is not divisible by num_heads {args.n_heads}",

@@ -182,6 +182,29 @@ CASES = {
     "export onto an existing model": Case(_export_onto_a_model, "error: export target hf already holds a Hugging Face "
                                                                 "model"),
     "consolidated export onto a file": Case(_consolidated_onto_a_file, "error: export target model.pt already exists"),
+    "--force consolidated export onto notes": Case(
+        lambda folder, tools: (folder / "notes.txt").write_text("mine") and
+        ["export", "--checkpoint", "run/checkpoints", "--consolidated", "notes.txt", "--force"],
+        "error: export target notes.txt is not an earlier --consolidated export"),
+    "--force consolidated export onto the checkpoint": Case(
+        lambda folder, tools: ["export", "--checkpoint", "run/checkpoints", "--consolidated", f"{STEP}/meta.json",
+                               "--force"],
+        f"error: export target {STEP}/meta.json is not an earlier --consolidated export"),
+    "checkpoint meta.json that is not text": Case(_damage(f"{STEP}/meta.json", b"\xff\xfe\x00"),
+                                                  f"error: checkpoint {STEP} is corrupted: meta.json is not UTF-8 text"),
+    "checkpoint of a newer llamapod": Case(_damage(f"{STEP}/meta.json", _meta_with(format="llamapod-checkpoint/2")),
+                                           f"error: checkpoint {STEP} has format 'llamapod-checkpoint/2'"),
+    "shard overwritten with noise": Case(
+        _damage(f"{STEP}/__0_0.distcp", lambda data: bytes(len(data))),
+        f"error: checkpoint {STEP} could not be read: "),
+    "one step needs more sequences than the data holds": Case(
+        lambda folder, tools: ["train", *TINY, "--max_steps", "1", "--run_dir", "big", "--grad_accum", "100000",
+                               "--train_batch_size", "1000"],
+        "error: one optimizer step needs 100,000,000 sequences"),
+    "a validation batch of 2**40 sequences": Case(
+        lambda folder, tools: ["train", *TINY[:-6], "--max_steps", "1", "--run_dir", "big", "--validation_batches",
+                               "1", "--val_batch_size", str(2**40)],
+        "error: one validation batch needs 1,099,511,627,776 sequences"),
     "export onto a full disk": Case(_export_onto_a_full_disk, "error: cannot write the export "),
     "run folder in use": Case(_busy_run_folder, "error: run folder run is in use by another run"),
 }

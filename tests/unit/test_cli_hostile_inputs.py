@@ -9,6 +9,8 @@ is not 70 (internal error), nothing run, and every file as it was.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,30 @@ CASES = [
     ("sample-temperature-inf", ["sample", "--checkpoint", "ckpt", "--temperature", "inf"], None, 2),
     ("sample-seed-overflow", ["sample", "--checkpoint", "ckpt", "--seed", str(2**64)], None, 2),
     ("data-shard-inf", ["data", "prepare", "src.txt", "--out", "out", "--shard-mb", "inf"], None, 2),
+    # Shapes past any trainable model: refused while the flags are read, before torch allocates.
+    ("train-width-2**63", ["train", "--preset", "tiny", "--hidden_width", str(2**63)], None, 2),
+    ("train-vocab-2**63", ["train", "--preset", "tiny", "--vocab_size", str(2**63)], None, 2),
+    ("train-layers-2**63", ["train", "--preset", "tiny", "--num_layers", str(2**63)], None, 2),
+    ("train-context-2**40", ["train", "--preset", "tiny", "--max_context_width", str(2**40)], None, 2),
+    ("train-nproc-beyond-machine", ["train", "--nproc", str(10**6), "--preset", "tiny", "--device", "cpu"], None, 2),
+    ("train-tensorboard-file", ["train", "--preset", "tiny", "--tensorboard_dir", "src.txt"], None, 2),
+    ("train-config-fifo", ["train", "--config", "fifo"], "FIFO", 2),
+    ("plan-config-fifo", ["plan", "--config", "fifo"], "FIFO", 2),
+    ("data-workers-2**40", ["data", "prepare", "src.txt", "--out", "out", "--workers", str(2**40)], None, 2),
+    ("data-inspect-file", ["data", "inspect", "src.txt"], None, 1),
+    ("sample-prompt-undecodable", ["sample", "--checkpoint", "ckpt", "--prompt", "caf\udce9"], None, 2),
+    ("export-nul-path", ["export", "--checkpoint", "ckpt", "--hf", "out\0x"], None, 2),
+    ("operator-policy-region-quote", ["operator-policy", "--account", "123456789012", "--region", 'us-east-1"*'],
+     None, 2),
+    ("operator-policy-profile-space", ["operator-policy", "--account", "123456789012", "--profile", "a b"], None, 2),
+    ("pull-run-newline", ["pull", "--cluster", "demo", "run\n1"], None, 2),
+    ("status-home-is-a-file", ["status", "demo"], "HOME-FILE", 2),
+    # Paths echoed in an error keep it one line, and cannot restyle or reorder the terminal.
+    ("sample-checkpoint-newline-escape", ["sample", "--checkpoint", "ck\npt\x1b[31m\u202e"], None, 1),
+    ("inspect-newline", ["data", "inspect", "out\nx"], None, 1),
+    # A file where llamapod's cache folder belongs: the environment, not a bug (exit 1, not 70).
+    ("train-slurm-nodes-2**63", ["train", "--slurm", "--dry-run", "--preset", "tiny", "--nodes", str(2**63)], None, 2),
+    ("data-cache-is-a-file", ["data", "prepare", "src.txt", "--out", "out"], "CACHE-FILE", 1),
 ]
 
 
@@ -92,7 +118,14 @@ def world(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, args, config, code", CASES, ids=[c[0] for c in CASES])
 def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, name, args, config, code):
-    if config is not None:
+    if config == "FIFO":
+        os.mkfifo(world / "work" / "fifo")  # reading it would block until a writer came
+    elif config == "CACHE-FILE":
+        (world / "user" / ".llamapod" / "cache").write_text("notes")
+    elif config == "HOME-FILE":
+        shutil.rmtree(world / "user" / ".llamapod")
+        (world / "user" / ".llamapod").write_text("notes")
+    elif config is not None:
         (world / "work" / "llamapod.toml").write_text(config)
     before = _snapshot(world)
     exit_code, out, err = run_cli(*args)
@@ -103,5 +136,6 @@ def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, nam
     # The error is one line: whatever follows it is the hint, then the list of problems.
     assert all(line.startswith(("  hint: ", "  - ")) for line in lines[errors[0] + 1:]), err
     assert "Traceback" not in err and "internal error" not in err
+    assert "\x1b" not in err and "\u202e" not in err
     assert _snapshot(world) == before
     assert not list(world.rglob("pwned"))

@@ -381,6 +381,12 @@ def operator_policy(account: str | None, part: str | None, region: str | None, p
     if account is not None and not (account == "*" or (account.isdigit() and len(account) == 12)):
         raise ConfigError(f"--account must be a 12-digit AWS account id (got {account!r})",
                           "find it with `aws sts get-caller-identity`, or leave --account out")
+    from llamapod.validate import aws_profile_problem, region_problem, require
+
+    if region is not None:
+        require(region_problem(region), region, "--region", "pass a region code such as us-east-1")
+    if profile is not None:
+        require(aws_profile_problem(profile), profile, "--profile", "pass a profile name from ~/.aws/config")
     region = region or DEFAULT_REGION
     if account is None:
         from llamapod.cloud.preflight import check_credentials

@@ -96,7 +96,7 @@ def _source_options(text_field, txt_document, dataset_config_name, dataset_split
               help="files for a datasets builder SOURCE such as json, parquet or text (repeatable)")
 @click.option("--max-tokens", "--max_tokens", "max_tokens", type=click.IntRange(min=1), default=None,
               help="stop after about this many tokens (whole shards, the same cut on any number of nodes)")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="tokenizer processes [all cores]")
+@click.option("--workers", type=click.IntRange(min=1, max=4096), default=None, help="tokenizer processes [all cores]")
 @click.option("--shard-mb", type=FiniteFloatRange(min=0.001), default=None, help="MB of text per shard [8]")
 @click.option("--overwrite", is_flag=True, help="replace a dataset already prepared in --out from another source")
 @click.option("--run-id", default=None, metavar="ID",

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ui.configure(debug=True)
     ui.install_reporter()
     try:
+        _refuse_nul(args)
         # Without standalone mode click returns (not raises) the code of a ctx.exit(n) / Exit(n).
         code = cli.main(args=args, prog_name="llamapod", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         ui.error(exc.message, exc.hint)
         for problem in getattr(exc, "problems", []) or []:
-            ui.info(f"  - {problem}")
+            ui.info(f"  - {ui.one_line(problem)}")
         return exc.exit_code
     except KeyboardInterrupt:
         ui.error("interrupted", "run the same command again: it continues where it stopped")
@@ -152,13 +153,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Permissions, read-only mounts and full disks are this machine's state, not a bug.
         where = f": {exc.filename}" if exc.filename else ""
-        ui.error(f"{exc.strerror}{where}", "check the permissions and free space there, or choose another path")
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            hint = "a file stands where llamapod needs a folder: move it away, or choose another path"
+        else:
+            hint = "check the permissions and free space there, or choose another path"
+        ui.error(f"{exc.strerror}{where}", hint)
         return 1
     except Exception as exc:  # the last line of defence: never a bare traceback
         return _internal_error(exc)
 
 
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+def _refuse_nul(args: list[str]) -> None:
+    # A shell cannot pass one, but a script calling main() can; every path call would fail on it.
+    for arg in args:
+        if "\0" in arg:
+            from llamapod.validate import shown
+
+            raise click.UsageError(f"argument {shown(arg)} holds a NUL character")
+
+
+# ENOTDIR and EEXIST: a file where a folder belongs (a path component, or what mkdir would make).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
 
 
 def _internal_error(exc: Exception) -> int:

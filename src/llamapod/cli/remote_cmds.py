@@ -117,6 +117,11 @@ def pull(run: str, cluster: str | None, model: bool, dest: Path | None, config_p
     from llamapod.workflows.connect import connect, resolve_cluster
     from llamapod.remote.transfer import pull_run
 
+    from llamapod.validate import path_problem, require
+
+    # Checked before the cluster is reached: the run name becomes a path on the cluster.
+    require(path_problem(run), run, "RUN",
+            "pass a run name (exp1) or the run's absolute path on the cluster")
     config_path = _config_path(config_path)
     access = resolve_cluster(_cluster_name(cluster, config_path), config_path)
     shell = connect(access)

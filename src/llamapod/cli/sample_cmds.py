@@ -22,6 +22,12 @@ def sample(checkpoint: str, prompt: str, max_new_tokens: int, temperature: float
     """Generate text from a checkpoint."""
     from llamapod.train.sample import generate, load_for_inference
 
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("is not UTF-8 text (the shell passed bytes of another encoding)",
+                                 param_hint="'--prompt'") from None
+
     with ui.status(f"loading {checkpoint}"):
         model, tokenizer, meta = load_for_inference(checkpoint)
     ui.info(f"step {meta.get('step')} of a {sum(p.numel() for p in model.parameters()):,}-parameter model")

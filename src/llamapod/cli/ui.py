@@ -74,7 +74,7 @@ def info(message: str) -> None:
 def step(message: str) -> None:
     """A step of a longer operation starting ("creating network stack ...")."""
     if not _state["quiet"]:
-        _emit(f"• {message}", "bold")
+        _emit(f"• {one_line(message)}", "bold")
 
 
 def success(message: str) -> None:
@@ -83,13 +83,31 @@ def success(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    _emit(f"warning: {message}", "yellow")
+    _emit(f"warning: {one_line(message)}", "yellow")
 
 
 def error(message: str, hint: str | None = None) -> None:
-    _emit(f"error: {message}", "bold red")
+    _emit(f"error: {one_line(message)}", "bold red")
     if hint:
-        _emit(f"  hint: {hint}", "cyan")
+        _emit(f"  hint: {one_line(hint)}", "cyan")
+
+
+# Bidirectional controls reorder what a terminal shows (U+202E turns "txt.exe" around).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (a newline as \\n, ESC as \\x1b).
+
+    Errors and warnings quote paths and names as the user typed them: one holding a newline
+    must not split the error line, an escape sequence must not restyle the terminal.
+    """
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(repr(ch)[1:-1] if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") else ch
+                   for ch in text)
 
 
 def debug(message: str) -> None:
@@ -234,6 +252,7 @@ class Progress:
 @contextmanager
 def status(message: str) -> Iterator[None]:
     """An indeterminate wait ("waiting for ..."): a spinner on a terminal, one line elsewhere."""
+    message = one_line(message)
     if is_tty() and not _state["quiet"]:
         with _console("err").status(message):
             yield

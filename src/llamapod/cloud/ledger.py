@@ -51,6 +51,8 @@ class Ledger:
         if not path.exists():
             return None
         try:
+            if not path.is_file():
+                raise OSError(f"{path.name} is not a regular file")
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"the state file {path} is unreadable ({exc})",

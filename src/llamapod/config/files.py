@@ -51,6 +51,9 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                           "check the path, or run `llamapod init` to write one")
     if path.is_dir():
         raise ConfigError(f"config file {shown} is a directory", "pass the path of the llamapod.toml file inside it")
+    if not path.is_file():
+        # A FIFO or a device would block the read (or never end).
+        raise ConfigError(f"config file {shown} is not a regular file", "pass the path of a llamapod.toml file")
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
@@ -139,7 +140,20 @@ def _default_tokenizer_cached(path: str) -> Tokenizer:
 
 
 def default_tokenizer() -> Tokenizer:
-    return _default_tokenizer_cached(str(default_tokenizer_path()))
+    path = default_tokenizer_path()
+    try:
+        return _default_tokenizer_cached(str(path))
+    except DataError:
+        # A cache: a damaged copy is trained again, never a reason to stop.
+        with file_lock(default_cache_root() / ".tokenizer.lock"):
+            try:
+                return _default_tokenizer_cached(str(path))
+            except DataError:
+                from llamapod import report
+
+                report.warn(f"the cached default tokenizer {path} is damaged: training it again")
+                path.unlink()
+        return _default_tokenizer_cached(str(default_tokenizer_path()))
 
 
 def default_corpus_shards(tokenizer: Tokenizer) -> ShardSet:
@@ -149,10 +163,20 @@ def default_corpus_shards(tokenizer: Tokenizer) -> ShardSet:
     key = digest_bytes(corpus.digest.encode(), json.dumps(tokenizer.describe(), sort_keys=True).encode())[:16]
     directory = default_cache_root() / f"default-corpus-{key}"
     if is_shard_dir(directory):
-        return ShardSet(directory)
+        try:
+            return ShardSet(directory)
+        except DataError:
+            pass  # damaged: rebuilt below
     with file_lock(default_cache_root() / ".corpus.lock"):
-        if not is_shard_dir(directory):
-            _build_default_shards(corpus, tokenizer, directory)
+        if is_shard_dir(directory):
+            try:
+                return ShardSet(directory)
+            except DataError:
+                from llamapod import report
+
+                report.warn(f"the cached default corpus {directory} is damaged: tokenizing it again")
+                shutil.rmtree(directory)
+        _build_default_shards(corpus, tokenizer, directory)
     return ShardSet(directory)
 
 

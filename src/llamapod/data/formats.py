@@ -219,7 +219,10 @@ def load_folder(path: Path) -> Tokenizer:
             tokenizer = load_file(path / name)
             tokenizer.label = path.name
             return tokenizer
-    if _transformers_available():
+    # transformers' own message for a folder without any of them names no file ("Couldn't
+    # instantiate the backend tokenizer from one of: ...").
+    other_layouts = ("tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model")
+    if _transformers_available() and any((path / name).is_file() for name in other_layouts):
         return load_with_transformers(str(path), label=path.name, local=True)
     raise DataError(f"no tokenizer.json or tokenizer.model in {path}",
                     "pass the tokenizer file itself, or pip install 'llamapod[hf]' for other layouts")
@@ -271,6 +274,9 @@ def load_tokenizer_spec(spec: str) -> Tokenizer:
         return load_file(path)
     if path.is_dir():
         return load_folder(path)
+    if path.exists() or path.is_symlink():
+        raise DataError(f"tokenizer {spec} is not a regular file or folder (a FIFO, a device, or a broken or looping "
+                        f"symbolic link)", "pass a tokenizer.json, tokenizer.model or folder")
     if _PATH_LIKE.search(spec) or not _HUB_ID.match(spec):
         raise DataError(f"tokenizer file {spec} does not exist",
                         "pass an existing tokenizer.json, tokenizer.model or folder, or a Hugging Face hub id")

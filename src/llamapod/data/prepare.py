@@ -296,6 +296,33 @@ def prepare_opened(source: DocumentSource, out: Path, tokenizer: Tokenizer, *, w
         raise DataError(f"shard size must be positive, got {shard_chars}", "pass e.g. --shard-mb 8")
     parts = source_parts(source, shard_chars)
     plan = make_plan(source, tokenizer, shard_chars, len(parts))
+    options = dict(workers=workers, shard_chars=shard_chars, max_tokens=max_tokens, reporter=reporter,
+                   batch_chars=batch_chars, source_spec=source_spec, source_options=source_options)
+    finished = _read_index(Path(out) / INDEX)
+    if overwrite and run_id is None and finished is not None and not _same_dataset(finished, plan, source.fingerprint):
+        # The dataset there stays whole until its replacement is: a failed or interrupted
+        # --overwrite leaves it as it was (and a re-run resumes the replacement).
+        staging = Path(out).with_name(f".{Path(out).name}.replacing")
+        index = _prepare(source, staging, tokenizer, parts, plan, overwrite=True, run_id=None, **options)
+        if index is not None:
+            _swap_in(staging, Path(out))
+        return index
+    return _prepare(source, out, tokenizer, parts, plan, overwrite=overwrite, run_id=run_id, **options)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old)
+
+
+def _prepare(source: DocumentSource, out: Path, tokenizer: Tokenizer, parts: list, plan: dict, *,
+             workers: int | None, shard_chars: int, overwrite: bool, max_tokens: int | None, run_id: str | None,
+             reporter: PrepareReporter, batch_chars: int, source_spec: str | None,
+             source_options: dict | None) -> dict | None:
     workdir = WorkDir(out, run_id or f"local-{uuid.uuid4().hex[:12]}")
     done = claim_directory(out, plan, overwrite, workdir, reporter, source.fingerprint)
     if done is not None:

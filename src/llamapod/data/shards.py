@@ -162,18 +162,36 @@ class ShardSet:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         index_path = self.directory / INDEX
+        if self.directory.exists() and not self.directory.is_dir():
+            raise DataError(f"{self.directory} is a file, not a prepared dataset folder",
+                            "pass the folder given to `llamapod data prepare --out`")
+        if index_path.exists() and not index_path.is_file():
+            raise DataError(f"{index_path} is not a regular file", "re-run `llamapod data prepare` for this directory")
         try:
-            self.index = json.loads(index_path.read_text())
+            self.index = json.loads(index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DataError(f"{self.directory} has no {INDEX}: it is not a prepared dataset (or preparation did not finish)",
                             f"run `llamapod data prepare SOURCE --out {self.directory}` (it resumes where it stopped)") from None
-        except ValueError:
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
             raise DataError(f"{index_path} is not valid JSON", "re-run `llamapod data prepare` for this directory") from None
-        if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
+        if not isinstance(self.index, dict):
+            raise DataError(f"{index_path} is not a dataset index (it holds no JSON object)",
+                            "re-run `llamapod data prepare` for this directory")
+        written = self.index.get("format"), self.index.get("version")
+        if written[0] == FORMAT and isinstance(written[1], int) and written[1] > VERSION:
+            raise DataError(f"{self.directory} was prepared by a newer llamapod (index version {written[1]}, "
+                            f"this one reads {VERSION})", "upgrade llamapod, or prepare the data again with this one")
+        if written != (FORMAT, VERSION):
             raise DataError(f"{self.directory} is not a llamapod token shard directory (format {self.index.get('format')!r})",
                             "prepare it with `llamapod data prepare`")
-        self.dtype = np.dtype(self.index["dtype"])
-        self.shards = [ShardInfo.from_dict(d) for d in self.index["shards"]]
+        try:
+            self.dtype = np.dtype(self.index["dtype"])
+            self.shards = [ShardInfo.from_dict(d) for d in self.index["shards"]]
+            if not isinstance(self.index.get("tokenizer"), dict):
+                raise TypeError("'tokenizer' is not an object")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{index_path} is damaged: {type(exc).__name__}: {exc}",
+                            "re-run `llamapod data prepare` for this directory") from None
         self._tokens: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         for info in self.shards:

@@ -284,6 +284,9 @@ def _open_source(source: str, parsed: SourceOptions) -> DocumentSource:
     if parsed.data_files is not None or (_HUB_NAME.match(source) and _suffix_of(path) not in SUPPORTED
                                          and not source.startswith((".", "~"))):
         return HFDatasetSource(source, parsed)
+    if path.exists() or path.is_symlink():
+        raise DataError(f"{source} is not a regular file or folder (a FIFO, a device, or a broken or looping symbolic "
+                        f"link)", "pass a file, folder or glob of text files, or a Hugging Face dataset name")
     raise DataError(f"{source} does not exist", "pass an existing file, folder or glob, or a Hugging Face dataset name")
 
 

@@ -288,11 +288,15 @@ def _recomputed_input(job: MemoryJob) -> int:
 
 
 def _loss_chunks(job: MemoryJob, padded_vocab: int) -> list[int]:
-    """Token counts of the fused loss's chunks (sized by the padded rows; the last may be short)."""
+    """Token counts of the fused loss's chunks (sized by the padded rows; the last may be short).
+
+    Only the first two full chunks are listed: the peak is between two neighbours, and every
+    further pair of full chunks is the same (a batch of 2**63 sequences must not list them all).
+    """
     budget = GPU_CHUNK_LOGITS if job.device == "cuda" else CPU_CHUNK_LOGITS
     chunk = max(1, budget // padded_vocab)
     full, rest = divmod(job.tokens, chunk)
-    return [chunk] * full + ([rest] if rest else [])
+    return [chunk] * min(full, 2) + ([rest] if rest else [])
 
 
 def _loss_transient(job: MemoryJob, padded_vocab: int) -> int:

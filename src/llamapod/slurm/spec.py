@@ -30,6 +30,8 @@ DEFAULT_RDZV_PORT = 29500
 _TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite", re.IGNORECASE)
 
 # Flags of `llamapod train` that fill [slurm] settings, for messages.
+SLURM_MAX_COUNT = 2**32 - 3
+
 FLAG_NAMES = {"nodes": "--nodes", "partition": "--partition", "time": "--time", "account": "--account",
               "instance_type": "--instance-type"}
 
@@ -41,13 +43,14 @@ class SlurmJob(BaseModel):
 
     job_name: str = Field("llamapod", description="Slurm job name; also names the run folder <output_dir>/<job_name>")
     # Numbers and flags are strict: in TOML `nodes = true` or `exclusive = 1` is a mistake.
-    nodes: int = Field(1, ge=1, strict=True, description="number of nodes")
+    # Slurm counts nodes in 32 bits (0xfffffffe is its "no value"): a larger count never reaches sbatch.
+    nodes: int = Field(1, ge=1, le=SLURM_MAX_COUNT, strict=True, description="number of nodes")
     partition: Optional[str] = Field(None, description="partition (default: the cluster's default partition)")
     time: Optional[str] = Field(None, description="time limit, e.g. 4:00:00 or 2-00:00:00")
     account: Optional[str] = Field(None, description="account to charge")
     instance_type: Optional[str] = Field(None, description="instance type of the nodes, e.g. ml.g5.48xlarge "
                                                            "(sets GPUs per node and NCCL/EFA settings; none = CPU nodes)")
-    gpus_per_node: Optional[int] = Field(None, ge=1, strict=True,
+    gpus_per_node: Optional[int] = Field(None, ge=1, le=SLURM_MAX_COUNT, strict=True,
                                          description="worker processes per node (default: the instance "
                                                      f"type's GPUs, or {CPU_WORKERS_PER_NODE} on CPU nodes)")
     hyperpod: Optional[bool] = Field(None, strict=True, description="SageMaker HyperPod: srun --auto-resume=1 "

@@ -111,6 +111,8 @@ def hf_config(args, *, torch_dtype: str, bos_id: int | None, eos_id: int | None)
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     path = hf_dir / HF_CONFIG
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file", hint="point --init_from at a Hugging Face model folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -120,10 +122,38 @@ def read_hf_config(hf_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path}: permission denied") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a model config (it holds no JSON object)",
+                              hint="point --init_from at a folder written by save_pretrained or `llamapod export --hf`")
     if config.get("model_type") != "llama":
         raise CheckpointError(f"{hf_dir} holds a {config.get('model_type')!r} model, not a Llama",
                               hint="--init_from takes Hugging Face Llama folders (model_type \"llama\")")
+    wrong = [key for key, kind, required in _CONFIG_FIELDS
+             if (key in config or required) and not _is_field(config.get(key), kind, required)]
+    if wrong:
+        raise CheckpointError(f"{path} has missing or wrong values for: {', '.join(wrong)}",
+                              hint="sizes must be positive whole numbers, rope_theta and rms_norm_eps positive numbers")
     return config
+
+
+# (key, type, required): what model_args_from_hf and check_hf_matches read.
+_CONFIG_FIELDS = [(key, "int", True) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                   "vocab_size", "intermediate_size")]
+_CONFIG_FIELDS += [(key, "int", False) for key in ("num_key_value_heads", "head_dim", "max_position_embeddings")]
+_CONFIG_FIELDS += [("rms_norm_eps", "float", False), ("rope_theta", "float", False),
+                   ("rope_parameters", "dict", False), ("rope_scaling", "dict", False)]
+
+
+def _is_field(value: Any, kind: str, required: bool) -> bool:
+    if value is None:
+        return not required
+    if kind == "dict":
+        return isinstance(value, dict)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind == "float" else int):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _rope(config: dict[str, Any]) -> tuple[float, str]:
@@ -187,8 +217,11 @@ def _weight_files(hf_dir: Path) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError):
+        except (ValueError, KeyError, TypeError):  # JSON, UTF-8, or no object holding a weight_map
             raise CheckpointError(f"{index} is corrupted: no weight_map") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(file, str) and Path(file).name == file for file in weight_map.values()):
+            raise CheckpointError(f"{index} is corrupted: its weight_map must name files of {hf_dir}")
         return {name: hf_dir / file for name, file in weight_map.items()}
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
@@ -255,7 +288,8 @@ def load_hf_weights(model: torch.nn.Module, hf_dir: str | os.PathLike) -> None:
     """
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
-        raise CheckpointError(f"Hugging Face model folder {hf_dir} does not exist",
+        what = "is a file, not a folder" if hf_dir.exists() else "does not exist"
+        raise CheckpointError(f"Hugging Face model folder {hf_dir} {what}",
                               hint="pass a folder with config.json and *.safetensors (e.g. from huggingface-cli download)")
     args = model.args
     config = read_hf_config(hf_dir)

@@ -256,6 +256,10 @@ def export_consolidated(checkpoint: str | os.PathLike, out_file: str | os.PathLi
     if out_file.exists() and not force:
         raise CheckpointError(f"export target {out_file} already exists",
                               hint="pass --force to replace it, or choose a new file name")
+    if out_file.exists() and not _is_torch_save_file(out_file):
+        # --force replaces an earlier export, never another file (a checkpoint's meta.json, notes).
+        raise CheckpointError(f"export target {out_file} is not an earlier --consolidated export: --force does not "
+                              f"replace it", hint="choose a new file name")
     args, state, meta = load_model_state_for_inference(checkpoint)
     partial = out_file.with_name(f".{out_file.name}.{os.getpid()}.partial")
     try:
@@ -269,6 +273,17 @@ def export_consolidated(checkpoint: str | os.PathLike, out_file: str | os.PathLi
             partial.unlink()
         raise _export_write_error(out_file, reason) from None
     return out_file
+
+
+def _is_torch_save_file(path: Path) -> bool:
+    """A file torch.save wrote: a zip archive holding <name>/data.pkl."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _as_os_error(exc: BaseException, path: Path) -> OSError:

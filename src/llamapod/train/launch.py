@@ -19,7 +19,7 @@ from typing import Iterator
 
 from llamapod import report
 from llamapod.config.train import TrainSpec, resolve_model_args
-from llamapod.errors import Interrupted
+from llamapod.errors import ConfigError, Interrupted
 
 
 def default_nproc(device_choice: str = "auto") -> int:
@@ -36,7 +36,7 @@ def worker_command(spec: TrainSpec) -> list[str]:
     return [sys.executable, "-m", "llamapod.train", *spec.to_cli_args()]
 
 
-def prepare(spec: TrainSpec) -> TrainSpec:
+def prepare(spec: TrainSpec, workers: int = 1) -> TrainSpec:
     """Everything that can fail or take long once, before any worker starts.
 
     The tokenizer and the token shards are built here in one process (workers then find
@@ -52,10 +52,59 @@ def prepare(spec: TrainSpec) -> TrainSpec:
     with report.waiting("preparing tokenizer and data (cached after the first run)"):
         tokenizer = load_tokenizer(spec.tokenizer)
         args = resolve_model_args(spec, tokenizer.vocab_size)
-        build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
+        _require_host_memory(spec, args, workers)
+        train, val = build_datasets(spec, tokenizer, seq_len=args.max_seq_len, rank=0, world_size=1)
+    _require_batches_fit(spec, workers, train, val)
     if spec.run_dir is None:
         spec = spec.model_copy(update={"run_dir": default_run_dir()})
     return spec
+
+
+def _require_host_memory(spec: TrainSpec, args, workers: int) -> None:
+    """On a CPU, refuse a job whose estimated peak is more than this machine's memory.
+
+    It would only be killed by the kernel (or swap for hours) after its data was prepared.
+    """
+    import torch
+
+    from llamapod.errors import TrainingError
+    from llamapod.sizing.memory import GIB, MemoryJob, estimate_memory
+
+    if spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available()):
+        return  # the GPU path reports an out-of-memory itself, with what to change
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    job = MemoryJob(model=args, seq_len=args.max_seq_len, batch_size=spec.train_batch_size, nodes=1,
+                    gpus_per_node=workers, bf16=bool(spec.bf16), activation_checkpointing=spec.activation_checkpointing,
+                    device="cpu")
+    need = estimate_memory(job).total * workers
+    if need > total:
+        raise TrainingError(
+            f"the job needs an estimated {need / GIB:,.1f} GiB of memory on {workers} CPU worker(s), more than this "
+            f"machine's {total / GIB:,.1f} GiB: it would run out of memory",
+            "pick a smaller --preset (or --hidden_width, --num_layers, --train_batch_size, --max_context_width), "
+            "or train on GPUs with --slurm or --cluster")
+
+
+def _require_batches_fit(spec: TrainSpec, workers: int, train, val) -> None:
+    """One optimizer step (or one validation batch) must not need more sequences than its split holds.
+
+    The data order wraps around, so a larger batch would silently train on repeats of the
+    same sequences within one step (and a huge one allocates it all first).
+    """
+    step = spec.train_batch_size * spec.grad_accum * workers
+    if step > train.num_sequences:
+        raise ConfigError(
+            f"one optimizer step needs {step:,} sequences (--train_batch_size {spec.train_batch_size} x --grad_accum "
+            f"{spec.grad_accum} x {workers} worker(s)), more than the {train.num_sequences:,} of the training data",
+            "lower --train_batch_size or --grad_accum, or use more data")
+    if val is not None and spec.val_batch_size * workers > val.num_sequences:
+        raise ConfigError(
+            f"one validation batch needs {spec.val_batch_size * workers:,} sequences (--val_batch_size "
+            f"{spec.val_batch_size} x {workers} worker(s)), more than the {val.num_sequences:,} held out for validation",
+            "lower --val_batch_size, or pass --validation_batches 0")
 
 
 def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict | None]:
@@ -69,13 +118,37 @@ def train_locally(spec: TrainSpec, nproc: int | None = None) -> tuple[int, dict 
         try:
             _check_folders_free(spec)
             workers = nproc or default_nproc(spec.device)
-            spec = prepare(spec)
+            _require_workers(spec, nproc)
+            spec = prepare(spec, workers)
             if workers == 1:
                 return 0, _train_in_this_process(spec, nproc)
             return _launch_workers(spec, workers, nproc), None
         except (KeyboardInterrupt, _Stopped) as exc:
             signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
             raise _interrupted(spec, signum, nproc) from None
+
+
+def _require_workers(spec: TrainSpec, nproc: int | None) -> None:
+    """An explicit --nproc this machine can run: one worker per GPU, or at most one per core.
+
+    Every local worker sees every GPU, so two on one GPU would fail NCCL's first collective
+    ("Duplicate GPU detected"); thousands of CPU processes that each import torch would take
+    the machine down long before training.
+    """
+    import torch
+
+    if nproc is None:
+        return
+    if spec.device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise ConfigError(f"--nproc {nproc} is more workers than this machine's {gpus} GPU(s)",
+                              f"pass --nproc {gpus} or less (one worker per GPU), or --device cpu")
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if nproc > max(cores, 2):
+        raise ConfigError(f"--nproc {nproc} is more CPU workers than this machine's {cores} core(s)",
+                          f"pass --nproc {max(cores, 2)} or less")
 
 
 def _check_folders_free(spec: TrainSpec) -> None:
@@ -85,6 +158,10 @@ def _check_folders_free(spec: TrainSpec) -> None:
     """
     from llamapod.train.runfolder import lock_run
 
+    board = Path(spec.tensorboard_dir) if spec.tensorboard_dir else None
+    if board is not None and board.exists() and not board.is_dir():
+        raise ConfigError(f"--tensorboard_dir {board} is a file, not a folder",
+                          "pass a folder (new or one TensorBoard already writes to)")
     if spec.run_dir is None:
         return  # a new, time-stamped folder
     for lock in lock_run(Path(spec.run_dir), Path(spec.effective_checkpoint_dir(spec.run_dir))):

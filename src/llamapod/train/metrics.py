@@ -109,7 +109,9 @@ def cpu_peak_flops(dtype: torch.dtype, threads: int) -> float:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key in cached:
+    if not isinstance(cached, dict):
+        cached = {}  # a cache another program (or a damaged disk) overwrote: measure again
+    if isinstance(cached.get(key), (int, float)) and not isinstance(cached[key], bool):
         return float(cached[key])
     value = measure_matmul_peak(dtype, threads)
     cached[key] = value
@@ -216,7 +218,13 @@ class TensorBoardLog:
                                 "pip install tensorboard (it comes with `pip install llamapod[train]`)") from None
         # purge_step drops events a crashed run wrote past its last checkpoint, so a resumed
         # run's curves do not double back.
-        self._writer = SummaryWriter(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
+        if directory.exists() and not directory.is_dir():
+            raise TrainingError(f"--tensorboard_dir {directory} is a file, not a folder",
+                                "pass a folder (new or one TensorBoard already writes to)")
+        try:
+            self._writer = SummaryWriter(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
+        except OSError as exc:
+            raise _unwritable(directory, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])

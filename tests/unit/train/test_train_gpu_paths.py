@@ -145,3 +145,17 @@ def test_the_gradient_norm_stays_on_the_device_until_the_trainer_reads_it():
     assert isinstance(norm, torch.Tensor) and norm.device == model.weight.device and norm.ndim == 0
     assert float(norm) == pytest.approx(4.0)
     assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_more_local_workers_than_gpus_is_refused_before_any_starts(monkeypatch):
+    """Every local worker sees every GPU: a ninth worker on 8 GPUs would share one, which NCCL refuses."""
+    from llamapod.config.train import TrainSpec
+    from llamapod.errors import ConfigError
+    from llamapod.train.launch import _require_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    _require_workers(TrainSpec(), 8)
+    with pytest.raises(ConfigError, match=r"--nproc 9 is more workers than this machine's 8 GPU\(s\)"):
+        _require_workers(TrainSpec(), 9)
+    _require_workers(TrainSpec(device="cpu"), 2)

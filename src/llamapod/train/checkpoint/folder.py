@@ -20,6 +20,7 @@ Resume picks the highest complete step and ignores the rest.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from llamapod.errors import CheckpointError
 from llamapod.train.runfolder import LOCK_FILE as RUN_LOCK_FILE
 
 FORMAT = "llamapod-checkpoint/1"
+_FORMAT_FAMILY = "llamapod-checkpoint/"
 
 MARKER = "COMPLETE"
 
@@ -151,6 +153,9 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
 def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     step_dir = Path(step_dir)
     meta_path = step_dir / META_FILE
+    if meta_path.exists() and not meta_path.is_file():
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} is not a regular file",
+                              hint=_older_hint(step_dir))
     try:
         text = meta_path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -161,6 +166,9 @@ def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     except PermissionError:
         raise CheckpointError(f"cannot read {meta_path}: permission denied",
                               hint=f"check the file's permissions (ls -l {meta_path})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint {step_dir} is corrupted: {META_FILE} is not UTF-8 text",
+                              hint=_older_hint(step_dir)) from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -168,6 +176,11 @@ def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {step_dir} is corrupted: {META_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})",
             hint=_older_hint(step_dir),
         ) from None
+    written = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(written, str) and written.startswith(_FORMAT_FAMILY) and written != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {step_dir} has format {written!r}, which this llamapod ({FORMAT!r}) cannot read",
+            hint="upgrade llamapod (pip install -U llamapod) to read checkpoints written by a newer one")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{step_dir} was not written by llamapod: {META_FILE} lacks format {FORMAT!r}",
@@ -206,6 +219,23 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
         wrong = [name for name, value in args.items() if not _fits_model_field(name, value)]
         if wrong:
             return f"has model_args of the wrong type: {', '.join(sorted(wrong))}"
+        return _shape_problem(args)
+    return None
+
+def _shape_problem(args: dict[str, Any]) -> str | None:
+    """A shape no model can be built with (the model is built from it before any tensor is read)."""
+    import dataclasses
+
+    from llamapod.errors import ConfigError
+    from llamapod.shapes import ModelArgs, check_shape
+
+    known = {f.name for f in dataclasses.fields(ModelArgs)}
+    try:
+        check_shape(ModelArgs(**{k: v for k, v in args.items() if k in known}))
+    except TypeError:
+        return None  # fields missing: whoever reads the meta names them
+    except ConfigError as exc:
+        return f"has model_args no model can be built with: {exc.message}"
     return None
 
 def _fits_model_field(name: str, value: Any) -> bool:
@@ -219,7 +249,7 @@ def _fits_model_field(name: str, value: Any) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     return True
 
 def _older_hint(step_dir: Path) -> str:

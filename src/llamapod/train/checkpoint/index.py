@@ -181,6 +181,9 @@ def _first_line(exc: BaseException) -> str:
         # Its text is every rank's traceback: the first rank's exception says what went wrong.
         inner = next(iter(exc.failures.values()))
         exc = inner[0] if isinstance(inner, tuple) else inner
+    if type(exc).__name__ == "UnpicklingError":  # pickle's, without importing pickle here
+        # torch.load's text is advice about weights_only, which is no help with a damaged file.
+        return "a tensor shard is damaged (its contents do not unpickle)"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
