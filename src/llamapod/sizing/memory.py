@@ -20,15 +20,11 @@ the largest phase as the peak:
 - **optimizer step**: AdamW's foreach update (CPU workers, or ``--cpu_offload``) makes one
   temporary the size of the shards; on a GPU the trainer's fused AdamW makes none.
 
-On a GPU, add the caching allocator's slack and cuBLAS workspaces (``ALLOCATOR_SLACK``,
-``WORKSPACE_BYTES``); the CUDA context and NCCL's buffers live outside torch's allocator
-and are already subtracted from the usable memory in ``llamapod.instances``.
-
-Validated against torch's FSDP2 memory tracker running the real model under fake tensors
-(``llamapod.train.memory_tracker``; see tests/unit/train/test_train_memory_tracker.py).
-Not modelled: ``torch.compile`` (it fuses element-wise ops, so the estimate is an upper
-bound), and attention kernels other than flash / memory-efficient (the math fallback
-would add the T x T score matrix).
+On a GPU, add the allocator's slack and cuBLAS workspaces; the CUDA context and NCCL's
+buffers are subtracted from the usable memory instead (``llamapod.instances``). Validated
+against torch's FSDP2 memory tracker on the real model under fake tensors
+(tests/unit/train/test_train_memory_tracker.py). Not modelled: ``torch.compile`` (it fuses
+element-wise ops: an upper bound) and the math attention fallback (a T x T score matrix).
 """
 
 from __future__ import annotations
