@@ -78,6 +78,14 @@ def _create_cluster(name: str = "demo") -> str:
         VpcConfig={"SecurityGroupIds": ["sg-12345678"], "Subnets": ["subnet-12345678"]})["ClusterArn"]
 
 
+def _node_ids(name: str = "demo") -> dict[str, list[str]]:
+    """Instance ids per group, as HyperPod lists them (ids are EC2 instance ids: i-...)."""
+    ids: dict[str, list[str]] = {}
+    for node in boto3.client("sagemaker").list_cluster_nodes(ClusterName=name)["ClusterNodeSummaries"]:
+        ids.setdefault(node["InstanceGroupName"], []).append(node["InstanceId"])
+    return ids
+
+
 def _fresh_key(home):
     key = home / "laptop_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -86,6 +94,8 @@ def _fresh_key(home):
 
 def test_remote_ssh_through_ssm_installs_the_key_then_connects(aws, sshd_server, ssm_standin, home, capfd):
     arn = _create_cluster()
+    ids = _node_ids()
+    controller, (worker0, worker1) = ids["controller-machine"][0], ids["worker-group-1"]
     key = _fresh_key(home)
     config = _toml(home / "llamapod.toml", {"user": sshd_server.user, "identity_file": str(key),
                                              "ssh_config_file": "none"})
@@ -93,12 +103,12 @@ def test_remote_ssh_through_ssm_installs_the_key_then_connects(aws, sshd_server,
     code, out, err = _cli(capfd, "ssh", "--config", "--cluster", "demo", "-f", config)
     assert code == 0, err
     assert "installing your SSH key for root on demo (controller-machine) through SSM" in err
-    assert out.splitlines() == ["ssh demo", "ssh demo-controller-machine-controller-machine-0",
-                                "ssh demo-worker-group-1-worker-group-1-0", "ssh demo-worker-group-1-worker-group-1-1"]
+    assert out.splitlines() == ["ssh demo", f"ssh demo-controller-machine-{controller}",
+                                f"ssh demo-worker-group-1-{worker0}", f"ssh demo-worker-group-1-{worker1}"]
     pushed = (sshd_server.home / ".ssh" / "authorized_keys").read_text()
     assert pushed.count(key.with_suffix(".pub").read_text().strip()) == 1
 
-    target = "sagemaker-cluster:demo_controller-machine-controller-machine-0"
+    target = f"sagemaker-cluster:demo_controller-machine-{controller}"
     calls = ssm_standin.calls()
     documents = [call[call.index("--document-name") + 1] for call in calls]
     assert documents[:3] == ["AWS-StartSSHSession", "AWS-StartNonInteractiveCommand", "AWS-StartSSHSession"]
@@ -106,15 +116,15 @@ def test_remote_ssh_through_ssm_installs_the_key_then_connects(aws, sshd_server,
     text = ssh_config.read_text()
     assert (f"    ProxyCommand aws ssm start-session --target {target} --document-name AWS-StartSSHSession "
             "--parameters portNumber=%p --region us-east-1\n") in text
-    assert "    HostKeyAlias worker-group-1-1\n" in text
+    assert f"    HostKeyAlias {worker1}\n" in text
     assert arn.endswith("/demo")
 
     # Plain ssh through the written entry reaches a worker alias over the ProxyCommand.
     proc = subprocess.run(["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes",
-                           "demo-worker-group-1-worker-group-1-1", "echo", "through-ssm"],
+                           f"demo-worker-group-1-{worker1}", "echo", "through-ssm"],
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, "through-ssm\n"), proc.stderr
-    assert ssm_standin.calls()[-1][3] == "sagemaker-cluster:demo_worker-group-1-worker-group-1-1"
+    assert ssm_standin.calls()[-1][3] == f"sagemaker-cluster:demo_worker-group-1-{worker1}"
 
     # Second run: the key is already there, nothing is pushed again.
     before = len(ssm_standin.calls())
@@ -126,6 +136,7 @@ def test_remote_ssh_through_ssm_installs_the_key_then_connects(aws, sshd_server,
 
 def test_remote_ssh_bad_input_is_one_line_each(aws, sshd_server, home, capfd, monkeypatch, tmp_path):
     _create_cluster()
+    ids = _node_ids()
     config = _toml(home / "llamapod.toml", {"user": sshd_server.user, "ssh_config_file": "none",
                                              "identity_file": str(_fresh_key(home))})
     code, _, err = _cli(capfd, "ssh", "--cluster", "demo", "-f", config, "no-such-node", "--", "true")
@@ -133,7 +144,7 @@ def test_remote_ssh_bad_input_is_one_line_each(aws, sshd_server, home, capfd, mo
     assert err.splitlines() == [
         "error: cluster demo has no node 'no-such-node'",
         "  hint: name an instance group, instance id or hostname: controller-machine, worker-group-1, "
-        "controller-machine-0, worker-group-1-0, worker-group-1-1"]
+        + ", ".join(ids["controller-machine"] + ids["worker-group-1"])]
 
     # The wording of a missing cluster belongs to llamapod.cloud.hyperpod; here: one line, naming it.
     code, _, err = _cli(capfd, "ssh", "--cluster", "nope", "-f", config, "--", "true")
