@@ -324,6 +324,24 @@ def _write_json(path: Path, data: Any) -> Path:
     return path
 
 
+# Marks a folder as plan's own, so a later plan may rewrite its files (and no other folder's).
+PLAN_MARKER = ".llamapod-plan"
+
+
+def _plan_folder(out: Path) -> Path:
+    """``out``, created, empty or holding an earlier plan: plan's file names (plan.json,
+    network.yaml, ...) are common, and a user's own files of those names are not plan's to replace."""
+    if out.is_dir() and any(out.iterdir()) and not (out / PLAN_MARKER).is_file():
+        raise ConfigError(f"{out} holds files that are not an earlier llamapod plan",
+                          "pass --out with a new or empty folder (or an earlier plan's folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{out} is a file, not a folder", "pass --out with a folder path") from None
+    (out / PLAN_MARKER).write_text("written by `llamapod plan`; safe to delete with this folder\n", encoding="utf-8")
+    return out
+
+
 def write_artifacts(spec: ClusterSpec, out_dir: str | Path, *, account: str | None = None,
                     az_id: str | None = None) -> list[Path]:
     """Write every document ``up`` will send into ``out_dir``; returns the files written.
@@ -332,8 +350,7 @@ def write_artifacts(spec: ClusterSpec, out_dir: str | Path, *, account: str | No
     names; the account when it cannot be looked up) are written as ``<...>`` markers and
     listed in plan.json under "placeholders".
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _plan_folder(Path(out_dir))
     plan = build_plan(spec, account, az_id)
     acct = plan.account
     partition = partition_of(spec.region)

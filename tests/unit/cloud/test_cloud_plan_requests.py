@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures.aws_model import violations
+from llamapod.errors import ConfigError
 from llamapod.cloud import plan
 from llamapod.config.cluster import hyperpod_instance_types, spec_from_table
 
@@ -294,3 +295,22 @@ def test_valid_specs_give_requests_the_service_model_accepts(table):
         assert violations(service, operation, params) == [], (service, operation)
     bucket = plan.lifecycle_bucket_name(spec, ACCOUNT)
     assert len(bucket) <= 63 and bucket == bucket.lower()
+
+
+def test_plan_rewrites_only_its_own_folder(seed, tmp_path):
+    """A folder of the user's with a plan.json of its own is refused, untouched; plan's own is rewritten."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "plan.json").write_text("my notes")
+    with pytest.raises(ConfigError, match="holds files that are not an earlier llamapod plan"):
+        plan.write_artifacts(seed, theirs, account=ACCOUNT, az_id=None)
+    assert [p.name for p in theirs.iterdir()] == ["plan.json"] and (theirs / "plan.json").read_text() == "my notes"
+
+    ours = tmp_path / "ours"
+    plan.write_artifacts(seed, ours, account=ACCOUNT, az_id=None)
+    plan.write_artifacts(seed, ours, account=ACCOUNT, az_id="use1-az4")
+    assert json.loads((ours / "plan.json").read_text())["availability_zone_id"] == "use1-az4"
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        plan.write_artifacts(seed, tmp_path / "a-file", account=ACCOUNT, az_id=None)
