@@ -139,3 +139,23 @@ def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, nam
     assert "\x1b" not in err and "\u202e" not in err
     assert _snapshot(world) == before
     assert not list(world.rglob("pwned"))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["train", "--preset", "tiny", "--resume_from_checkpoint", "loop"], "--resume_from_checkpoint loop runs into a symbolic link loop"),
+    (["train", "--preset", "tiny", "--checkpoint_dir", "loop/sub"], "--checkpoint_dir loop/sub runs into a symbolic link loop"),
+    (["train", "--preset", "tiny", "--run_dir", "dangling"], "--run_dir dangling is a broken symbolic link"),
+    (["train", "--preset", "tiny", "--tensorboard_dir", "dangling"], "--tensorboard_dir dangling is a broken symbolic link"),
+    (["sample", "--checkpoint", "loop", "--prompt", "x"], "checkpoint loop is a broken or looping symbolic link"),
+    (["export", "--checkpoint", "dangling", "--hf", "out"], "checkpoint dangling is a broken or looping symbolic link"),
+])
+def test_folder_flags_through_broken_or_looping_links_are_one_line(world, run_cli, args, said):
+    work = world / "work"
+    os.symlink("loop-b", work / "loop")
+    os.symlink("loop", work / "loop-b")
+    os.symlink("no-such-folder", work / "dangling")
+    exit_code, _, err = run_cli(*args)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_code in (1, 2) and len(errors) == 1 and errors[0].startswith(f"error: {said}"), err
+    assert "Traceback" not in err and "internal error" not in err
+    assert sorted(p.name for p in work.iterdir()) == ["dangling", "loop", "loop-b", "src.txt"]

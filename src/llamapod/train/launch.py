@@ -7,6 +7,7 @@ as on a Slurm cluster, so what works here works there.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -158,6 +159,10 @@ def _check_folders_free(spec: TrainSpec) -> None:
     """
     from llamapod.train.runfolder import lock_run
 
+    for flag, value in (("--run_dir", spec.run_dir), ("--checkpoint_dir", spec.checkpoint_dir),
+                        ("--resume_from_checkpoint", spec.resume_from_checkpoint),
+                        ("--tensorboard_dir", spec.tensorboard_dir)):
+        _require_reachable(flag, value)
     board = Path(spec.tensorboard_dir) if spec.tensorboard_dir else None
     if board is not None and board.exists() and not board.is_dir():
         raise ConfigError(f"--tensorboard_dir {board} is a file, not a folder",
@@ -166,6 +171,23 @@ def _check_folders_free(spec: TrainSpec) -> None:
         return  # a new, time-stamped folder
     for lock in lock_run(Path(spec.run_dir), Path(spec.effective_checkpoint_dir(spec.run_dir))):
         lock.release()
+
+
+def _require_reachable(flag: str, value: str | None) -> None:
+    """A folder flag whose path runs into a broken or looping symbolic link: said now, in words,
+    not as an OS error from the first worker that creates or resolves it."""
+    if not value:
+        return
+    try:
+        os.stat(value)
+    except FileNotFoundError:
+        if os.path.islink(value):
+            raise ConfigError(f"{flag} {value} is a broken symbolic link (its target does not exist)",
+                              "point the link at a folder, or remove the link") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{flag} {value} runs into a symbolic link loop",
+                              "fix or remove the looping link (ls -l shows where each points)") from None
 
 
 def _train_in_this_process(spec: TrainSpec, nproc: int | None) -> dict:

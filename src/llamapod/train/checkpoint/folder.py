@@ -265,6 +265,9 @@ def _older_hint(step_dir: Path) -> str:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A step folder from either a step folder or a folder of steps (newest complete one)."""
     path = Path(path)
+    if not path.exists() and path.is_symlink():
+        raise CheckpointError(f"checkpoint {path} is a broken or looping symbolic link",
+                              hint="point the link at a checkpoint folder, or pass the folder itself")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist",
                               hint="pass a step_<N> folder or the folder that holds them")
