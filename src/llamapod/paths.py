@@ -1,4 +1,4 @@
-"""Where llamapod keeps its own files (caches, state), overridable for tests."""
+"""Where llamapod keeps its own files (caches, state), overridable for tests; and paths that lead nowhere."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def cache_dir() -> Path:
     path = home() / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def dead_link(filename: object) -> str | None:
+    """The first symbolic link on ``filename``'s path that leads nowhere or round in a loop, if any.
+
+    mkdir and open then fail with EEXIST, ENOTDIR or ELOOP, whose own words name the wrong cause.
+    """
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return None
+    parts = os.path.abspath(os.fsdecode(filename)).split(os.sep)
+    for end in range(2, len(parts) + 1):
+        prefix = os.sep.join(parts[:end])
+        if os.path.islink(prefix) and not os.path.exists(prefix):
+            return prefix
+    return None

@@ -148,13 +148,18 @@ def test_hostile_input_is_one_error_line_and_changes_nothing(world, run_cli, nam
     (["train", "--preset", "tiny", "--tensorboard_dir", "dangling"], "--tensorboard_dir dangling is a broken symbolic link"),
     (["sample", "--checkpoint", "loop", "--prompt", "x"], "checkpoint loop is a broken or looping symbolic link"),
     (["export", "--checkpoint", "dangling", "--hf", "out"], "checkpoint dangling is a broken or looping symbolic link"),
+    (["data", "prepare", "src.txt", "--out", "loop"], "{work}/loop is a broken or looping symbolic link"),
+    (["data", "prepare", "src.txt", "--out", "dangling/sub"], "{work}/dangling is a broken or looping symbolic link"),
+    (["train", "--slurm", "--dry-run", "--preset", "tiny", "--run_dir", "{work}/loop"],
+     "{work}/loop is a broken or looping symbolic link"),
 ])
 def test_folder_flags_through_broken_or_looping_links_are_one_line(world, run_cli, args, said):
     work = world / "work"
     os.symlink("loop-b", work / "loop")
     os.symlink("loop", work / "loop-b")
     os.symlink("no-such-folder", work / "dangling")
-    exit_code, _, err = run_cli(*args)
+    exit_code, _, err = run_cli(*(a.format(work=work) for a in args))
+    said = said.format(work=work)
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert exit_code in (1, 2) and len(errors) == 1 and errors[0].startswith(f"error: {said}"), err
     assert "Traceback" not in err and "internal error" not in err

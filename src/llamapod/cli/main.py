@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Permissions, read-only mounts and full disks are this machine's state, not a bug.
         where = f": {exc.filename}" if exc.filename else ""
+        from llamapod.paths import dead_link
+
+        dead = dead_link(exc.filename)
+        if dead is not None:
+            ui.error(f"{dead} is a broken or looping symbolic link ({exc.strerror}{where})",
+                     "point the link at an existing folder, remove it, or choose another path")
+            return 1
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
             hint = "a file stands where llamapod needs a folder: move it away, or choose another path"
         else:
@@ -173,7 +180,8 @@ def _refuse_nul(args: list[str]) -> None:
 
 
 # ENOTDIR and EEXIST: a file where a folder belongs (a path component, or what mkdir would make).
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+                       errno.ELOOP}
 
 
 def _internal_error(exc: Exception) -> int:

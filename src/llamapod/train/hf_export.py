@@ -238,7 +238,13 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def _export_write_error(target: Path, exc: OSError, *, halves: str = "") -> CheckpointError:
     import errno
 
+    from llamapod.paths import dead_link
+
     reason = exc.strerror or str(exc)
+    dead = dead_link(target)
+    if dead is not None:
+        return CheckpointError(f"cannot write the export {target}: {dead} is a broken or looping symbolic link",
+                               hint="point the link at an existing folder, remove it, or export elsewhere")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(f"cannot write the export {target}: {reason}",
                                hint=f"free space on the file system of {target.parent}, or export elsewhere{halves}")
