@@ -62,7 +62,7 @@ def paginate(client: Any, op: str, key: str, **kwargs: Any) -> list[Any]:
     """Every item under ``key`` on every page of ``op``, walked by boto3's paginator; a failure
     on any page is that operation's CloudError."""
     pages = client.get_paginator(op).paginate
-    return call_as(op, lambda: [item for page in pages(**kwargs) for item in page.get(key, [])])
+    return call_as(op, lambda: [item for page in pages(**kwargs) for item in page.get(key, [])], client)
 
 
 def paginate_or_empty(client: Any, op: str, key: str, **kwargs: Any) -> list[Any]:

@@ -29,19 +29,6 @@ TRANSIENT_CODES = frozenset({
     "RequestTimeoutException", "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
 })
 
-_HINTS = {
-    "ExpiredToken": "your AWS session expired: refresh your credentials (e.g. `aws sso login`) and re-run",
-    "ExpiredTokenException": "your AWS session expired: refresh your credentials (e.g. `aws sso login`) and re-run",
-    "InvalidClientTokenId": "the access key is not valid in this account/region: check AWS_PROFILE and credentials",
-    "UnrecognizedClientException": "the access key is not valid: check AWS_PROFILE and credentials",
-    "AccessDenied": "your identity lacks a permission: `llamapod operator-policy` prints the policy llamapod needs",
-    "AccessDeniedException": "your identity lacks a permission: `llamapod operator-policy` prints the policy llamapod needs",
-    "UnauthorizedOperation": "your identity lacks a permission: `llamapod operator-policy` prints the policy llamapod needs",
-    "ResourceLimitExceeded": "a service quota is too low: `llamapod doctor` shows which, then request an increase in Service Quotas",
-    "ServiceQuotaExceededException": "a service quota is too low: request an increase in the Service Quotas console",
-}
-
-
 @dataclass(frozen=True)
 class Retries:
     """How a client retries and how long it waits for an answer: chosen by the call site."""
@@ -174,28 +161,38 @@ def error_code(exc: BaseException) -> str | None:
 
 def call(client, op: str, **kwargs) -> dict:
     """``client.<op>(**kwargs)``, with AWS failures turned into a CloudError."""
-    return call_as(op, lambda: getattr(client, op)(**kwargs))
+    return call_as(op, lambda: getattr(client, op)(**kwargs), client)
 
 
-def call_as(op: str, request: Callable[[], T]) -> T:
+def call_as(op: str, request: Callable[[], T], client: Any = None) -> T:
     """``request()``, one or more AWS requests of operation ``op`` (every page of a listing, say),
-    with AWS failures turned into that operation's CloudError."""
+    with AWS failures turned into that operation's CloudError; ``client`` (the one sending them)
+    lets the hint name the IAM action and the region."""
     from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                     NoRegionError, ParamValidationError)
+                                     NoRegionError, ParamValidationError, ProxyConnectionError)
 
+    from llamapod.cloud import error_hints
+
+    meta = getattr(client, "meta", None)
+    region = getattr(meta, "region_name", None)
     try:
         return request()
     except ClientError as exc:
         code = error_code(exc) or "Unknown"
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        raise CloudError(op, code, message, _HINTS.get(code)) from exc
+        message = error_hints.one_line(exc.response.get("Error", {}).get("Message") or str(exc))
+        signing = meta.service_model.signing_name if meta is not None else None
+        action = error_hints.iam_action(signing, getattr(exc, "operation_name", None))
+        service = meta.service_model.service_name if meta is not None else None
+        raise CloudError(op, code, message, error_hints.hint_for(code, message, action=action, service=service,
+                                                                 region=region)) from exc
     except NoCredentialsError:
         raise _no_credentials(op) from None
     except NoRegionError:
         raise CloudError(op, "NoRegion", "no AWS region is set", "pass --region or set AWS_REGION") from None
+    except ProxyConnectionError as exc:
+        raise CloudError(op, "ProxyConnectionError", _first_line(exc), error_hints.proxy_hint()) from None
     except EndpointConnectionError as exc:
-        raise CloudError(op, "EndpointConnectionError", str(exc),
-                         "check your network connection and the region name") from None
+        raise CloudError(op, "EndpointConnectionError", _first_line(exc), error_hints.endpoint_hint(region)) from None
     except ParamValidationError as exc:
         # A request llamapod built is malformed: a bug, but say exactly what AWS would reject.
         raise CloudError(op, "ParamValidation", str(exc).replace("\n", " "),
@@ -206,8 +203,7 @@ def call_as(op: str, request: Callable[[], T]) -> T:
         known = setup_error(exc, None)
         if not isinstance(known, _UnknownSetupError):
             raise known from None
-        raise CloudError(op, type(exc).__name__, _first_line(exc),
-                         "check your network connection, then re-run (llamapod resumes where it stopped)") from None
+        raise CloudError(op, type(exc).__name__, _first_line(exc), error_hints.endpoint_hint(region)) from None
 
 
 # ---- this machine's AWS setup -------------------------------------------------------
