@@ -22,9 +22,13 @@ def bucket_exists(session, name: str) -> bool:
         return call_or_none(session.client("s3"), "head_bucket", Bucket=name) is not None
     except CloudError as exc:
         if exc.code in ("403", "AccessDenied"):
-            raise CloudError("head_bucket", "BucketAlreadyExists",
-                             f"the bucket name {name} is taken by another AWS account",
-                             "bucket names are global: choose another cluster name") from None
+            # S3 answers a bare 403 both to a bucket of another account and to a caller lacking
+            # s3:ListBucket on its own bucket: say both, the permission first (the likelier one).
+            raise CloudError("head_bucket", "AccessDenied",
+                             f"S3 refused to look up the bucket {name}: your identity lacks s3:ListBucket on it, "
+                             f"or another AWS account owns that name",
+                             "attach the policy `llamapod operator-policy` prints to your user or role and re-run; "
+                             "if it still fails, the name is taken: choose another cluster name") from None
         raise
 
 

@@ -157,3 +157,14 @@ def test_down_refused_at_the_stack_then_rerun_deletes_everything(aws_gaps, clust
     code, out, err = run_cli("down", cluster_name, "--yes")
     assert code == 0, err
     assert counts(resources_for(aws_gaps.endpoint, cluster_name)) == NOTHING
+
+
+def test_a_bare_403_on_the_bucket_names_the_permission_before_the_name(aws_warm, monkeypatch):
+    """S3's HeadBucket answers 403 with no body, for a missing s3:ListBucket as for another account's bucket."""
+    from llamapod.cloud.bucket import bucket_exists
+
+    install_on_sessions(monkeypatch, Refuse("HeadBucket", lambda protocol: error_answer(protocol, "403", 403, "")).install)
+    with pytest.raises(CloudError) as info:
+        bucket_exists(AwsSession(region="us-east-1"), "sagemaker-llamapod-demo")
+    assert "lacks s3:ListBucket on it, or another AWS account owns that name" in info.value.message
+    assert info.value.hint.startswith("attach the policy `llamapod operator-policy` prints")
