@@ -29,25 +29,18 @@ INVALID_REQUEST_CODES = frozenset({"ValidationException", "ValidationError", "In
                                    "InvalidParameterCombination", "InvalidInput", "BadRequest",
                                    "BadRequestException", "IncompatibleParameterError", "MalformedPolicyDocument"})
 
-# IAM's action prefix where it differs from the API's signing name.
-_ACTION_PREFIX = {"tagging": "tag"}
-# S3 operations whose IAM action has another name (S3 user guide, "Actions for Amazon S3").
-_S3_ACTIONS = {"HeadBucket": "ListBucket", "ListObjectsV2": "ListBucket", "ListObjects": "ListBucket",
-               "HeadObject": "GetObject", "ListObjectVersions": "ListBucketVersions", "DeleteObjects": "DeleteObject",
-               "PutPublicAccessBlock": "PutBucketPublicAccessBlock", "ListBuckets": "ListAllMyBuckets",
-               "PutBucketEncryption": "PutEncryptionConfiguration", "GetBucketEncryption": "GetEncryptionConfiguration"}
 # The Service Quotas console's service code for the quotas each API's limits count against.
 _QUOTA_SERVICE = {"VpcLimitExceeded": "vpc", "NatGatewayLimitExceeded": "vpc", "InternetGatewayLimitExceeded": "vpc",
                   "SecurityGroupLimitExceeded": "vpc", "AddressLimitExceeded": "ec2", "TooManyBuckets": "s3"}
 
 
-def iam_action(signing_name: str | None, operation: str | None) -> str | None:
-    """The IAM action a request needs, as a policy names it (``sagemaker:CreateCluster``)."""
-    if not signing_name or not operation:
+def iam_action(service: str | None, operation: str | None) -> str | None:
+    """The IAM action a request of boto3 ``service`` needs, as a policy names it (``sagemaker:CreateCluster``)."""
+    if not service or not operation:
         return None
-    if signing_name == "s3":
-        operation = _S3_ACTIONS.get(operation, operation)
-    return f"{_ACTION_PREFIX.get(signing_name, signing_name)}:{operation}"
+    from llamapod.cloud.operator_policy import iam_action as action_for
+
+    return action_for(service, operation)
 
 
 def hint_for(code: str, message: str, *, action: str | None, service: str | None, region: str | None) -> str | None:

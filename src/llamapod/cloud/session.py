@@ -180,9 +180,8 @@ def call_as(op: str, request: Callable[[], T], client: Any = None) -> T:
     except ClientError as exc:
         code = error_code(exc) or "Unknown"
         message = error_hints.one_line(exc.response.get("Error", {}).get("Message") or str(exc))
-        signing = meta.service_model.signing_name if meta is not None else None
-        action = error_hints.iam_action(signing, getattr(exc, "operation_name", None))
         service = meta.service_model.service_name if meta is not None else None
+        action = error_hints.iam_action(service, getattr(exc, "operation_name", None))
         raise CloudError(op, code, message, error_hints.hint_for(code, message, action=action, service=service,
                                                                  region=region)) from exc
     except NoCredentialsError:
