@@ -61,7 +61,8 @@ def hint_for(code: str, message: str, *, action: str | None, service: str | None
     if code in CAPACITY_CODES or "insufficient capacity" in message.lower():
         kind = _instance_type(message)
         return (f"AWS has no spare {kind + ' ' if kind else ''}capacity in {where} right now: retry later, "
-                f"choose another region or availability zone, or reserve capacity (a SageMaker training plan)")
+                f"set cluster.availability_zone to another zone (or pick another region), or reserve capacity "
+                f"(a SageMaker training plan), {RERUN}")
     if code in QUOTA_CODES:
         quota = _quoted(message)
         named = f" '{quota}'" if quota else ""
