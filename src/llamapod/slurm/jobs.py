@@ -358,17 +358,21 @@ class SlurmJobs:
             time.sleep(self.poll_interval_s)
 
     def _new_lines(self, path: str, offsets: dict[str, int], include_partial: bool = False) -> Iterator[str]:
-        """Complete lines appended to ``path`` since the last call (offsets in bytes)."""
+        """Complete lines appended to ``path`` since the last call (offsets in lines).
+
+        Counted in lines, not bytes: bytes that are not UTF-8 reach us replaced, so the
+        length of the text read says nothing about the length of the file.
+        """
         if not self.shell.exists(path):
             return
-        start = offsets.get(path, 0)
-        result = self.shell.run(["tail", "-c", f"+{start + 1}", validate.shell_operand(path)],
+        seen = offsets.get(path, 0)
+        result = self.shell.run(["tail", "-n", f"+{seen + 1}", validate.shell_operand(path)],
                                 timeout=COMMAND_TIMEOUT_S)
         if not result.ok:
             return
         text = result.stdout
         complete = text if include_partial else text[: text.rfind("\n") + 1]
-        offsets[path] = start + len(complete.encode())
+        offsets[path] = seen + complete.count("\n")
         yield from complete.splitlines()
 
     # ---- control -----------------------------------------------------------------

@@ -197,3 +197,24 @@ def test_slurm_second_submit_into_a_busy_run_folder_is_refused(slurm, tmp_path, 
     finally:
         jobs.cancel(job_id)
     assert jobs.wait(job_id, timeout=WAIT_S).state == "CANCELLED"
+
+
+def test_slurm_log_with_undecodable_bytes_is_shown_not_an_internal_error(jobs, tmp_path, run_cli):
+    # A job's output is whatever its programs wrote: bytes that are not UTF-8, and a last
+    # line cut inside a multi-byte character.
+    script = _script(tmp_path, r"""
+        printf 'ok\n\xff\xfe bad bytes\n'
+        printf 'step 1/2 | loss 1.0\n' >&2
+        sleep 1
+        printf 'caf\xc3'
+    """, name="bytes")
+    job_id = jobs.submit(script)
+    followed = list(jobs.follow(job_id, timeout=WAIT_S))
+    assert sorted(followed) == ["caf\ufffd", "ok", "step 1/2 | loss 1.0", "\ufffd\ufffd bad bytes"]
+    for args in (["logs", job_id], ["logs", job_id, "-n", "2"], ["logs", job_id, "-f"], ["jobs"]):
+        code, out, err = run_cli(*args)
+        assert code == 0, (args, err)
+        assert "internal error" not in err
+    code, out, err = run_cli("logs", job_id)
+    assert out == "ok\n\ufffd\ufffd bad bytes\ncaf\ufffd\nstep 1/2 | loss 1.0\n"
+    assert "last metrics: step 1/2 | loss 1.0" in err
