@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from llamapod import validate
-from llamapod.errors import SlurmError
+from llamapod.errors import RemoteError, SlurmError
 from llamapod.remote.shell import CommandResult, Shell
 
 # States after which a job never runs again (a requeued job passes through PENDING instead).
@@ -66,7 +66,8 @@ class JobInfo:
 
 def check_job_id(job_id: str) -> str:
     job_id = str(job_id).strip()
-    if not _JOB_ID.fullmatch(job_id):
+    # Job 0 does not exist: `scontrol show job 0` shows every job instead.
+    if not _JOB_ID.fullmatch(job_id) or int(job_id.split("_")[0]) == 0:
         raise SlurmError(f"{validate.shown(job_id)} is not a Slurm job id",
                          "job ids are numbers, as printed by `llamapod train --slurm` and `llamapod jobs`")
     return job_id
@@ -152,6 +153,12 @@ _SBATCH_REJECTIONS = (
      "check --nodes and --partition against `sinfo`"),
     ("Invalid account", "the account is not valid for this partition",
      "check --account (or account in [slurm]) with `sacctmgr show assoc user=$USER`"),
+    ("Required partition not available", "the partition is inactive or draining and takes no jobs",
+     "pick another partition from `sinfo` (--partition or partition in [slurm]), or ask an operator"),
+    ("Invalid qos", "the QOS is not valid for this user, account or partition",
+     "check the --qos in sbatch_options with `sacctmgr show assoc user=$USER format=account,qos`"),
+    ("accounting/QOS policy", "the job exceeds a limit of its account or QOS",
+     "ask for fewer nodes or less time, or check your limits with `sacctmgr show assoc user=$USER`"),
     ("time limit", "the time limit exceeds what the partition allows",
      "lower --time (or time in [slurm]); `sinfo -o '%P %l'` shows each partition's limit"),
 )
@@ -202,25 +209,34 @@ class SlurmJobs:
         Clusters without EnforcePartLimits accept such a job and leave it pending forever
         (reason PartitionNodeLimit), so the check cannot be left to sbatch alone.
         """
-        result = self._run(["sinfo", "-h", "-o", "%P %D"])
+        result = self._run(["sinfo", "-h", "-o", "%P %D %a"])
         if not result.ok:
             raise SlurmError(f"sinfo failed on {self.shell.where}: {self._slurm_message(result)}",
                              "check that Slurm works here: `sinfo`")
         sizes: dict[str, int] = {}
+        availability: dict[str, str] = {}
         default = None
         for line in result.stdout.splitlines():
             parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) < 2 or not parts[1].isdigit():
                 continue
             name = parts[0].rstrip("*")
             if parts[0].endswith("*"):
                 default = name
             sizes[name] = sizes.get(name, 0) + int(parts[1])
+            availability[name] = parts[2] if len(parts) > 2 else "up"
         listing = ", ".join(f"{name} ({count} node{'s' if count != 1 else ''})" for name, count in sizes.items())
         target = partition or default
         if partition and partition not in sizes:
             raise SlurmError(f"Slurm has no partition '{partition}'",
                              f"partitions here: {listing or 'none'}; set --partition (or partition in [slurm])")
+        if target and availability.get(target, "up") != "up":
+            # A down partition queues the job and never starts it (reason PartitionDown).
+            up = ", ".join(name for name, state in availability.items() if state == "up")
+            raise SlurmError(f"partition '{target}' is {availability[target]}: "
+                             "Slurm would queue the job but not start it",
+                             f"pick a partition that is up ({up or 'none is'}) with --partition (or partition "
+                             "in [slurm]), or ask an operator to bring it up")
         if target and target in sizes and nodes > sizes[target]:
             raise SlurmError(f"the job asks for {nodes} nodes but partition '{target}' has {sizes[target]}",
                              f"lower --nodes (or nodes in [slurm]) to {sizes[target]} or less; partitions: {listing}")
@@ -265,7 +281,7 @@ class SlurmJobs:
         if result.ok and result.stdout.strip():
             return job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
         message = self._slurm_message(result)
-        if "Invalid job id" not in message:
+        if "Invalid job id" not in message and "not found" not in message:
             raise SlurmError(f"scontrol could not show job {job_id}: {message}", "check `scontrol ping`")
         for job in self._sacct(["-j", job_id]):
             if job.job_id == job_id:
@@ -301,17 +317,29 @@ class SlurmJobs:
 
     # ---- logs --------------------------------------------------------------------
 
-    def _read(self, path: str, tail: Optional[int]) -> str:
-        if tail is None:
-            return self.shell.read_text(path)
-        return self.shell.run(["tail", "-n", str(tail), validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S,
-                              check=True).stdout
+    def _read(self, path: str, tail: Optional[int], job: Optional[JobInfo] = None) -> str:
+        try:
+            if tail is None:
+                return self.shell.read_text(path)
+            return self.shell.run(["tail", "-n", str(tail), validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S,
+                                  check=True).stdout
+        except RemoteError as exc:
+            if job is None:
+                raise
+            owner = f" (it runs as {job.user})" if job.user and job.user != self._current_user() else ""
+            raise SlurmError(f"cannot read the log of job {job.job_id}: {path}{owner}",
+                             "logs are readable by the job's owner; run this as that user, or ask them "
+                             f"(`ls -l {path}` shows its owner and mode)") from exc
 
     def _missing_log(self, job: JobInfo) -> SlurmError:
         if job.state == "PENDING":
             return SlurmError(f"job {job.job_id} has not started yet (pending: {job.reason}), so it has no log yet",
                               f"`llamapod logs {job.job_id} -f` waits for it to start")
         where = job.log_paths[0] if job.log_paths else "its output file"
+        if job.ended:
+            return SlurmError(f"job {job.job_id} {job.state}, but its log ({where}) no longer exists",
+                              "it was moved or deleted after the job ended; Slurm keeps no copy "
+                              "(`llamapod jobs` still shows how the job ended)")
         return SlurmError(f"the log of job {job.job_id} ({where}) does not exist yet",
                           "Slurm creates it when the job starts on its first node; if the job ended, "
                           "the file was moved or deleted")
@@ -322,7 +350,7 @@ class SlurmJobs:
         present = [p for p in job.log_paths if self.shell.exists(p)]
         if not present:
             raise self._missing_log(job)
-        parts = [self._read(p, tail) for p in present]
+        parts = [self._read(p, tail, job) for p in present]
         return "".join(part if part.endswith("\n") or not part else part + "\n" for part in parts)
 
     def error_tail(self, job: JobInfo, lines: int = 20) -> str:
@@ -330,14 +358,20 @@ class SlurmJobs:
         path = job.stderr or job.stdout
         if not path or not self.shell.exists(path):
             return ""
-        return self._read(path, lines)
+        try:
+            return self._read(path, lines, job)
+        except SlurmError:
+            return ""  # another user's log, in a listing of everyone's jobs
 
     def last_metrics(self, job: JobInfo, lines: int = 200) -> Optional[str]:
         """The job's newest metrics line, from the end of its logs."""
         found = None
         for path in job.log_paths:
-            if self.shell.exists(path):
-                found = last_metrics_line(self._read(path, lines)) or found
+            try:
+                if self.shell.exists(path):
+                    found = last_metrics_line(self._read(path, lines, job)) or found
+            except SlurmError:
+                continue  # another user's log, in a listing of everyone's jobs
         return found
 
     def follow(self, job_id: str, timeout: Optional[float] = None) -> Iterator[str]:

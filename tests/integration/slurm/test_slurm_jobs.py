@@ -218,3 +218,35 @@ def test_slurm_log_with_undecodable_bytes_is_shown_not_an_internal_error(jobs, t
     code, out, err = run_cli("logs", job_id)
     assert out == "ok\n\ufffd\ufffd bad bytes\ncaf\ufffd\nstep 1/2 | loss 1.0\n"
     assert "last metrics: step 1/2 | loss 1.0" in err
+
+
+def test_slurm_partition_down_or_inactive_and_gone_logs_are_one_line(jobs, tmp_path, run_cli, slurm):
+    slurm.run("scontrol", "create", "PartitionName=offline", f"Nodes={slurm.node}", "State=DOWN")
+    slurm.run("scontrol", "create", "PartitionName=closed", f"Nodes={slurm.node}", "State=INACTIVE")
+    try:
+        # sbatch would queue a job in a down partition for ever (reason PartitionDown).
+        with pytest.raises(SlurmError) as down:
+            jobs.preflight(1, "offline")
+        assert str(down.value) == "partition 'offline' is down: Slurm would queue the job but not start it"
+        assert down.value.hint.startswith("pick a partition that is up (debug) with --partition")
+        with pytest.raises(SlurmError) as inactive:
+            jobs.submit(_script(tmp_path, "true", "--partition=closed", name="closed"))
+        assert str(inactive.value) == ("sbatch rejected the job: the partition is inactive or draining and takes "
+                                       "no jobs (Required partition not available (inactive or drain))")
+    finally:
+        slurm.run("scontrol", "delete", "PartitionName=offline", check=False)
+        slurm.run("scontrol", "delete", "PartitionName=closed", check=False)
+
+    code, out, err = run_cli("logs", "0")
+    assert code == 1 and out == "" and err.startswith("error: '0' is not a Slurm job id\n")
+
+    job_id = jobs.submit(_script(tmp_path, "echo gone", name="gone"))
+    assert jobs.wait(job_id, timeout=WAIT_S).state == "COMPLETED"
+    (tmp_path / f"slurm-{job_id}.out").unlink()
+    (tmp_path / f"slurm-{job_id}.err").unlink()
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} COMPLETED, but its log ({tmp_path}/slurm-{job_id}.out) "
+                          "no longer exists\n  hint: it was moved or deleted after the job ended")
+    code, _, _ = run_cli("jobs")
+    assert code == 0
