@@ -250,3 +250,22 @@ def test_slurm_partition_down_or_inactive_and_gone_logs_are_one_line(jobs, tmp_p
                           "no longer exists\n  hint: it was moved or deleted after the job ended")
     code, _, _ = run_cli("jobs")
     assert code == 0
+
+
+def test_slurm_job_whose_workdir_is_missing_on_the_node_fails_saying_so(slurm, tmp_path, monkeypatch, run_cli):
+    # Slurm itself only logs "couldn't chdir ... going to /tmp instead" and runs the job there.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llamapod.toml").write_text("[train]\npreset = 'tiny'\n\n[slurm]\njob_name = 'nowhere'\n"
+                                            "exclusive = false\npython = '/bin/true'\n"
+                                            "workdir = '/nonexistent/llamapod-workdir'\n")
+    # The run folder is elsewhere, so nothing creates the working folder.
+    code, out, err = run_cli("train", "--slurm", "--run_dir", str(tmp_path / "run"))
+    assert code == 0, err
+    job_id = out.strip()
+    jobs = SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+    final = jobs.wait(job_id, timeout=WAIT_S)
+    assert final.state == "FAILED" and final.exit_code == "1:0"
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1
+    assert ("llamapod: the working folder /nonexistent/llamapod-workdir (workdir in [slurm], --chdir) does not "
+            f"exist on {slurm.node}: create it on a file system every node mounts, or set workdir") in out
