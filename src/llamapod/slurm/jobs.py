@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from llamapod import validate
+from llamapod import report, validate
 from llamapod.errors import RemoteError, SlurmError
 from llamapod.remote.shell import CommandResult, Shell
 
@@ -379,8 +379,13 @@ class SlurmJobs:
         job_id = check_job_id(job_id)
         offsets: dict[str, int] = {}
         deadline = None if timeout is None else time.monotonic() + timeout
+        said_pending = False
         while True:
             job = self.info(job_id)
+            if job.state == "PENDING" and not said_pending:
+                report.info(f"job {job_id} is pending ({job.reason}): waiting for it to start "
+                            "(Ctrl-C stops following; the job stays queued)")
+                said_pending = True
             for path in job.log_paths:
                 # Once the job has ended its files are complete: a last line without a newline counts too.
                 yield from self._new_lines(path, offsets, include_partial=job.ended)

@@ -117,7 +117,7 @@ def test_slurm_cancel_running_and_ended_jobs(jobs, tmp_path, run_cli):
     assert code == 0 and f"job {job_id} (sleeper) had already ended (CANCELLED); nothing to cancel" in err
 
 
-def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli):
+def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli, monkeypatch):
     script = _script(tmp_path, "echo never", "--begin=now+1hour", name="later")
     job_id = jobs.submit(script)
     try:
@@ -125,6 +125,13 @@ def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli):
         assert code == 1
         assert f"error: job {job_id} has not started yet (pending: BeginTime), so it has no log yet" in err
         assert f"hint: `llamapod logs {job_id} -f` waits for it to start" in err
+        said = []
+        monkeypatch.setattr("llamapod.report.info", said.append)
+        with pytest.raises(SlurmError) as waited:
+            list(jobs.follow(job_id, timeout=0.5))
+        assert str(waited.value) == f"job {job_id} is still PENDING after 0.5 s"
+        assert said == [f"job {job_id} is pending (BeginTime): waiting for it to start "
+                        "(Ctrl-C stops following; the job stays queued)"]
     finally:
         jobs.cancel(job_id)
 
