@@ -9,138 +9,17 @@ plain file reads for the logs. Slurm's terse errors become one line with a next 
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from llamapod import report, validate
 from llamapod.errors import RemoteError, SlurmError
 from llamapod.remote.shell import CommandResult, Shell
-
-# States after which a job never runs again (a requeued job passes through PENDING instead).
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
-
-_JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch): "12\n" is not a job id
-# A trainer's `step n/N | loss ...` line, or a tokenizing job's `prepare | parts | tokens | ETA` line.
-_METRICS = re.compile(r"((?:step \d+/\d+|prepare) \|.*)$")
-# `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
-_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
-_SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "Reason", "Partition",
-                 "ExitCode", "WorkDir", "User")
+from llamapod.slurm.parse import (  # noqa: F401 (the parsers stay importable from here)
+    ENDED_STATES, JOB_ID, SACCT_FIELDS, JobInfo, check_job_id, job_from_sacct, job_from_scontrol,
+    last_metrics_line, parse_scontrol_record)
 
 COMMAND_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    job_id: str
-    name: str
-    state: str
-    elapsed: str = ""
-    nodes: int = 0
-    node_list: str = ""
-    reason: str = ""
-    partition: str = ""
-    stdout: Optional[str] = None
-    stderr: Optional[str] = None
-    exit_code: str = ""
-    restarts: int = 0
-    user: str = ""
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED_STATES
-
-    @property
-    def failed(self) -> bool:
-        return self.ended and self.state != "COMPLETED"
-
-    @property
-    def log_paths(self) -> list[str]:
-        """stdout, then stderr when it is a different file."""
-        paths = [p for p in (self.stdout, self.stderr) if p]
-        return list(dict.fromkeys(paths))
-
-
-def check_job_id(job_id: str) -> str:
-    job_id = str(job_id).strip()
-    # Job 0 does not exist: `scontrol show job 0` shows every job instead.
-    if not _JOB_ID.fullmatch(job_id) or int(job_id.split("_")[0]) == 0:
-        raise SlurmError(f"{validate.shown(job_id)} is not a Slurm job id",
-                         "job ids are numbers, as printed by `llamapod train --slurm` and `llamapod jobs`")
-    return job_id
-
-
-def last_metrics_line(text: str) -> Optional[str]:
-    """The newest `step n/N | loss ...` line the trainer logged (or `prepare | ...` line of a
-    tokenizing job), without any prefix."""
-    for line in reversed(text.splitlines()):
-        match = _METRICS.search(line.strip())
-        if match:
-            return match.group(1)
-    return None
-
-
-def parse_scontrol_record(line: str) -> dict[str, str]:
-    """One line of `scontrol show job -o` as a dict (values may contain spaces)."""
-    matches = list(_KEY.finditer(line))
-    record = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
-        record[match.group(1)] = line[match.end():end].strip()
-    return record
-
-
-def job_from_scontrol(record: dict[str, str]) -> JobInfo:
-    def path(key: str) -> Optional[str]:
-        value = record.get(key, "")
-        return value if value and value != "(null)" else None
-
-    nodes_text = record.get("NumNodes", "0").split("-")[0]
-    node_list = record.get("NodeList", "")
-    return JobInfo(
-        job_id=record.get("JobId", ""),
-        name=record.get("JobName", ""),
-        state=record.get("JobState", "UNKNOWN").split()[0],
-        elapsed=record.get("RunTime", ""),
-        nodes=int(nodes_text) if nodes_text.isdigit() else 0,
-        node_list="" if node_list == "(null)" else node_list,
-        reason=record.get("Reason", "None"),
-        partition=record.get("Partition", ""),
-        stdout=path("StdOut"),
-        stderr=path("StdErr"),
-        exit_code=record.get("ExitCode", ""),
-        restarts=int(record.get("Restarts", "0") or 0),
-        user=record.get("UserId", "").split("(")[0],
-    )
-
-
-def job_from_sacct(line: str) -> JobInfo:
-    """One line of `sacct -P -n -X -o <_SACCT_FIELDS>` ('|'-separated, in that order).
-
-    sacct before 23.02 has no StdOut field; Slurm's default `slurm-<id>.out` in the job's
-    working directory is the best guess for a job that ended long ago.
-    """
-    fields = dict(zip(_SACCT_FIELDS, line.split("|")))
-    workdir = fields.get("WorkDir", "")
-    default_log = f"{workdir}/slurm-{fields['JobID']}.out" if workdir else None
-    nodes = fields.get("NNodes", "0")
-    return JobInfo(
-        job_id=fields["JobID"],
-        name=fields.get("JobName", ""),
-        state=fields.get("State", "UNKNOWN").split()[0],
-        elapsed=fields.get("Elapsed", ""),
-        nodes=int(nodes) if nodes.isdigit() else 0,
-        node_list=fields.get("NodeList", ""),
-        reason=fields.get("Reason", ""),
-        partition=fields.get("Partition", ""),
-        stdout=default_log,
-        stderr=default_log,
-        exit_code=fields.get("ExitCode", ""),
-        user=fields.get("User", ""),
-    )
 
 
 # sbatch's rejections, by the words Slurm uses -> (our message, hint).
@@ -251,7 +130,7 @@ class SlurmJobs:
                     raise SlurmError(f"sbatch rejected the job: {message} ({detail})", hint)
             raise SlurmError(f"sbatch rejected the job: {detail}", f"check the #SBATCH lines of {script_path}")
         job_id = result.stdout.strip().split(";")[0]
-        if not _JOB_ID.fullmatch(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise SlurmError(f"sbatch printed no job id (got {result.stdout.strip()!r})",
                              "check `squeue --me` for the job")
         return job_id
@@ -267,7 +146,7 @@ class SlurmJobs:
         """Jobs from accounting; [] where the cluster keeps none (sacct then says so)."""
         if self._accounting is False or self.shell.which("sacct") is None:
             return []
-        result = self._run(["sacct", "-P", "-n", "-X", "-o", ",".join(_SACCT_FIELDS), *args])
+        result = self._run(["sacct", "-P", "-n", "-X", "-o", ",".join(SACCT_FIELDS), *args])
         if not result.ok or "accounting storage is disabled" in (result.stdout + result.stderr):
             self._accounting = False
             return []
@@ -336,6 +215,13 @@ class SlurmJobs:
             return SlurmError(f"job {job.job_id} has not started yet (pending: {job.reason}), so it has no log yet",
                               f"`llamapod logs {job.job_id} -f` waits for it to start")
         where = job.log_paths[0] if job.log_paths else "its output file"
+        folder = where.rsplit("/", 1)[0] if "/" in where else ""
+        if job.ended and (job.reason == "JobLaunchFailure" or (folder and not self.shell.exists(folder))):
+            # slurmstepd opens the log on the node before the script starts; it leaves no file behind.
+            return SlurmError(f"job {job.job_id} {job.state} before it started: its log {where} could not be "
+                              f"created on {job.node_list or 'its node'} (Slurm's reason: {job.reason})",
+                              "the log's folder must exist and be writable on the compute nodes: put the run "
+                              "folder on a file system every node mounts (--run_dir or output_dir), and resubmit")
         if job.ended:
             return SlurmError(f"job {job.job_id} {job.state}, but its log ({where}) no longer exists",
                               "it was moved or deleted after the job ended; Slurm keeps no copy "

@@ -276,3 +276,17 @@ def test_slurm_job_whose_workdir_is_missing_on_the_node_fails_saying_so(slurm, t
     assert code == 1
     assert ("llamapod: the working folder /nonexistent/llamapod-workdir (workdir in [slurm], --chdir) does not "
             f"exist on {slurm.node}: create it on a file system every node mounts, or set workdir") in out
+
+
+def test_slurm_job_whose_log_folder_is_missing_on_the_node_names_it(jobs, tmp_path, run_cli):
+    # The submitting machine wrote the script, but the node has no such folder for the log.
+    script = tmp_path / "nolog.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --job-name=nolog\n#SBATCH --output={tmp_path}/missing/slurm-%j.out\n"
+                      "echo hi\n")
+    job_id = jobs.submit(str(script))
+    assert jobs.wait(job_id, timeout=WAIT_S).failed
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} FAILED before it started: its log {tmp_path}/missing/slurm-{job_id}.out "
+                          f"could not be created on ")
+    assert "hint: the log's folder must exist and be writable on the compute nodes" in err
