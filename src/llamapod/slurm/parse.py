@@ -18,6 +18,7 @@ JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch): "12\n" is not a
 # A trainer's `step n/N | loss ...` line, or a tokenizing job's `prepare | parts | tokens | ETA` line.
 _METRICS = re.compile(r"((?:step \d+/\d+|prepare) \|.*)$")
 # `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
+_JOB_NAME = re.compile(r"(?:^|\s)JobName=(.*) UserId=[^\s()]*\(\d+\) ")
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
 SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "Reason", "Partition",
                  "ExitCode", "WorkDir", "User")
@@ -74,11 +75,18 @@ def last_metrics_line(text: str) -> Optional[str]:
 
 def parse_scontrol_record(line: str) -> dict[str, str]:
     """One line of `scontrol show job -o` as a dict (values may contain spaces)."""
+    # A job's name is free text ("sweep lr=3e-4"): read it up to the real owner field and take it
+    # out first, so that Key=Value words inside it are not taken for fields.
+    name = _JOB_NAME.search(line)
+    if name:
+        line = line[:name.start(1)] + line[name.end(1):]
     matches = list(_KEY.finditer(line))
     record = {}
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
         record[match.group(1)] = line[match.end():end].strip()
+    if name:
+        record["JobName"] = name.group(1)
     return record
 
 

@@ -94,3 +94,12 @@ def test_slurm_states_llamapod_has_no_words_for_are_shown_as_slurm_names_them(st
     line = describe(job)
     assert line.startswith(f"job 7 ({job.name}) ") and state in line
     assert isinstance(_where(job), str)
+
+
+def test_slurm_job_names_with_key_value_words_stay_names():
+    from llamapod.slurm.parse import job_from_scontrol, parse_scontrol_record
+
+    line = ("JobId=419 JobName=sweep lr=3e-4 JobId=1 UserId=x(5) UserId=root(0) GroupId=root(0) "
+            "JobState=PENDING Reason=BeginTime NumNodes=1")
+    job = job_from_scontrol(parse_scontrol_record(line))
+    assert (job.job_id, job.name, job.user, job.state) == ("419", "sweep lr=3e-4 JobId=1 UserId=x(5)", "root", "PENDING")
