@@ -135,6 +135,23 @@ class SlurmJobs:
                              "check `squeue --me` for the job")
         return job_id
 
+    def write_and_submit(self, script_path: str, text: str) -> str:
+        """Write the script and submit it; where sbatch refuses it, the script that was there before stays."""
+        backup = f"{script_path}.previous"
+        had_one = self.shell.exists(script_path)
+        if had_one:
+            self.shell.run(["cp", "-p", "--", script_path, backup], timeout=COMMAND_TIMEOUT_S, check=True)
+        self.shell.write_text(script_path, text, mode=0o755)
+        try:
+            job_id = self.submit(script_path)
+        except BaseException:
+            undo = ["mv", "-f", "--", backup, script_path] if had_one else ["rm", "-f", "--", script_path]
+            self.shell.run(undo, timeout=COMMAND_TIMEOUT_S)
+            raise
+        if had_one:
+            self.shell.run(["rm", "-f", "--", backup], timeout=COMMAND_TIMEOUT_S)
+        return job_id
+
     # ---- inspect -----------------------------------------------------------------
 
     def _current_user(self) -> str:

@@ -290,3 +290,29 @@ def test_slurm_job_whose_log_folder_is_missing_on_the_node_names_it(jobs, tmp_pa
     assert err.startswith(f"error: job {job_id} FAILED before it started: its log {tmp_path}/missing/slurm-{job_id}.out "
                           f"could not be created on ")
     assert "hint: the log's folder must exist and be writable on the compute nodes" in err
+
+
+def test_slurm_refused_submit_keeps_the_earlier_script_and_a_rerun_submits(slurm, tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    base = "[train]\npreset = 'tiny'\n\n[slurm]\njob_name = 'keep'\nexclusive = false\npython = '/bin/true'\n"
+    (tmp_path / "llamapod.toml").write_text(base)
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 0, err
+    jobs = SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+    jobs.wait(out.strip(), timeout=WAIT_S)
+    script = tmp_path / "runs" / "keep" / "job.sbatch"
+    edited = script.read_text() + "# my own note\n"
+    script.write_text(edited)
+
+    # Only sbatch knows that no node has this much memory.
+    (tmp_path / "llamapod.toml").write_text(base + "sbatch_options = ['--mem=99999999']\n")
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 1 and out == ""
+    assert err.startswith("error: sbatch rejected the job: ") and err.count("\n") == 2
+    assert script.read_text() == edited
+    assert sorted(p.name for p in script.parent.iterdir() if p.name.startswith("job.")) == ["job.sbatch"]
+
+    (tmp_path / "llamapod.toml").write_text(base)
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 0, err
+    assert jobs.wait(out.strip(), timeout=WAIT_S).state == "COMPLETED"
