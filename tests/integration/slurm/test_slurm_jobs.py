@@ -287,8 +287,8 @@ def test_slurm_job_whose_log_folder_is_missing_on_the_node_names_it(jobs, tmp_pa
     assert jobs.wait(job_id, timeout=WAIT_S).failed
     code, out, err = run_cli("logs", job_id)
     assert code == 1 and out == ""
-    assert err.startswith(f"error: job {job_id} FAILED before it started: its log {tmp_path}/missing/slurm-{job_id}.out "
-                          f"could not be created on ")
+    assert err.startswith(f"error: job {job_id} FAILED before it started: its log "
+                          f"{tmp_path}/missing/slurm-{job_id}.out could not be created on ")
     assert "hint: the log's folder must exist and be writable on the compute nodes" in err
 
 

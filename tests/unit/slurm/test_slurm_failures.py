@@ -102,4 +102,5 @@ def test_slurm_job_names_with_key_value_words_stay_names():
     line = ("JobId=419 JobName=sweep lr=3e-4 JobId=1 UserId=x(5) UserId=root(0) GroupId=root(0) "
             "JobState=PENDING Reason=BeginTime NumNodes=1")
     job = job_from_scontrol(parse_scontrol_record(line))
-    assert (job.job_id, job.name, job.user, job.state) == ("419", "sweep lr=3e-4 JobId=1 UserId=x(5)", "root", "PENDING")
+    assert (job.job_id, job.user, job.state) == ("419", "root", "PENDING")
+    assert job.name == "sweep lr=3e-4 JobId=1 UserId=x(5)"
