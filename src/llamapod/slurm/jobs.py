@@ -20,6 +20,8 @@ from llamapod.slurm.parse import (  # noqa: F401 (the parsers stay importable fr
     last_metrics_line, parse_scontrol_record)
 
 COMMAND_TIMEOUT_S = 60.0
+# sinfo's short node states (%t) that take no new jobs.
+_UNUSABLE_NODE_STATES = frozenset({"down", "drain", "drng", "fail", "failg", "inval", "futr", "maint"})
 
 
 # sbatch's rejections, by the words Slurm uses -> (our message, hint).
@@ -88,11 +90,12 @@ class SlurmJobs:
         Clusters without EnforcePartLimits accept such a job and leave it pending forever
         (reason PartitionNodeLimit), so the check cannot be left to sbatch alone.
         """
-        result = self._run(["sinfo", "-h", "-o", "%P %D %a"])
+        result = self._run(["sinfo", "-h", "-o", "%P %D %a %t"])
         if not result.ok:
             raise SlurmError(f"sinfo failed on {self.shell.where}: {self._slurm_message(result)}",
                              "check that Slurm works here: `sinfo`")
         sizes: dict[str, int] = {}
+        usable: dict[str, int] = {}
         availability: dict[str, str] = {}
         default = None
         for line in result.stdout.splitlines():
@@ -104,6 +107,8 @@ class SlurmJobs:
                 default = name
             sizes[name] = sizes.get(name, 0) + int(parts[1])
             availability[name] = parts[2] if len(parts) > 2 else "up"
+            node_state = parts[3].rstrip("*~#!%$@^-+") if len(parts) > 3 else "idle"
+            usable[name] = usable.get(name, 0) + (0 if node_state in _UNUSABLE_NODE_STATES else int(parts[1]))
         listing = ", ".join(f"{name} ({count} node{'s' if count != 1 else ''})" for name, count in sizes.items())
         target = partition or default
         if partition and partition not in sizes:
@@ -119,6 +124,12 @@ class SlurmJobs:
         if target and target in sizes and nodes > sizes[target]:
             raise SlurmError(f"the job asks for {nodes} nodes but partition '{target}' has {sizes[target]}",
                              f"lower --nodes (or nodes in [slurm]) to {sizes[target]} or less; partitions: {listing}")
+        if target and target in usable and nodes > usable[target]:
+            # Down or drained nodes take no jobs: the job would wait until an operator brings them back.
+            raise SlurmError(f"the job asks for {nodes} nodes but only {usable[target]} of the {sizes[target]} nodes "
+                             f"of partition '{target}' take jobs (the others are down or drained)",
+                             f"lower --nodes to {usable[target]} or less, pick another partition, or ask an operator; "
+                             "`sinfo -R` shows why nodes are down")
 
     def submit(self, script_path: str) -> str:
         """``sbatch --parsable`` the script; returns the job id."""

@@ -316,3 +316,16 @@ def test_slurm_refused_submit_keeps_the_earlier_script_and_a_rerun_submits(slurm
     code, out, err = run_cli("train", "--slurm")
     assert code == 0, err
     assert jobs.wait(out.strip(), timeout=WAIT_S).state == "COMPLETED"
+
+
+def test_slurm_drained_nodes_do_not_count_for_the_job(jobs, slurm):
+    slurm.run("scontrol", "update", f"NodeName={slurm.node}", "State=DRAIN", "Reason=llamapod-test")
+    try:
+        with pytest.raises(SlurmError) as drained:
+            jobs.preflight(1, None)
+    finally:
+        slurm.run("scontrol", "update", f"NodeName={slurm.node}", "State=RESUME")
+    assert str(drained.value) == ("the job asks for 1 nodes but only 0 of the 1 nodes of partition 'debug' take jobs "
+                                  "(the others are down or drained)")
+    assert drained.value.hint.endswith("`sinfo -R` shows why nodes are down")
+    jobs.preflight(1, None)
