@@ -9,6 +9,7 @@ plain file reads for the logs. Slurm's terse errors become one line with a next 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Iterator, Optional
 
@@ -43,6 +44,11 @@ _SBATCH_REJECTIONS = (
     ("time limit", "the time limit exceeds what the partition allows",
      "lower --time (or time in [slurm]); `sinfo -o '%P %l'` shows each partition's limit"),
 )
+
+
+def _job_order(job: JobInfo) -> list[int]:
+    """Numeric order of ids as sacct prints them: 12, 12_3, 12_[4-9] (pending array tasks), 13+0 (het jobs)."""
+    return [int(number) for number in re.findall(r"\d+", job.job_id)]
 
 
 class SlurmJobs:
@@ -212,7 +218,7 @@ class SlurmJobs:
         if not all_users:
             user = self._current_user()
             jobs = {k: v for k, v in jobs.items() if v.user == user}
-        return sorted(jobs.values(), key=lambda j: [int(p) for p in j.job_id.split("_")])
+        return sorted(jobs.values(), key=_job_order)
 
     def active_job_in(self, run_dir: str) -> Optional[JobInfo]:
         """A pending or running job of this user that writes its logs into ``run_dir``, if any."""

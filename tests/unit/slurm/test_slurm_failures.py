@@ -104,3 +104,11 @@ def test_slurm_job_names_with_key_value_words_stay_names():
     job = job_from_scontrol(parse_scontrol_record(line))
     assert (job.job_id, job.user, job.state) == ("419", "root", "PENDING")
     assert job.name == "sweep lr=3e-4 JobId=1 UserId=x(5)"
+
+
+def test_slurm_listing_with_accounting_takes_array_and_het_job_ids():
+    sacct = "".join(f"{job_id}|{name}|PENDING|00:00:00|1||Priority|gpu|0:0|/fsx|bob\n"
+                    for job_id, name in (("123_[1-5]", "array"), ("124+0", "het"), ("99", "old")))
+    shell = ScriptedShell({**_answer("scontrol", 0, stdout="No jobs in the system\n"), **_answer("sacct", 0, sacct)})
+    listed = SlurmJobs(shell).list()
+    assert [(job.job_id, job.name) for job in listed] == [("99", "old"), ("123_[1-5]", "array"), ("124+0", "het")]
