@@ -69,6 +69,16 @@ class SlurmJobs:
         if self.shell.which(program) is None:
             raise SlurmError(f"Slurm is not installed on {self.shell.where}: `{program}` is not on PATH",
                              "run this on the cluster's login or head node, or from a laptop with --cluster NAME")
+        if not self._checked:
+            # Slurm's commands retry a missing configuration file for a minute before they fail.
+            try:
+                probe = self.shell.run(["sh", "-c", 'if [ -n "${SLURM_CONF:-}" ] && [ ! -e "$SLURM_CONF" ]; '
+                                        'then echo "$SLURM_CONF"; fi'], timeout=COMMAND_TIMEOUT_S)
+            except RemoteError:
+                probe = None  # no sh: Slurm's own commands say what is wrong
+            if probe is not None and probe.ok and probe.stdout.strip():
+                raise SlurmError(f"SLURM_CONF names {probe.stdout.strip()}, which does not exist on {self.shell.where}",
+                                 "point SLURM_CONF at the cluster's slurm.conf, or unset it")
         self._checked.add(program)
 
     def _run(self, argv: list[str]) -> CommandResult:
@@ -78,6 +88,10 @@ class SlurmJobs:
         if not result.ok and ("Unable to contact slurm controller" in text or "Zero Bytes were transmitted" in text):
             raise SlurmError(f"cannot reach the Slurm controller from {self.shell.where}",
                              "check that slurmctld is running: `scontrol ping`")
+        if not result.ok and "Unable to process configuration file" in text:
+            raise SlurmError(f"Slurm on {self.shell.where} has no usable configuration (slurm.conf)",
+                             "run this on a node of the cluster, set SLURM_CONF to its slurm.conf, or use "
+                             "--cluster NAME from a laptop")
         return result
 
     @staticmethod

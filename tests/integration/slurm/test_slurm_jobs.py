@@ -329,3 +329,12 @@ def test_slurm_drained_nodes_do_not_count_for_the_job(jobs, slurm):
                                   "(the others are down or drained)")
     assert drained.value.hint.endswith("`sinfo -R` shows why nodes are down")
     jobs.preflight(1, None)
+
+
+def test_slurm_conf_that_does_not_exist_is_one_line_at_once(slurm, tmp_path):
+    # Slurm's own commands retry for a minute before they give up on a missing slurm.conf.
+    started = time.monotonic()
+    with pytest.raises(SlurmError) as missing:
+        SlurmJobs(LocalShell(env={"SLURM_CONF": str(tmp_path / "gone.conf")})).list()
+    assert time.monotonic() - started < 10
+    assert str(missing.value) == f"SLURM_CONF names {tmp_path}/gone.conf, which does not exist on this machine"
