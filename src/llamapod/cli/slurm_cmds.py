@@ -238,7 +238,9 @@ def logs(job_id: str, follow: bool, lines: Optional[int], cluster: Optional[str]
     if job.failed:
         from llamapod.errors import SlurmError
 
-        raise SlurmError(describe(job), f"the lines above end with the job's error; resubmit with "
+        before = ("the lines above end with the job's error" if job.node_list
+                  else f"it never started (pending: {job.reason}), so it wrote no log")
+        raise SlurmError(describe(job), f"{before}; resubmit with "
                                         f"`llamapod train --slurm` (it resumes from the last checkpoint)")
     ui.info(describe(job))
 

@@ -263,6 +263,9 @@ class SlurmJobs:
             return SlurmError(f"job {job.job_id} has not started yet (pending: {job.reason}), so it has no log yet",
                               f"`llamapod logs {job.job_id} -f` waits for it to start")
         where = job.log_paths[0] if job.log_paths else "its output file"
+        if job.ended and not job.node_list:
+            return SlurmError(f"job {job.job_id} was {job.state} before it started (pending: {job.reason}), "
+                              "so it has no log", "resubmit it; a training run resumes from its last checkpoint")
         folder = where.rsplit("/", 1)[0] if "/" in where else ""
         if job.ended and (job.reason == "JobLaunchFailure" or (folder and not self.shell.exists(folder))):
             # slurmstepd opens the log on the node before the script starts; it leaves no file behind.

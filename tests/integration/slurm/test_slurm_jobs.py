@@ -134,6 +134,14 @@ def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli, monkeypatch):
                         "(Ctrl-C stops following; the job stays queued)"]
     finally:
         jobs.cancel(job_id)
+    jobs.wait(job_id, timeout=WAIT_S)
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} was CANCELLED before it started (pending: BeginTime), so it has "
+                          "no log\n")
+    code, out, err = run_cli("logs", job_id, "-f")
+    assert code == 1 and out == ""
+    assert "hint: it never started (pending: BeginTime), so it wrote no log; resubmit" in err
 
 
 def test_slurm_rejections_are_one_line(jobs, tmp_path, run_cli, slurm):
