@@ -9,6 +9,7 @@ plain file reads for the logs. Slurm's terse errors become one line with a next 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Iterator, Optional
@@ -206,7 +207,10 @@ class SlurmJobs:
         job_id = check_job_id(job_id)
         result = self._run(["scontrol", "show", "job", "-o", job_id])
         if result.ok and result.stdout.strip():
-            return job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
+            job = job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
+            # A task of an array (12_3) may share one record with its pending siblings (JobId=12
+            # ArrayTaskId=1-5): keep the task's own id, so that cancel stops that task only.
+            return dataclasses.replace(job, job_id=job_id) if "_" in job_id else job
         message = self._slurm_message(result)
         if "Invalid job id" not in message and "not found" not in message:
             raise SlurmError(f"scontrol could not show job {job_id}: {message}", "check `scontrol ping`")

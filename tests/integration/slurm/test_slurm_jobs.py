@@ -346,3 +346,13 @@ def test_slurm_conf_that_does_not_exist_is_one_line_at_once(slurm, tmp_path):
         SlurmJobs(LocalShell(env={"SLURM_CONF": str(tmp_path / "gone.conf")})).list()
     assert time.monotonic() - started < 10
     assert str(missing.value) == f"SLURM_CONF names {tmp_path}/gone.conf, which does not exist on this machine"
+
+
+def test_slurm_cancel_of_one_array_task_leaves_its_siblings(jobs, tmp_path, run_cli, slurm):
+    array_id = jobs.submit(_script(tmp_path, "echo task", "--array=1-2", "--begin=now+1hour", name="arr"))
+    try:
+        code, _, err = run_cli("cancel", f"{array_id}_2")
+        assert code == 0 and f"cancelled job {array_id}_2 (arr), which was PENDING" in err
+        assert jobs.info(f"{array_id}_1").state == "PENDING"
+    finally:
+        slurm.run("scancel", array_id, check=False)
