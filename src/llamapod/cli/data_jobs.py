@@ -76,14 +76,14 @@ def prepare_with_slurm(request, *, config_path: Optional[Path], slurm_overrides:
             raise SlurmError(f"job {running.job_id} ({running.name}) is already {running.state} for {request.out}",
                              f"follow it with `llamapod logs {running.job_id} -f`, or stop it with "
                              f"`llamapod cancel {running.job_id}`")
-    shell.write_text(paths.script, script, mode=0o755)
     summary = f"{job.nodes} node{'s' if job.nodes != 1 else ''}, all cores of each"
     if dry_run:
+        shell.write_text(paths.script, script, mode=0o755)
         ui.success(f"wrote the sbatch script for {summary}")
         ui.out(paths.script)
         ui.info(f"submit it with `sbatch {paths.script}`, or run the same command without --dry-run")
         return None
-    job_id = jobs.submit(paths.script)
+    job_id = jobs.write_and_submit(paths.script, script)
     ui.success(f"submitted job {job_id} ({job.job_name}: {summary}) preparing {request.out}; script {paths.script}")
     ui.out(job_id)
     ui.info(f"follow it with `llamapod logs {job_id} -f` (progress: tokens done and time left); "

@@ -94,10 +94,10 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
     report_memory(spec, job, force=force)
     if not dry_run:
         _require_free_slot(jobs, job, paths.run_dir)
-    shell.write_text(paths.script, script, mode=0o755)
     summary = (f"{job.nodes} node{'s' if job.nodes != 1 else ''} x {job.workers_per_node} workers"
                f"{f' ({job.instance_type})' if job.instance_type else ''}")
     if dry_run:
+        shell.write_text(paths.script, script, mode=0o755)
         ui.success(f"wrote the sbatch script for {summary}")
         ui.out(paths.script)
         ui.info(f"submit it with `sbatch {paths.script}`, or run the same command without --dry-run")
@@ -105,7 +105,7 @@ def train_with_slurm(spec: "TrainSpec", *, config_path: Optional[Path], dry_run:
     if _has_checkpoints(shell, paths.checkpoint_dir):
         ui.info(f"{paths.checkpoint_dir} holds checkpoints: the job resumes from the newest "
                 "(set another job_name in [slurm] to start a new run)")
-    job_id = jobs.submit(paths.script)
+    job_id = jobs.write_and_submit(paths.script, script)
     ui.success(f"submitted job {job_id} ({job.job_name}: {summary}); script {paths.script}")
     ui.out(job_id)
     ui.info(f"follow it with `llamapod logs {job_id} -f`; list jobs with `llamapod jobs`; "
@@ -238,7 +238,9 @@ def logs(job_id: str, follow: bool, lines: Optional[int], cluster: Optional[str]
     if job.failed:
         from llamapod.errors import SlurmError
 
-        raise SlurmError(describe(job), f"the lines above end with the job's error; resubmit with "
+        before = ("the lines above end with the job's error" if job.node_list
+                  else f"it never started (pending: {job.reason}), so it wrote no log")
+        raise SlurmError(describe(job), f"{before}; resubmit with "
                                         f"`llamapod train --slurm` (it resumes from the last checkpoint)")
     ui.info(describe(job))
 

@@ -88,7 +88,7 @@ class LocalShell:
     def run(self, argv, *, input=None, timeout=None, check=False, cwd=None, env=None) -> CommandResult:
         argv = tuple(str(a) for a in argv)
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, errors="replace", timeout=timeout,  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
                                   cwd=cwd, env=self._merged_env(env))
         except FileNotFoundError:
             raise RemoteError(f"`{argv[0]}` is not installed on {self.where}",
@@ -104,7 +104,7 @@ class LocalShell:
     def stream(self, argv, *, cwd=None) -> Iterator[str]:
         argv = [str(a) for a in argv]
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",  # nosec B603: argv comes from llamapod's callers as a list, never through a shell
                                     cwd=cwd, env=self._merged_env(None))
         except FileNotFoundError:
             raise RemoteError(f"`{argv[0]}` is not installed on {self.where}", "install it or add it to PATH") from None
@@ -122,7 +122,7 @@ class LocalShell:
 
     def read_text(self, path: str) -> str:
         try:
-            return Path(path).read_text()
+            return Path(path).read_text(errors="replace")
         except OSError as exc:
             raise RemoteError(f"cannot read {path} on {self.where}: {exc.strerror}") from None
 

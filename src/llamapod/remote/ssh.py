@@ -185,7 +185,8 @@ class SshShell:
         shown = argv or ("sh", "-c", script)
         try:
             proc = subprocess.run(self.ssh_argv(script), input=input, capture_output=True,  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
-                                  text=not isinstance(input, bytes), timeout=timeout)
+                                  text=not isinstance(input, bytes), timeout=timeout,
+                                  errors=None if isinstance(input, bytes) else "replace")
         except FileNotFoundError:
             raise RemoteError("the OpenSSH client (`ssh`) is not installed on this machine",
                               "install it (apt-get install openssh-client, or your OS's package)") from None
@@ -208,8 +209,9 @@ class SshShell:
         command = self._remote_command(argv, cwd, None)
         # stderr goes to a file, not a pipe nobody reads while stdout is streamed (a full
         # pipe would stall the remote command); it is read back for ssh's own failures.
-        with tempfile.TemporaryFile(mode="w+") as errors:
-            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True)  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
+        with tempfile.TemporaryFile(mode="w+", errors="replace") as errors:
+            proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=errors, text=True,  # nosec B603: ssh with llamapod's options and a validated target; remote words are shlex-quoted
+                                    errors="replace")
             try:
                 if proc.stdout is None:
                     raise RemoteError(f"no output stream from ssh to {self.where}")

@@ -9,137 +9,21 @@ plain file reads for the logs. Slurm's terse errors become one line with a next 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from llamapod import validate
-from llamapod.errors import SlurmError
+from llamapod import report, validate
+from llamapod.errors import RemoteError, SlurmError
 from llamapod.remote.shell import CommandResult, Shell
-
-# States after which a job never runs again (a requeued job passes through PENDING instead).
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
-
-_JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch): "12\n" is not a job id
-# A trainer's `step n/N | loss ...` line, or a tokenizing job's `prepare | parts | tokens | ETA` line.
-_METRICS = re.compile(r"((?:step \d+/\d+|prepare) \|.*)$")
-# `scontrol show job -o` prints Key=Value pairs; keys may hold ':' or '/' (ReqB:S:C:T, AllocNode:Sid).
-_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/]*)=")
-_SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "Reason", "Partition",
-                 "ExitCode", "WorkDir", "User")
+from llamapod.slurm.parse import (  # noqa: F401 (the parsers stay importable from here)
+    ENDED_STATES, JOB_ID, SACCT_FIELDS, JobInfo, check_job_id, job_from_sacct, job_from_scontrol,
+    last_metrics_line, parse_scontrol_record)
 
 COMMAND_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    job_id: str
-    name: str
-    state: str
-    elapsed: str = ""
-    nodes: int = 0
-    node_list: str = ""
-    reason: str = ""
-    partition: str = ""
-    stdout: Optional[str] = None
-    stderr: Optional[str] = None
-    exit_code: str = ""
-    restarts: int = 0
-    user: str = ""
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED_STATES
-
-    @property
-    def failed(self) -> bool:
-        return self.ended and self.state != "COMPLETED"
-
-    @property
-    def log_paths(self) -> list[str]:
-        """stdout, then stderr when it is a different file."""
-        paths = [p for p in (self.stdout, self.stderr) if p]
-        return list(dict.fromkeys(paths))
-
-
-def check_job_id(job_id: str) -> str:
-    job_id = str(job_id).strip()
-    if not _JOB_ID.fullmatch(job_id):
-        raise SlurmError(f"{validate.shown(job_id)} is not a Slurm job id",
-                         "job ids are numbers, as printed by `llamapod train --slurm` and `llamapod jobs`")
-    return job_id
-
-
-def last_metrics_line(text: str) -> Optional[str]:
-    """The newest `step n/N | loss ...` line the trainer logged (or `prepare | ...` line of a
-    tokenizing job), without any prefix."""
-    for line in reversed(text.splitlines()):
-        match = _METRICS.search(line.strip())
-        if match:
-            return match.group(1)
-    return None
-
-
-def parse_scontrol_record(line: str) -> dict[str, str]:
-    """One line of `scontrol show job -o` as a dict (values may contain spaces)."""
-    matches = list(_KEY.finditer(line))
-    record = {}
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(line)
-        record[match.group(1)] = line[match.end():end].strip()
-    return record
-
-
-def job_from_scontrol(record: dict[str, str]) -> JobInfo:
-    def path(key: str) -> Optional[str]:
-        value = record.get(key, "")
-        return value if value and value != "(null)" else None
-
-    nodes_text = record.get("NumNodes", "0").split("-")[0]
-    node_list = record.get("NodeList", "")
-    return JobInfo(
-        job_id=record.get("JobId", ""),
-        name=record.get("JobName", ""),
-        state=record.get("JobState", "UNKNOWN").split()[0],
-        elapsed=record.get("RunTime", ""),
-        nodes=int(nodes_text) if nodes_text.isdigit() else 0,
-        node_list="" if node_list == "(null)" else node_list,
-        reason=record.get("Reason", "None"),
-        partition=record.get("Partition", ""),
-        stdout=path("StdOut"),
-        stderr=path("StdErr"),
-        exit_code=record.get("ExitCode", ""),
-        restarts=int(record.get("Restarts", "0") or 0),
-        user=record.get("UserId", "").split("(")[0],
-    )
-
-
-def job_from_sacct(line: str) -> JobInfo:
-    """One line of `sacct -P -n -X -o <_SACCT_FIELDS>` ('|'-separated, in that order).
-
-    sacct before 23.02 has no StdOut field; Slurm's default `slurm-<id>.out` in the job's
-    working directory is the best guess for a job that ended long ago.
-    """
-    fields = dict(zip(_SACCT_FIELDS, line.split("|")))
-    workdir = fields.get("WorkDir", "")
-    default_log = f"{workdir}/slurm-{fields['JobID']}.out" if workdir else None
-    nodes = fields.get("NNodes", "0")
-    return JobInfo(
-        job_id=fields["JobID"],
-        name=fields.get("JobName", ""),
-        state=fields.get("State", "UNKNOWN").split()[0],
-        elapsed=fields.get("Elapsed", ""),
-        nodes=int(nodes) if nodes.isdigit() else 0,
-        node_list=fields.get("NodeList", ""),
-        reason=fields.get("Reason", ""),
-        partition=fields.get("Partition", ""),
-        stdout=default_log,
-        stderr=default_log,
-        exit_code=fields.get("ExitCode", ""),
-        user=fields.get("User", ""),
-    )
+# sinfo's short node states (%t) that take no new jobs.
+_UNUSABLE_NODE_STATES = frozenset({"down", "drain", "drng", "fail", "failg", "inval", "futr", "maint"})
 
 
 # sbatch's rejections, by the words Slurm uses -> (our message, hint).
@@ -152,9 +36,20 @@ _SBATCH_REJECTIONS = (
      "check --nodes and --partition against `sinfo`"),
     ("Invalid account", "the account is not valid for this partition",
      "check --account (or account in [slurm]) with `sacctmgr show assoc user=$USER`"),
+    ("Required partition not available", "the partition is inactive or draining and takes no jobs",
+     "pick another partition from `sinfo` (--partition or partition in [slurm]), or ask an operator"),
+    ("Invalid qos", "the QOS is not valid for this user, account or partition",
+     "check the --qos in sbatch_options with `sacctmgr show assoc user=$USER format=account,qos`"),
+    ("accounting/QOS policy", "the job exceeds a limit of its account or QOS",
+     "ask for fewer nodes or less time, or check your limits with `sacctmgr show assoc user=$USER`"),
     ("time limit", "the time limit exceeds what the partition allows",
      "lower --time (or time in [slurm]); `sinfo -o '%P %l'` shows each partition's limit"),
 )
+
+
+def _job_order(job: JobInfo) -> list[int]:
+    """Numeric order of ids as sacct prints them: 12, 12_3, 12_[4-9] (pending array tasks), 13+0 (het jobs)."""
+    return [int(number) for number in re.findall(r"\d+", job.job_id)]
 
 
 class SlurmJobs:
@@ -175,6 +70,16 @@ class SlurmJobs:
         if self.shell.which(program) is None:
             raise SlurmError(f"Slurm is not installed on {self.shell.where}: `{program}` is not on PATH",
                              "run this on the cluster's login or head node, or from a laptop with --cluster NAME")
+        if not self._checked:
+            # Slurm's commands retry a missing configuration file for a minute before they fail.
+            try:
+                probe = self.shell.run(["sh", "-c", 'if [ -n "${SLURM_CONF:-}" ] && [ ! -e "$SLURM_CONF" ]; '
+                                        'then echo "$SLURM_CONF"; fi'], timeout=COMMAND_TIMEOUT_S)
+            except RemoteError:
+                probe = None  # no sh: Slurm's own commands say what is wrong
+            if probe is not None and probe.ok and probe.stdout.strip():
+                raise SlurmError(f"SLURM_CONF names {probe.stdout.strip()}, which does not exist on {self.shell.where}",
+                                 "point SLURM_CONF at the cluster's slurm.conf, or unset it")
         self._checked.add(program)
 
     def _run(self, argv: list[str]) -> CommandResult:
@@ -184,6 +89,10 @@ class SlurmJobs:
         if not result.ok and ("Unable to contact slurm controller" in text or "Zero Bytes were transmitted" in text):
             raise SlurmError(f"cannot reach the Slurm controller from {self.shell.where}",
                              "check that slurmctld is running: `scontrol ping`")
+        if not result.ok and "Unable to process configuration file" in text:
+            raise SlurmError(f"Slurm on {self.shell.where} has no usable configuration (slurm.conf)",
+                             "run this on a node of the cluster, set SLURM_CONF to its slurm.conf, or use "
+                             "--cluster NAME from a laptop")
         return result
 
     @staticmethod
@@ -202,28 +111,46 @@ class SlurmJobs:
         Clusters without EnforcePartLimits accept such a job and leave it pending forever
         (reason PartitionNodeLimit), so the check cannot be left to sbatch alone.
         """
-        result = self._run(["sinfo", "-h", "-o", "%P %D"])
+        result = self._run(["sinfo", "-h", "-o", "%P %D %a %t"])
         if not result.ok:
             raise SlurmError(f"sinfo failed on {self.shell.where}: {self._slurm_message(result)}",
                              "check that Slurm works here: `sinfo`")
         sizes: dict[str, int] = {}
+        usable: dict[str, int] = {}
+        availability: dict[str, str] = {}
         default = None
         for line in result.stdout.splitlines():
             parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) < 2 or not parts[1].isdigit():
                 continue
             name = parts[0].rstrip("*")
             if parts[0].endswith("*"):
                 default = name
             sizes[name] = sizes.get(name, 0) + int(parts[1])
+            availability[name] = parts[2] if len(parts) > 2 else "up"
+            node_state = parts[3].rstrip("*~#!%$@^-+") if len(parts) > 3 else "idle"
+            usable[name] = usable.get(name, 0) + (0 if node_state in _UNUSABLE_NODE_STATES else int(parts[1]))
         listing = ", ".join(f"{name} ({count} node{'s' if count != 1 else ''})" for name, count in sizes.items())
         target = partition or default
         if partition and partition not in sizes:
             raise SlurmError(f"Slurm has no partition '{partition}'",
                              f"partitions here: {listing or 'none'}; set --partition (or partition in [slurm])")
+        if target and availability.get(target, "up") != "up":
+            # A down partition queues the job and never starts it (reason PartitionDown).
+            up = ", ".join(name for name, state in availability.items() if state == "up")
+            raise SlurmError(f"partition '{target}' is {availability[target]}: "
+                             "Slurm would queue the job but not start it",
+                             f"pick a partition that is up ({up or 'none is'}) with --partition (or partition "
+                             "in [slurm]), or ask an operator to bring it up")
         if target and target in sizes and nodes > sizes[target]:
             raise SlurmError(f"the job asks for {nodes} nodes but partition '{target}' has {sizes[target]}",
                              f"lower --nodes (or nodes in [slurm]) to {sizes[target]} or less; partitions: {listing}")
+        if target and target in usable and nodes > usable[target]:
+            # Down or drained nodes take no jobs: the job would wait until an operator brings them back.
+            raise SlurmError(f"the job asks for {nodes} nodes but only {usable[target]} of the {sizes[target]} nodes "
+                             f"of partition '{target}' take jobs (the others are down or drained)",
+                             f"lower --nodes to {usable[target]} or less, pick another partition, or ask an operator; "
+                             "`sinfo -R` shows why nodes are down")
 
     def submit(self, script_path: str) -> str:
         """``sbatch --parsable`` the script; returns the job id."""
@@ -235,9 +162,26 @@ class SlurmJobs:
                     raise SlurmError(f"sbatch rejected the job: {message} ({detail})", hint)
             raise SlurmError(f"sbatch rejected the job: {detail}", f"check the #SBATCH lines of {script_path}")
         job_id = result.stdout.strip().split(";")[0]
-        if not _JOB_ID.fullmatch(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise SlurmError(f"sbatch printed no job id (got {result.stdout.strip()!r})",
                              "check `squeue --me` for the job")
+        return job_id
+
+    def write_and_submit(self, script_path: str, text: str) -> str:
+        """Write the script and submit it; where sbatch refuses it, the script that was there before stays."""
+        backup = f"{script_path}.previous"
+        had_one = self.shell.exists(script_path)
+        if had_one:
+            self.shell.run(["cp", "-p", "--", script_path, backup], timeout=COMMAND_TIMEOUT_S, check=True)
+        self.shell.write_text(script_path, text, mode=0o755)
+        try:
+            job_id = self.submit(script_path)
+        except BaseException:
+            undo = ["mv", "-f", "--", backup, script_path] if had_one else ["rm", "-f", "--", script_path]
+            self.shell.run(undo, timeout=COMMAND_TIMEOUT_S)
+            raise
+        if had_one:
+            self.shell.run(["rm", "-f", "--", backup], timeout=COMMAND_TIMEOUT_S)
         return job_id
 
     # ---- inspect -----------------------------------------------------------------
@@ -251,7 +195,7 @@ class SlurmJobs:
         """Jobs from accounting; [] where the cluster keeps none (sacct then says so)."""
         if self._accounting is False or self.shell.which("sacct") is None:
             return []
-        result = self._run(["sacct", "-P", "-n", "-X", "-o", ",".join(_SACCT_FIELDS), *args])
+        result = self._run(["sacct", "-P", "-n", "-X", "-o", ",".join(SACCT_FIELDS), *args])
         if not result.ok or "accounting storage is disabled" in (result.stdout + result.stderr):
             self._accounting = False
             return []
@@ -263,9 +207,12 @@ class SlurmJobs:
         job_id = check_job_id(job_id)
         result = self._run(["scontrol", "show", "job", "-o", job_id])
         if result.ok and result.stdout.strip():
-            return job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
+            job = job_from_scontrol(parse_scontrol_record(result.stdout.strip().splitlines()[0]))
+            # A task of an array (12_3) may share one record with its pending siblings (JobId=12
+            # ArrayTaskId=1-5): keep the task's own id, so that cancel stops that task only.
+            return dataclasses.replace(job, job_id=job_id) if "_" in job_id else job
         message = self._slurm_message(result)
-        if "Invalid job id" not in message:
+        if "Invalid job id" not in message and "not found" not in message:
             raise SlurmError(f"scontrol could not show job {job_id}: {message}", "check `scontrol ping`")
         for job in self._sacct(["-j", job_id]):
             if job.job_id == job_id:
@@ -289,7 +236,7 @@ class SlurmJobs:
         if not all_users:
             user = self._current_user()
             jobs = {k: v for k, v in jobs.items() if v.user == user}
-        return sorted(jobs.values(), key=lambda j: [int(p) for p in j.job_id.split("_")])
+        return sorted(jobs.values(), key=_job_order)
 
     def active_job_in(self, run_dir: str) -> Optional[JobInfo]:
         """A pending or running job of this user that writes its logs into ``run_dir``, if any."""
@@ -301,17 +248,39 @@ class SlurmJobs:
 
     # ---- logs --------------------------------------------------------------------
 
-    def _read(self, path: str, tail: Optional[int]) -> str:
-        if tail is None:
-            return self.shell.read_text(path)
-        return self.shell.run(["tail", "-n", str(tail), validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S,
-                              check=True).stdout
+    def _read(self, path: str, tail: Optional[int], job: Optional[JobInfo] = None) -> str:
+        try:
+            if tail is None:
+                return self.shell.read_text(path)
+            return self.shell.run(["tail", "-n", str(tail), validate.shell_operand(path)], timeout=COMMAND_TIMEOUT_S,
+                                  check=True).stdout
+        except RemoteError as exc:
+            if job is None:
+                raise
+            owner = f" (it runs as {job.user})" if job.user and job.user != self._current_user() else ""
+            raise SlurmError(f"cannot read the log of job {job.job_id}: {path}{owner}",
+                             "logs are readable by the job's owner; run this as that user, or ask them "
+                             f"(`ls -l {path}` shows its owner and mode)") from exc
 
     def _missing_log(self, job: JobInfo) -> SlurmError:
         if job.state == "PENDING":
             return SlurmError(f"job {job.job_id} has not started yet (pending: {job.reason}), so it has no log yet",
                               f"`llamapod logs {job.job_id} -f` waits for it to start")
         where = job.log_paths[0] if job.log_paths else "its output file"
+        if job.ended and not job.node_list:
+            return SlurmError(f"job {job.job_id} was {job.state} before it started (pending: {job.reason}), "
+                              "so it has no log", "resubmit it; a training run resumes from its last checkpoint")
+        folder = where.rsplit("/", 1)[0] if "/" in where else ""
+        if job.ended and (job.reason == "JobLaunchFailure" or (folder and not self.shell.exists(folder))):
+            # slurmstepd opens the log on the node before the script starts; it leaves no file behind.
+            return SlurmError(f"job {job.job_id} {job.state} before it started: its log {where} could not be "
+                              f"created on {job.node_list or 'its node'} (Slurm's reason: {job.reason})",
+                              "the log's folder must exist and be writable on the compute nodes: put the run "
+                              "folder on a file system every node mounts (--run_dir or output_dir), and resubmit")
+        if job.ended:
+            return SlurmError(f"job {job.job_id} {job.state}, but its log ({where}) no longer exists",
+                              "it was moved or deleted after the job ended; Slurm keeps no copy "
+                              "(`llamapod jobs` still shows how the job ended)")
         return SlurmError(f"the log of job {job.job_id} ({where}) does not exist yet",
                           "Slurm creates it when the job starts on its first node; if the job ended, "
                           "the file was moved or deleted")
@@ -322,7 +291,7 @@ class SlurmJobs:
         present = [p for p in job.log_paths if self.shell.exists(p)]
         if not present:
             raise self._missing_log(job)
-        parts = [self._read(p, tail) for p in present]
+        parts = [self._read(p, tail, job) for p in present]
         return "".join(part if part.endswith("\n") or not part else part + "\n" for part in parts)
 
     def error_tail(self, job: JobInfo, lines: int = 20) -> str:
@@ -330,14 +299,20 @@ class SlurmJobs:
         path = job.stderr or job.stdout
         if not path or not self.shell.exists(path):
             return ""
-        return self._read(path, lines)
+        try:
+            return self._read(path, lines, job)
+        except SlurmError:
+            return ""  # another user's log, in a listing of everyone's jobs
 
     def last_metrics(self, job: JobInfo, lines: int = 200) -> Optional[str]:
         """The job's newest metrics line, from the end of its logs."""
         found = None
         for path in job.log_paths:
-            if self.shell.exists(path):
-                found = last_metrics_line(self._read(path, lines)) or found
+            try:
+                if self.shell.exists(path):
+                    found = last_metrics_line(self._read(path, lines, job)) or found
+            except SlurmError:
+                continue  # another user's log, in a listing of everyone's jobs
         return found
 
     def follow(self, job_id: str, timeout: Optional[float] = None) -> Iterator[str]:
@@ -345,8 +320,13 @@ class SlurmJobs:
         job_id = check_job_id(job_id)
         offsets: dict[str, int] = {}
         deadline = None if timeout is None else time.monotonic() + timeout
+        said_pending = False
         while True:
             job = self.info(job_id)
+            if job.state == "PENDING" and not said_pending:
+                report.info(f"job {job_id} is pending ({job.reason}): waiting for it to start "
+                            "(Ctrl-C stops following; the job stays queued)")
+                said_pending = True
             for path in job.log_paths:
                 # Once the job has ended its files are complete: a last line without a newline counts too.
                 yield from self._new_lines(path, offsets, include_partial=job.ended)
@@ -358,17 +338,21 @@ class SlurmJobs:
             time.sleep(self.poll_interval_s)
 
     def _new_lines(self, path: str, offsets: dict[str, int], include_partial: bool = False) -> Iterator[str]:
-        """Complete lines appended to ``path`` since the last call (offsets in bytes)."""
+        """Complete lines appended to ``path`` since the last call (offsets in lines).
+
+        Counted in lines, not bytes: bytes that are not UTF-8 reach us replaced, so the
+        length of the text read says nothing about the length of the file.
+        """
         if not self.shell.exists(path):
             return
-        start = offsets.get(path, 0)
-        result = self.shell.run(["tail", "-c", f"+{start + 1}", validate.shell_operand(path)],
+        seen = offsets.get(path, 0)
+        result = self.shell.run(["tail", "-n", f"+{seen + 1}", validate.shell_operand(path)],
                                 timeout=COMMAND_TIMEOUT_S)
         if not result.ok:
             return
         text = result.stdout
         complete = text if include_partial else text[: text.rfind("\n") + 1]
-        offsets[path] = start + len(complete.encode())
+        offsets[path] = seen + complete.count("\n")
         yield from complete.splitlines()
 
     # ---- control -----------------------------------------------------------------

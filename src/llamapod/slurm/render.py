@@ -180,6 +180,13 @@ def render_sbatch(spec: "TrainSpec", job: SlurmJob) -> str:
         *_sbatch_lines(job, run_dir),
         "",
     ]
+    if job.workdir:
+        # Where --chdir is missing on a node, Slurm starts the job in /tmp and says so only in the log.
+        workdir = shlex.quote(job.workdir)
+        out += [f'if [ "$PWD" = /tmp ] && [ ! -d {workdir} ]; then',
+                "    printf 'llamapod: the working folder %s (workdir in [slurm], --chdir) does not exist on %s: "
+                f"create it on a file system every node mounts, or set workdir\\n' {workdir} \"$(hostname)\" >&2",
+                "    exit 1", "fi"]
     if job.env_setup:
         # Activation scripts (conda's especially) read unset variables: `set -u` after them.
         out += ["set -eo pipefail", "", "# Software environment", *_setup_lines(job.env_setup), "set -u"]

@@ -132,3 +132,12 @@ def test_remote_disk_full_is_one_line(shell, tmp_path):
         assert not any(mount_point.iterdir()), "a failed copy leaves nothing half-written"
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_remote_output_that_is_not_utf8_is_replaced_not_an_error(shell, tmp_path):
+    # A job log or a tool's output may hold any bytes; llamapod shows them, it does not crash on them.
+    log = tmp_path / "bytes.log"
+    log.write_bytes(b"ok\n\xff\xfe bad\ncaf\xc3")
+    assert shell.run(["cat", str(log)]).stdout == "ok\n\ufffd\ufffd bad\ncaf\ufffd"
+    assert shell.read_text(str(log)) == "ok\n\ufffd\ufffd bad\ncaf\ufffd"
+    assert list(shell.stream(["cat", str(log)])) == ["ok", "\ufffd\ufffd bad", "caf\ufffd"]

@@ -117,7 +117,7 @@ def test_slurm_cancel_running_and_ended_jobs(jobs, tmp_path, run_cli):
     assert code == 0 and f"job {job_id} (sleeper) had already ended (CANCELLED); nothing to cancel" in err
 
 
-def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli):
+def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli, monkeypatch):
     script = _script(tmp_path, "echo never", "--begin=now+1hour", name="later")
     job_id = jobs.submit(script)
     try:
@@ -125,8 +125,23 @@ def test_slurm_pending_job_has_no_log_yet(jobs, tmp_path, run_cli):
         assert code == 1
         assert f"error: job {job_id} has not started yet (pending: BeginTime), so it has no log yet" in err
         assert f"hint: `llamapod logs {job_id} -f` waits for it to start" in err
+        said = []
+        monkeypatch.setattr("llamapod.report.info", said.append)
+        with pytest.raises(SlurmError) as waited:
+            list(jobs.follow(job_id, timeout=0.5))
+        assert str(waited.value) == f"job {job_id} is still PENDING after 0.5 s"
+        assert said == [f"job {job_id} is pending (BeginTime): waiting for it to start "
+                        "(Ctrl-C stops following; the job stays queued)"]
     finally:
         jobs.cancel(job_id)
+    jobs.wait(job_id, timeout=WAIT_S)
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} was CANCELLED before it started (pending: BeginTime), so it has "
+                          "no log\n")
+    code, out, err = run_cli("logs", job_id, "-f")
+    assert code == 1 and out == ""
+    assert "hint: it never started (pending: BeginTime), so it wrote no log; resubmit" in err
 
 
 def test_slurm_rejections_are_one_line(jobs, tmp_path, run_cli, slurm):
@@ -197,3 +212,147 @@ def test_slurm_second_submit_into_a_busy_run_folder_is_refused(slurm, tmp_path, 
     finally:
         jobs.cancel(job_id)
     assert jobs.wait(job_id, timeout=WAIT_S).state == "CANCELLED"
+
+
+def test_slurm_log_with_undecodable_bytes_is_shown_not_an_internal_error(jobs, tmp_path, run_cli):
+    # A job's output is whatever its programs wrote: bytes that are not UTF-8, and a last
+    # line cut inside a multi-byte character.
+    script = _script(tmp_path, r"""
+        printf 'ok\n\xff\xfe bad bytes\n'
+        printf 'step 1/2 | loss 1.0\n' >&2
+        sleep 1
+        printf 'caf\xc3'
+    """, name="bytes")
+    job_id = jobs.submit(script)
+    followed = list(jobs.follow(job_id, timeout=WAIT_S))
+    assert sorted(followed) == ["caf\ufffd", "ok", "step 1/2 | loss 1.0", "\ufffd\ufffd bad bytes"]
+    for args in (["logs", job_id], ["logs", job_id, "-n", "2"], ["logs", job_id, "-f"], ["jobs"]):
+        code, out, err = run_cli(*args)
+        assert code == 0, (args, err)
+        assert "internal error" not in err
+    code, out, err = run_cli("logs", job_id)
+    assert out == "ok\n\ufffd\ufffd bad bytes\ncaf\ufffd\nstep 1/2 | loss 1.0\n"
+    assert "last metrics: step 1/2 | loss 1.0" in err
+
+
+def test_slurm_partition_down_or_inactive_and_gone_logs_are_one_line(jobs, tmp_path, run_cli, slurm):
+    slurm.run("scontrol", "create", "PartitionName=offline", f"Nodes={slurm.node}", "State=DOWN")
+    slurm.run("scontrol", "create", "PartitionName=closed", f"Nodes={slurm.node}", "State=INACTIVE")
+    try:
+        # sbatch would queue a job in a down partition for ever (reason PartitionDown).
+        with pytest.raises(SlurmError) as down:
+            jobs.preflight(1, "offline")
+        assert str(down.value) == "partition 'offline' is down: Slurm would queue the job but not start it"
+        assert down.value.hint.startswith("pick a partition that is up (debug) with --partition")
+        with pytest.raises(SlurmError) as inactive:
+            jobs.submit(_script(tmp_path, "true", "--partition=closed", name="closed"))
+        assert str(inactive.value) == ("sbatch rejected the job: the partition is inactive or draining and takes "
+                                       "no jobs (Required partition not available (inactive or drain))")
+    finally:
+        slurm.run("scontrol", "delete", "PartitionName=offline", check=False)
+        slurm.run("scontrol", "delete", "PartitionName=closed", check=False)
+
+    code, out, err = run_cli("logs", "0")
+    assert code == 1 and out == "" and err.startswith("error: '0' is not a Slurm job id\n")
+
+    job_id = jobs.submit(_script(tmp_path, "echo gone", name="gone"))
+    assert jobs.wait(job_id, timeout=WAIT_S).state == "COMPLETED"
+    (tmp_path / f"slurm-{job_id}.out").unlink()
+    (tmp_path / f"slurm-{job_id}.err").unlink()
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} COMPLETED, but its log ({tmp_path}/slurm-{job_id}.out) "
+                          "no longer exists\n  hint: it was moved or deleted after the job ended")
+    code, _, _ = run_cli("jobs")
+    assert code == 0
+
+
+def test_slurm_job_whose_workdir_is_missing_on_the_node_fails_saying_so(slurm, tmp_path, monkeypatch, run_cli):
+    # Slurm itself only logs "couldn't chdir ... going to /tmp instead" and runs the job there.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llamapod.toml").write_text("[train]\npreset = 'tiny'\n\n[slurm]\njob_name = 'nowhere'\n"
+                                            "exclusive = false\npython = '/bin/true'\n"
+                                            "workdir = '/nonexistent/llamapod-workdir'\n")
+    # The run folder is elsewhere, so nothing creates the working folder.
+    code, out, err = run_cli("train", "--slurm", "--run_dir", str(tmp_path / "run"))
+    assert code == 0, err
+    job_id = out.strip()
+    jobs = SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+    final = jobs.wait(job_id, timeout=WAIT_S)
+    assert final.state == "FAILED" and final.exit_code == "1:0"
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1
+    assert ("llamapod: the working folder /nonexistent/llamapod-workdir (workdir in [slurm], --chdir) does not "
+            f"exist on {slurm.node}: create it on a file system every node mounts, or set workdir") in out
+
+
+def test_slurm_job_whose_log_folder_is_missing_on_the_node_names_it(jobs, tmp_path, run_cli):
+    # The submitting machine wrote the script, but the node has no such folder for the log.
+    script = tmp_path / "nolog.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --job-name=nolog\n#SBATCH --output={tmp_path}/missing/slurm-%j.out\n"
+                      "echo hi\n")
+    job_id = jobs.submit(str(script))
+    assert jobs.wait(job_id, timeout=WAIT_S).failed
+    code, out, err = run_cli("logs", job_id)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: job {job_id} FAILED before it started: its log "
+                          f"{tmp_path}/missing/slurm-{job_id}.out could not be created on ")
+    assert "hint: the log's folder must exist and be writable on the compute nodes" in err
+
+
+def test_slurm_refused_submit_keeps_the_earlier_script_and_a_rerun_submits(slurm, tmp_path, monkeypatch, run_cli):
+    monkeypatch.chdir(tmp_path)
+    base = "[train]\npreset = 'tiny'\n\n[slurm]\njob_name = 'keep'\nexclusive = false\npython = '/bin/true'\n"
+    (tmp_path / "llamapod.toml").write_text(base)
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 0, err
+    jobs = SlurmJobs(slurm.shell(), poll_interval_s=0.2)
+    jobs.wait(out.strip(), timeout=WAIT_S)
+    script = tmp_path / "runs" / "keep" / "job.sbatch"
+    edited = script.read_text() + "# my own note\n"
+    script.write_text(edited)
+
+    # Only sbatch knows that no node has this much memory.
+    (tmp_path / "llamapod.toml").write_text(base + "sbatch_options = ['--mem=99999999']\n")
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 1 and out == ""
+    assert err.startswith("error: sbatch rejected the job: ") and err.count("\n") == 2
+    assert script.read_text() == edited
+    assert sorted(p.name for p in script.parent.iterdir() if p.name.startswith("job.")) == ["job.sbatch"]
+
+    (tmp_path / "llamapod.toml").write_text(base)
+    code, out, err = run_cli("train", "--slurm")
+    assert code == 0, err
+    assert jobs.wait(out.strip(), timeout=WAIT_S).state == "COMPLETED"
+
+
+def test_slurm_drained_nodes_do_not_count_for_the_job(jobs, slurm):
+    slurm.run("scontrol", "update", f"NodeName={slurm.node}", "State=DRAIN", "Reason=llamapod-test")
+    try:
+        with pytest.raises(SlurmError) as drained:
+            jobs.preflight(1, None)
+    finally:
+        slurm.run("scontrol", "update", f"NodeName={slurm.node}", "State=RESUME")
+    assert str(drained.value) == ("the job asks for 1 nodes but only 0 of the 1 nodes of partition 'debug' take jobs "
+                                  "(the others are down or drained)")
+    assert drained.value.hint.endswith("`sinfo -R` shows why nodes are down")
+    jobs.preflight(1, None)
+
+
+def test_slurm_conf_that_does_not_exist_is_one_line_at_once(slurm, tmp_path):
+    # Slurm's own commands retry for a minute before they give up on a missing slurm.conf.
+    started = time.monotonic()
+    with pytest.raises(SlurmError) as missing:
+        SlurmJobs(LocalShell(env={"SLURM_CONF": str(tmp_path / "gone.conf")})).list()
+    assert time.monotonic() - started < 10
+    assert str(missing.value) == f"SLURM_CONF names {tmp_path}/gone.conf, which does not exist on this machine"
+
+
+def test_slurm_cancel_of_one_array_task_leaves_its_siblings(jobs, tmp_path, run_cli, slurm):
+    array_id = jobs.submit(_script(tmp_path, "echo task", "--array=1-2", "--begin=now+1hour", name="arr"))
+    try:
+        code, _, err = run_cli("cancel", f"{array_id}_2")
+        assert code == 0 and f"cancelled job {array_id}_2 (arr), which was PENDING" in err
+        assert jobs.info(f"{array_id}_1").state == "PENDING"
+    finally:
+        slurm.run("scancel", array_id, check=False)

@@ -68,7 +68,7 @@ def test_slurm_job_ids_accepted(job_id):
     assert check_job_id(job_id) == job_id.strip()
 
 
-@pytest.mark.parametrize("job_id", ["abc", "12;rm -rf /", "-1", ""])
+@pytest.mark.parametrize("job_id", ["abc", "12;rm -rf /", "-1", "", "0", "000", "0_1", "12.0", "12_"])
 def test_slurm_job_ids_refused(job_id):
     with pytest.raises(SlurmError) as err:
         check_job_id(job_id)
