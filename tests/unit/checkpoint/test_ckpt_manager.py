@@ -95,6 +95,17 @@ def test_ckpt_empty_missing_and_foreign_folders(tmp_path):
     assert str(info.value) == f"{tmp_path} is not a llamapod checkpoint folder: it holds no step_<N> checkpoints (notes.txt)"
 
 
+def test_ckpt_a_folder_of_runs_suggests_the_newest_runs_checkpoints(tmp_path):
+    model, optimizer = build()
+    for run in ("run-a", "run-b"):
+        CheckpointManager(tmp_path / "runs" / run / "checkpoints").save(1, model, optimizer, meta_for())
+    (tmp_path / "runs" / "run-c").mkdir()  # a run that saved nothing yet
+    with pytest.raises(CheckpointError) as info:
+        find_latest(tmp_path / "runs")
+    assert info.value.hint == (f"did you mean {tmp_path / 'runs' / 'run-b' / 'checkpoints'}? "
+                               "(a run's checkpoints are in its checkpoints/ folder)")
+
+
 def test_ckpt_keep_last_retains_newest(tmp_path):
     model, optimizer = build()
     manager = CheckpointManager(tmp_path, keep_last=2)

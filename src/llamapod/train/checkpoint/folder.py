@@ -144,11 +144,29 @@ def find_latest(directory: str | os.PathLike, *, warn: bool = True) -> Path | No
     foreign = [p.name for p in entries if not _ANY_STEP_RE.match(p.name) and p.name != RUN_LOCK_FILE]
     if foreign and not partial:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        nested = _newest_nested_checkpoints(directory)
         raise CheckpointError(
             f"{directory} is not a llamapod checkpoint folder: it holds no step_<N> checkpoints ({shown})",
-            hint="point --resume_from_checkpoint at the run's checkpoint folder, or at an empty/new folder to start fresh",
+            hint=(f"did you mean {nested}? (a run's checkpoints are in its checkpoints/ folder)" if nested else
+                  "point it at a run's checkpoints folder, or (to train from scratch) at an empty or new folder"),
         )
     return None
+
+def _newest_nested_checkpoints(directory: Path) -> Path | None:
+    """The newest ``<run>/checkpoints`` (or ``<run>``) under ``directory`` that holds a complete
+    step: what a user who pointed at the runs/ folder most likely meant."""
+    candidates = []
+    for entry in _listdir(directory):
+        for folder in (entry / "checkpoints", entry):
+            try:
+                steps = complete_steps(folder) if folder.is_dir() else []
+            except (CheckpointError, OSError):
+                steps = []
+            if steps:
+                candidates.append((steps[-1].stat().st_mtime, folder))
+                break
+    return max(candidates)[1] if candidates else None
+
 
 def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     step_dir = Path(step_dir)
