@@ -2,14 +2,14 @@
 
     python benchmarks/resume_time.py [--trials 3] [--preset tiny]
 
-1. Trains ``--preset`` for 10 steps with ``python -m llamapod.train`` and keeps the step-10
+1. Trains ``--preset`` for 10 steps with ``python -m llamapod worker`` and keeps the step-10
    checkpoint.
 2. Builds a step-10,000 checkpoint of the same run: the same shards, with the step and the
    data position that 10,000 steps of this batch size really reach (computed by drawing
    10,000 global batches from a fresh dataset, exactly what the trainer would have read).
    The weights are those of step 10: resume time does not depend on their values, and
    training 10,000 steps on a CPU would take hours.
-3. Starts ``python -m llamapod.train --resume_from_checkpoint`` on each, alternately, and
+3. Starts ``python -m llamapod worker --resume_from_checkpoint`` on each, alternately, and
    measures the wall time from process start until the first resumed step appears in
    metrics.jsonl.
 4. For reference, times what a replaying resume (the reference FSDP example's) spends
@@ -42,7 +42,7 @@ def train_flags(preset: str, max_steps: int, run_dir: Path) -> list[str]:
 
 
 def run_trainer(flags: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "llamapod.train", *flags], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "llamapod", "worker", *flags], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
 
@@ -75,7 +75,7 @@ def time_to_first_step(checkpoints: Path, step: int, preset: str, scratch: Path)
     flags = train_flags(preset, step + 1, run_dir) + ["--resume_from_checkpoint", str(run_dir / "checkpoints")]
     metrics = run_dir / "metrics.jsonl"
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "llamapod.train", *flags], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "llamapod", "worker", *flags], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     elapsed = None
     deadline = started + 600

@@ -206,7 +206,7 @@ class TrainSpec(BaseModel):
         return self.dataset_config_name
 
     def to_cli_args(self) -> list[str]:
-        """Flags (``--name=value``) that rebuild this spec in ``python -m llamapod.train``.
+        """Flags (``--name=value``) that rebuild this spec in ``python -m llamapod worker``.
 
         The recipe comes first; then every setting that differs from the recipe's value, and
         the data and tokenizer whenever they were named: a named one is never replaced by the

@@ -158,7 +158,7 @@ def _launch_command(spec: "TrainSpec", job: SlurmJob) -> list[str]:
         # $(hostname) is the first node of *this* allocation: after a requeue or a node
         # replacement the rendezvous moves with it.
         f'--rdzv_endpoint "$(hostname):{job.rdzv_port}"',
-        "-m llamapod.train",
+        "-m llamapod worker",
     ]
     train_args = job_train_args(spec, job)
     for arg in train_args:

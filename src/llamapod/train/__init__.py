@@ -2,5 +2,5 @@
 
 Importing this package is cheap and torch-free (``presets`` is plain Python); the
 torch parts live in ``model``, ``parallel``, ``loop`` and are imported where used.
-Run a worker with ``python -m llamapod.train [flags]`` (under torchrun or srun).
+Run a worker with ``python -m llamapod worker [flags]`` (under torchrun or srun).
 """

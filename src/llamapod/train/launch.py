@@ -34,7 +34,7 @@ def default_nproc(device_choice: str = "auto") -> int:
 
 
 def worker_command(spec: TrainSpec) -> list[str]:
-    return [sys.executable, "-m", "llamapod.train", *spec.to_cli_args()]
+    return [sys.executable, "-m", "llamapod", "worker", *spec.to_cli_args()]
 
 
 def prepare(spec: TrainSpec, workers: int = 1) -> TrainSpec:

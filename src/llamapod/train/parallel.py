@@ -63,7 +63,7 @@ def _slurm_first_host() -> str:
 def fill_launch_env() -> None:
     """Make torch.distributed's env:// rendezvous work without torchrun.
 
-    Under ``srun python -m llamapod.train`` each task has SLURM_PROCID etc. but none of
+    Under ``srun python -m llamapod worker`` each task has SLURM_PROCID etc. but none of
     torchrun's variables; under plain ``python`` there is a world of one.
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:

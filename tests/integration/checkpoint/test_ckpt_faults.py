@@ -38,7 +38,7 @@ AGENT_ENV = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 def torchrun(run_dir: Path, max_restarts: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "--max-restarts", str(max_restarts), "--monitor-interval", "0.1", "-m", "llamapod.train",
+               "--max-restarts", str(max_restarts), "--monitor-interval", "0.1", "-m", "llamapod", "worker",
                *TRAIN_FLAGS, "--run_dir", str(run_dir), "--resume_from_checkpoint", str(run_dir / "checkpoints")]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     # Files, not pipes: nobody reads a pipe while the test polls, and a full pipe would

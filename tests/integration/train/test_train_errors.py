@@ -1,4 +1,4 @@
-"""Bad input to `llamapod train` / `python -m llamapod.train`: one line, exit != 0, nothing overwritten.
+"""Bad input to `llamapod train` / `python -m llamapod worker`: one line, exit != 0, nothing overwritten.
 
 Runs the real CLI and the real worker in this process (a world of one over gloo) to keep
 start-up costs out of the test budget.
@@ -29,7 +29,7 @@ def world_of_one(monkeypatch, tmp_path):
 
 
 def _worker(capsys, *argv: str) -> tuple[int, str, str]:
-    from llamapod.train.__main__ import main
+    from llamapod.cli.worker import main
 
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -66,10 +66,10 @@ def runs(tmp_path_factory):
     single = tmp_path_factory.mktemp("single")
     seed_job = tmp_path_factory.mktemp("seed")
     flags_one = [f for f in SEED_FLAGS if not f.startswith(("--train_batch_size", "--resume"))]
-    s = _run([sys.executable, "-m", "llamapod.train", *flags_one, *COMMON, "--train_batch_size=4",
+    s = _run([sys.executable, "-m", "llamapod", "worker", *flags_one, *COMMON, "--train_batch_size=4",
               "--max_steps=20", "--checkpoint_freq=100"], single)
     t = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "llamapod.train", *SEED_FLAGS, *COMMON, "--max_steps=10"], seed_job)
+              "-m", "llamapod", "worker", *SEED_FLAGS, *COMMON, "--max_steps=10"], seed_job)
     # The resume also switches to hybrid sharding (a 2-D mesh) and to 2 micro-steps of 1
     # sequence per rank: the same global batch, so the same losses.
     r = _run([sys.executable, "-m", "llamapod.cli.main", "train", "--nproc", "2", *SEED_FLAGS, *COMMON,

@@ -110,7 +110,7 @@ SEED_SHRUNK = ["--max_context_width=32", "--num_key_value_heads=2", "--llama_int
 
 
 def test_the_seed_command_line_trains_with_the_references_defaults(tmp_path):
-    out = _run([sys.executable, "-m", "llamapod.train", *SEED_SHRUNK, "--max_steps=3", "--bf16=1",
+    out = _run([sys.executable, "-m", "llamapod", "worker", *SEED_SHRUNK, "--max_steps=3", "--bf16=1",
                 "--tensorboard_dir=./tb", "--run_dir=run"], tmp_path)
     assert "--dataset not given and its reference default allenai/c4 needs the Hugging Face hub" in out.stderr
     meta = json.loads((tmp_path / "checkpoints" / "step_00000003" / "meta.json").read_text())

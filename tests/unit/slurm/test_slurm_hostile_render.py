@@ -138,7 +138,7 @@ def _render_or_refuse(spec_values: dict, job_values: dict) -> tuple | None:
 def _expected_srun_argv(spec, job) -> list[str]:
     return [job.python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
             str(job.workers_per_node), "--rdzv_id", "7", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-            f"node-1:{job.rdzv_port}", "-m", "llamapod.train", *job_train_args(spec, job)]
+            f"node-1:{job.rdzv_port}", "-m", "llamapod", "worker", *job_train_args(spec, job)]
 
 
 @settings(**RANDOM_RUN)

@@ -105,9 +105,9 @@ def test_slurm_script_arguments_survive_bash_quoting(tmp_path):
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "77"}
     result = subprocess.run(["bash", "-c", launch], capture_output=True, text=True, env=env)
     argv = result.stdout.splitlines()
-    assert argv[:17] == ["/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes", "2",
+    assert argv[:18] == ["/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes", "2",
                          "--nproc_per_node", "2", "--rdzv_id", "77", "--rdzv_backend", "c10d",
-                         "--rdzv_endpoint", "node-1:29500", "-m", "llamapod.train", "--recipe=quickstart",
+                         "--rdzv_endpoint", "node-1:29500", "-m", "llamapod", "worker", "--recipe=quickstart",
                          "--preset=tiny"]
     assert "--dataset=/data/my corpus/it's.txt" in argv
     assert "--resume_from_checkpoint=/runs/q/checkpoints" in argv and "--run_dir=/runs/q" in argv

@@ -1,4 +1,4 @@
-"""``python -m llamapod.train [--config FILE] [flags]``: one training worker.
+"""``python -m llamapod worker [--config FILE] [flags]``: one training worker.
 
 Runs unchanged under ``torchrun`` (reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...),
 under ``srun`` without torchrun (derives them from SLURM_*), and as a plain process
@@ -140,7 +140,8 @@ def _lost_a_peer(exc: BaseException, torch) -> bool:
     return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE)
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> None:
+    """Run one worker and end the process as a torchrun worker ends (no interpreter teardown)."""
     from llamapod.train.parallel import exit_without_teardown
 
-    exit_without_teardown(main())
+    exit_without_teardown(main(argv))
