@@ -12,7 +12,7 @@ from typing import Any
 from llamapod.aws_names import has_cluster_tag
 from llamapod.cloud.ledger import Ledger
 from llamapod.cloud.lookup import call_or_none, paginate, paginate_or_empty
-from llamapod.cloud.progress import Waiter
+from llamapod.cloud.progress import Waiter, stopped_deleting
 from llamapod.cloud.session import call
 from llamapod.errors import CloudError, ClusterStateError
 
@@ -165,19 +165,8 @@ def wait_deleted(session, name: str, waiter: Waiter) -> None:
     """Wait until the cluster is gone. A cluster seen ``Deleting`` that then shows another status
     (``Failed``, with a ``FailureMessage``) will not go away by waiting: that is an error now,
     not a 45-minute timeout (``ClusterStatus`` in botocore's SageMaker model)."""
-    seen_deleting = False
-
-    def failed(cluster: dict[str, Any] | None) -> None:
-        nonlocal seen_deleting
-        status = cluster.get("ClusterStatus") if cluster is not None else None
-        if status == "Deleting":
-            seen_deleting = True
-        elif cluster is not None and seen_deleting:
-            message = cluster.get("FailureMessage") or "no failure message was given"
-            raise ClusterStateError(f"deleting cluster {name} stopped: it is {status}: {message}",
-                                    "run `llamapod down` again; if it stops again, the message names what "
-                                    "holds the cluster")
-
+    failed = stopped_deleting(f"cluster {name}", lambda c: c.get("ClusterStatus"), "Deleting",
+                              lambda c: c.get("FailureMessage"), "cluster")
     waiter.until(f"cluster {name} deletion", lambda: find_cluster(session, name), lambda c: c is None,
                  timeout=CLUSTER_DELETE_TIMEOUT_S, interval=CLUSTER_POLL_S,
                  describe=lambda c: "deleted" if c is None else c.get("ClusterStatus", "Unknown"), failed=failed)

@@ -144,6 +144,30 @@ class Reporter:
         record.end = self.clock.now() - self.t0
 
 
+def stopped_deleting(what: str, status: Callable[[dict], str | None], deleting: str,
+                     reason: Callable[[dict], str | None], holder: str) -> Callable[[dict | None], None]:
+    """A ``failed`` check for ``Waiter.until`` on a deletion: a resource once seen ``deleting``
+    that then shows any other status (AWS gave up: ``Failed``, ``FAILED``, ...) will not go away
+    by waiting, so the wait ends now with AWS's reason instead of at its deadline. A status other
+    than ``deleting`` before it was seen is a stale first answer, not a failure."""
+    seen_deleting = False
+
+    def check(resource: dict | None) -> None:
+        nonlocal seen_deleting
+        if resource is None:
+            return
+        current = status(resource)
+        if current == deleting:
+            seen_deleting = True
+        elif seen_deleting:
+            said = reason(resource) or "AWS gave no reason"
+            raise ClusterStateError(f"deleting {what} stopped: it is {current}: {said}",
+                                    f"run `llamapod down` again; if it stops again, the reason names what holds "
+                                    f"the {holder}")
+
+    return check
+
+
 @dataclass
 class Waiter:
     """What every wait needs: the clock, the shared cancel flag, and where to report."""

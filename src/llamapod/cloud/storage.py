@@ -13,7 +13,7 @@ from typing import Any
 from llamapod.aws_names import has_cluster_tag
 from llamapod.cloud.ledger import Ledger
 from llamapod.cloud.lookup import call_or_none, paginate
-from llamapod.cloud.progress import Waiter
+from llamapod.cloud.progress import Waiter, stopped_deleting
 from llamapod.cloud.session import call
 from llamapod.errors import ClusterStateError
 
@@ -125,19 +125,8 @@ def wait_deleted(session, fs_id: str, waiter: Waiter) -> None:
     """Wait until the file system is gone. One seen ``DELETING`` that then shows another lifecycle
     (FAILED, AVAILABLE, ... with ``FailureDetails``) will not go away by waiting: an error now,
     not a 40-minute timeout (``FileSystemLifecycle`` in botocore's FSx model)."""
-    seen_deleting = False
-
-    def failed(fs: dict[str, Any] | None) -> None:
-        nonlocal seen_deleting
-        lifecycle = fs.get("Lifecycle") if fs is not None else None
-        if lifecycle == "DELETING":
-            seen_deleting = True
-        elif fs is not None and seen_deleting:
-            detail = fs.get("FailureDetails", {}).get("Message") or "no failure details were given"
-            raise ClusterStateError(f"deleting FSx file system {fs_id} stopped: it is {lifecycle}: {detail}",
-                                    "run `llamapod down` again; if it stops again, the details name what "
-                                    "holds the file system")
-
+    failed = stopped_deleting(f"FSx file system {fs_id}", lambda f: f.get("Lifecycle"), "DELETING",
+                              lambda f: f.get("FailureDetails", {}).get("Message"), "file system")
     waiter.until(f"FSx {fs_id} deletion", lambda: describe(session, fs_id), lambda f: f is None,
                  timeout=FSX_DELETE_TIMEOUT_S, interval=FSX_POLL_S,
                  describe=lambda f: "deleted" if f is None else f.get("Lifecycle", "UNKNOWN"), failed=failed)
