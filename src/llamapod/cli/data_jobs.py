@@ -111,23 +111,13 @@ def prepare_on_cluster(request, *, cluster: str, config_path: Optional[Path], sl
 
 def follow_prepare_job(shell, job_id: str, cluster: str, out: str) -> None:
     """Stream the job's output until it ends; one error line with the next step if it failed."""
-    from llamapod.errors import SlurmError
-    from llamapod.slurm.jobs import SlurmJobs
+    from llamapod.slurm.jobs import SlurmJobs, ended_on_cluster
 
-    jobs = SlurmJobs(shell)
     started = time.monotonic()
-    ui.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
-    try:
-        for line in jobs.follow(job_id):
-            ui.info(line)
-    except KeyboardInterrupt:
-        ui.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
+    job = SlurmJobs(shell).follow_to_end(job_id, cluster)
+    if job is None:
         return
-    job = jobs.info(job_id)
     if job.failed:
-        reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
-        raise SlurmError(f"job {job_id} ended {job.state} on cluster {cluster}{reason}",
-                         f"read its logs with `llamapod logs --cluster {cluster} {job_id}`, fix the cause, and "
-                         "re-run the same command: finished shards are kept")
+        raise ended_on_cluster(job, cluster, "re-run the same command: finished shards are kept")
     ui.success(f"job {job_id} finished on {cluster} in {time.monotonic() - started:.0f} s: dataset in {out} "
                f"(`llamapod train --cluster {cluster} --dataset {out}`)")

@@ -337,6 +337,18 @@ class SlurmJobs:
                                  f"follow it again with `llamapod logs {job_id} -f`")
             time.sleep(self.poll_interval_s)
 
+    def follow_to_end(self, job_id: str, cluster: str) -> Optional[JobInfo]:
+        """Report a cluster job's output until it ends: its final state, or None when the user
+        stopped following (Ctrl-C; the job keeps running)."""
+        report.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
+        try:
+            for line in self.follow(job_id):
+                report.info(line)
+        except KeyboardInterrupt:
+            report.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
+            return None
+        return self.info(job_id)
+
     def _new_lines(self, path: str, offsets: dict[str, int], include_partial: bool = False) -> Iterator[str]:
         """Complete lines appended to ``path`` since the last call (offsets in lines).
 
@@ -379,3 +391,10 @@ class SlurmJobs:
                 raise SlurmError(f"job {job_id} is still {job.state} after {timeout:g} s",
                                  f"check it with `llamapod logs {job_id}`")
             time.sleep(self.poll_interval_s)
+
+
+def ended_on_cluster(job: JobInfo, cluster: str, rerun: str) -> SlurmError:
+    """The one line for a cluster job that ended failed; ``rerun`` ends the hint (what re-running keeps)."""
+    reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
+    return SlurmError(f"job {job.job_id} ended {job.state} on cluster {cluster}{reason}",
+                      f"read its logs with `llamapod logs --cluster {cluster} {job.job_id}`, fix the cause, and {rerun}")

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from llamapod import report
-from llamapod.errors import ConfigError, SlurmError
+from llamapod.errors import ConfigError
 from llamapod.workflows.environment import EnvOptions, RemoteEnv, RemoteLayout, local_wheel, prepare_environment
 from llamapod.remote.transfer import ENV_RECORD, sync_path
 
@@ -182,23 +182,15 @@ def _rewrite_inputs(spec: "TrainSpec", run_dir: PurePosixPath) -> tuple["TrainSp
 
 def follow_job(run: ClusterRun, job_id: str) -> int:
     """Stream the job's output until it ends; 0 when it completed, else one line with the next step."""
-    from llamapod.slurm.jobs import SlurmJobs
+    from llamapod.slurm.jobs import SlurmJobs, ended_on_cluster
 
     jobs = SlurmJobs(run.connected_shell)
     cluster = run.access.name
-    report.info(f"following job {job_id} (Ctrl-C stops following; the job keeps running)")
-    try:
-        for line in jobs.follow(job_id):
-            report.info(line)
-    except KeyboardInterrupt:
-        report.info(f"stopped following; job {job_id} continues: `llamapod logs --cluster {cluster} {job_id} -f`")
+    job = jobs.follow_to_end(job_id, cluster)
+    if job is None:
         return 130
-    job = jobs.info(job_id)
     if not job.failed:
         return 0
     for line in jobs.error_tail(job, lines=10).splitlines():
         report.info(f"  | {line}")
-    reason = f" ({job.reason})" if job.reason and job.reason != "None" else ""
-    raise SlurmError(f"job {job_id} ended {job.state} on cluster {cluster}{reason}",
-                     f"read its logs with `llamapod logs --cluster {cluster} {job_id}`, fix the cause, "
-                     "and re-run: it resumes from the last checkpoint")
+    raise ended_on_cluster(job, cluster, "re-run: it resumes from the last checkpoint")
